@@ -1,0 +1,49 @@
+# The two commands of the README:
+#   make up     bring up the local cluster through Salt and show it working
+#   make test   run the test suite
+# Both create .venv and install what is missing (Debian packages included; needs root).
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: up status down test lint bench venv system-packages clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[deploy,load,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+system-packages:
+	@missing=$$(grep -v '^#' packages.apt | xargs -n1 | while read p; do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    scripts/apt-install $$missing; \
+	fi
+
+up: system-packages $(STAMP)
+	$(PY) bootstrap.py up --provider local
+
+status: $(STAMP)
+	$(PY) bootstrap.py status --provider local
+
+down: $(STAMP)
+	$(PY) bootstrap.py down --provider local
+
+test: system-packages $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: system-packages $(STAMP)
+	$(PY) -m loadtest.bench_overhead
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

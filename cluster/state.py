@@ -1,0 +1,39 @@
+"""The cluster file ``.cluster/<provider>.json``: what ``up`` made, for ``status``, ``down`` and
+the load tests. It holds the API key, so it is written with mode 0600."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_DIR = PROJECT_ROOT / ".cluster"
+
+
+def cluster_file(provider: str, directory: Path = CLUSTER_DIR) -> Path:
+    return directory / f"{provider}.json"
+
+
+def write_cluster_file(provider: str, data: dict, directory: Path = CLUSTER_DIR) -> Path:
+    """Write atomically with mode 0600; the directory is private too."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = cluster_file(provider, directory)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_cluster_file(provider: str, directory: Path = CLUSTER_DIR) -> dict | None:
+    path = cluster_file(provider, directory)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def remove_cluster_file(provider: str, directory: Path = CLUSTER_DIR) -> None:
+    cluster_file(provider, directory).unlink(missing_ok=True)

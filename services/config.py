@@ -1,0 +1,152 @@
+"""Typed service configuration, read once at start-up.
+
+Each field can come from (strongest first) a command-line flag, an environment variable, or an
+env file (``KEY=value`` lines, as written by the Salt states), else its default. The variable
+name is the service's prefix plus the field name in upper case: ``PROXY_PORT``,
+``GATEKEEPER_API_KEY``...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """A database node as named in the configuration: ``name=host:port``."""
+
+    name: str
+    host: str
+    port: int = 3306
+
+    @classmethod
+    def parse(cls, text: str) -> NodeAddress:
+        name, sep, address = text.strip().partition("=")
+        if not sep:
+            name, address = text.strip(), text.strip()
+        host, _, port = address.rpartition(":") if ":" in address else (address, "", "3306")
+        if not name or not host:
+            raise ValueError(f"bad node address {text!r}: expected name=host:port")
+        return cls(name=name, host=host, port=int(port))
+
+
+def _parse_nodes(text: str) -> tuple[NodeAddress, ...]:
+    return tuple(NodeAddress.parse(item) for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen_address: str = "0.0.0.0"
+    port: int = 5000
+    primary: NodeAddress = field(default_factory=lambda: NodeAddress("manager", "127.0.0.1"))
+    replicas: tuple[NodeAddress, ...] = ()
+    db_user: str = "app"
+    db_password: str = ""
+    db_name: str = ""
+    pool_min_size: int = 1
+    pool_max_size: int = 16
+    connect_timeout: float = 2.0
+    query_timeout: float = 10.0
+    max_rows: int = 1000
+    max_body_bytes: int = 64 * 1024
+    health_interval: float = 1.0
+    ping_interval: float = 1.0
+    ping_privileged: bool = True
+    ping_smoothing: float = 0.3
+
+    ENV_PREFIX = "PROXY_"
+
+    @property
+    def nodes(self) -> tuple[NodeAddress, ...]:
+        return (self.primary, *self.replicas)
+
+
+@dataclass(frozen=True)
+class GatekeeperConfig:
+    listen_address: str = "0.0.0.0"
+    port: int = 80
+    proxy_url: str = "http://127.0.0.1:5000"
+    api_key: str = ""
+    api_key_file: str = ""
+    max_body_bytes: int = 64 * 1024
+    proxy_timeout: float = 15.0
+    proxy_connections: int = 64
+
+    ENV_PREFIX = "GATEKEEPER_"
+
+    def resolved_api_key(self) -> str:
+        """The key itself, read from ``api_key_file`` when it is not given inline."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_file:
+            return Path(self.api_key_file).read_text().strip()
+        raise ValueError("no API key: set GATEKEEPER_API_KEY or GATEKEEPER_API_KEY_FILE")
+
+
+def read_env_file(path: str | os.PathLike) -> dict[str, str]:
+    """``KEY=value`` lines; blank lines and ``#`` comments skipped; values may be shell-quoted."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise ValueError(f"{path}:{number}: expected KEY=value")
+        parts = shlex.split(value) if value.strip() else [""]
+        values[key.strip()] = parts[0] if len(parts) == 1 else value.strip()
+    return values
+
+
+def _convert(raw: str, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+            raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+        return lowered in {"1", "true", "yes", "on"}
+    if isinstance(default, NodeAddress):
+        return NodeAddress.parse(raw)
+    if isinstance(default, tuple):
+        return _parse_nodes(raw)
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def load_config(cls: type[T], argv: list[str] | None = None,
+                environ: dict[str, str] | None = None) -> T:
+    """Build ``cls`` from flags, environment and env file; raise ValueError on a bad value."""
+    prefix = cls.ENV_PREFIX  # type: ignore[attr-defined]
+    environ = dict(os.environ if environ is None else environ)
+    defaults = cls()
+    parser = argparse.ArgumentParser(prog=f"python -m services.{prefix.lower().rstrip('_')}")
+    parser.add_argument("--env-file", default=environ.get(f"{prefix}ENV_FILE"),
+                        help=f"KEY=value file (env {prefix}ENV_FILE)")
+    for item in dataclasses.fields(cls):
+        parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name,
+                            help=f"env {prefix}{item.name.upper()}")
+    args = parser.parse_args(argv)
+    merged = read_env_file(args.env_file) if args.env_file else {}
+    merged.update({key: value for key, value in environ.items() if key.startswith(prefix)})
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        env_name = f"{prefix}{item.name.upper()}"
+        raw = getattr(args, item.name)
+        if raw is None:
+            raw = merged.get(env_name)
+        if raw is not None:
+            try:
+                values[item.name] = _convert(raw, getattr(defaults, item.name), env_name)
+            except ValueError as error:
+                raise ValueError(f"{env_name}: {error}") from None
+    return cls(**values)
