@@ -1,0 +1,204 @@
+"""One asyncmy connection pool per database node, and running one statement on it.
+
+Errors come out in three kinds the router can act on: ``SqlError`` (the statement failed: the
+client's problem, the node is fine), ``NodeUnavailable`` (the node could not be reached or the
+connection died: try elsewhere if that is safe) and ``QueryTimeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncmy
+from asyncmy.cursors import SSCursor
+from asyncmy.errors import MySQLError
+
+from services.config import NodeAddress, ProxyConfig
+
+log = logging.getLogger(__name__)
+
+Role = Literal["primary", "replica"]
+
+# Server errors that mean "this node cannot serve now" rather than "this statement is wrong".
+UNAVAILABLE_SERVER_ERRORS = frozenset({
+    1040,  # too many connections
+    1053,  # server shutdown in progress
+    1927,  # connection was killed
+})
+# Statement errors with a more precise status than 400.
+# duplicate key, foreign key, lock wait timeout, deadlock
+CONFLICT_ERRORS = frozenset({1062, 1451, 1452, 1205, 1213})
+FORBIDDEN_ERRORS = frozenset({1044, 1142, 1143, 1227, 1370})  # access denied variants
+TIMEOUT_ERRORS = frozenset({1969, 3024})  # statement time limit (MariaDB, MySQL)
+
+
+class NodeUnavailable(Exception):
+    """The node could not run the statement (connect failed, connection lost, shutting down).
+
+    ``maybe_applied`` is true when the statement may have reached the server before the
+    failure, so retrying it elsewhere is only safe for reads.
+    """
+
+    def __init__(self, node: str, reason: str, *, maybe_applied: bool) -> None:
+        super().__init__(f"{node}: {reason}")
+        self.node = node
+        self.reason = reason
+        self.maybe_applied = maybe_applied
+
+
+class QueryTimeout(Exception):
+    pass
+
+
+class SqlError(Exception):
+    """The server refused the statement; carries MySQL's error code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"({code}) {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        if self.code in CONFLICT_ERRORS:
+            return 409
+        if self.code in FORBIDDEN_ERRORS:
+            return 403
+        if self.code in TIMEOUT_ERRORS:
+            return 504
+        return 400
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+    last_insert_id: int | None
+    truncated: bool
+
+
+def _error_code(error: BaseException) -> int:
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else 0
+
+
+def _error_message(error: BaseException) -> str:
+    args = getattr(error, "args", ())
+    return str(args[1]) if len(args) > 1 else str(error) or type(error).__name__
+
+
+def _is_connection_failure(error: BaseException) -> bool:
+    code = _error_code(error)
+    return code >= 2000 or code in UNAVAILABLE_SERVER_ERRORS or not isinstance(error, MySQLError)
+
+
+class NodePool:
+    """A lazily connected pool to one node; a dead node costs a connect timeout, not a hang."""
+
+    def __init__(self, address: NodeAddress, role: Role, config: ProxyConfig) -> None:
+        self.address = address
+        self.role = role
+        self.name = address.name
+        self._config = config
+        self._pool: asyncmy.Pool | None = None
+
+    async def start(self) -> None:
+        cfg = self._config
+        self._pool = await asyncmy.create_pool(
+            minsize=0, maxsize=cfg.pool_max_size, pool_recycle=600,
+            host=self.address.host, port=self.address.port,
+            user=cfg.db_user, password=cfg.db_password, db=cfg.db_name or None,
+            autocommit=True, connect_timeout=cfg.connect_timeout, charset="utf8mb4",
+            program_name="sqlgate-proxy",
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+
+    async def drop_idle_connections(self) -> None:
+        """After the node failed, forget connections that died with it."""
+        if self._pool is not None:
+            await self._pool.clear()
+
+    async def _acquire(self) -> Any:
+        assert self._pool is not None, "start() first"
+        # One bound for connecting (a server that accepts but never greets included) and for
+        # waiting on a saturated pool: either way the node cannot take the statement now.
+        limit = self._config.connect_timeout
+        try:
+            return await asyncio.wait_for(self._pool.acquire(), limit)
+        except (TimeoutError, OSError, MySQLError) as error:
+            reason = (f"no connection within {limit:g}s" if isinstance(error, TimeoutError)
+                      else _error_message(error))
+            raise NodeUnavailable(self.name, reason, maybe_applied=False) from error
+
+    async def execute(self, sql: str, max_rows: int) -> QueryResult:
+        """Run one statement (autocommit) and fetch at most ``max_rows`` rows."""
+        conn = await self._acquire()
+        reusable = False
+        started = False
+        try:
+            cursor = conn.cursor(SSCursor)  # unbuffered: a huge result is cut, not loaded
+            started = True
+            result, reusable = await asyncio.wait_for(
+                self._run(cursor, sql, max_rows), self._config.query_timeout)
+            return result
+        except TimeoutError:
+            await self._kill_running_query(conn)
+            raise QueryTimeout(
+                f"statement exceeded {self._config.query_timeout:g}s on {self.name}") from None
+        except (MySQLError, OSError) as error:
+            if _is_connection_failure(error):
+                raise NodeUnavailable(self.name, _error_message(error),
+                                      maybe_applied=started) from error
+            reusable = True
+            raise SqlError(_error_code(error), _error_message(error)) from None
+        finally:
+            if not reusable:
+                conn.close()  # unknown protocol state, or rows left unread: never reuse
+            self._pool.release(conn)
+
+    @staticmethod
+    async def _run(cursor: SSCursor, sql: str, max_rows: int) -> tuple[QueryResult, bool]:
+        await cursor.execute(sql)
+        if cursor.description is None:
+            last_id = cursor.lastrowid
+            return QueryResult([], [], cursor.rowcount, last_id or None, False), True
+        columns = [column[0] for column in cursor.description]
+        rows = await cursor.fetchmany(max_rows + 1)
+        truncated = len(rows) > max_rows
+        if truncated:
+            rows = rows[:max_rows]
+        else:
+            await cursor.close()
+        return QueryResult(columns, rows, len(rows), None, truncated), not truncated
+
+    async def _kill_running_query(self, conn: Any) -> None:
+        """Stop the statement on the server too, so a timed-out query does not run on."""
+        with contextlib.suppress(Exception):
+            thread_id = conn.thread_id()
+            helper = await asyncio.wait_for(self._pool.acquire(), self._config.connect_timeout)
+            try:
+                async with helper.cursor() as cursor:
+                    await asyncio.wait_for(cursor.execute(f"KILL QUERY {int(thread_id)}"),
+                                           self._config.connect_timeout)
+            finally:
+                self._pool.release(helper)
+
+    async def ping(self, timeout: float) -> float:
+        """Round trip of ``SELECT 1`` in milliseconds; raises NodeUnavailable."""
+        begin = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.execute("SELECT 1", 1), timeout)
+        except (TimeoutError, QueryTimeout, SqlError) as error:
+            raise NodeUnavailable(self.name, str(error) or "timed out",
+                                  maybe_applied=False) from error
+        return (time.perf_counter() - begin) * 1000.0

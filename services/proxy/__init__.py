@@ -1,0 +1,1 @@
+"""The Proxy: classifies each statement and runs it on the node its routing mode picks."""

@@ -1,0 +1,19 @@
+"""``python -m services.proxy [--env-file FILE] [--port N] ...``"""
+
+import sys
+
+from services.config import ProxyConfig, load_config
+from services.http import serve
+from services.proxy.app import make_proxy_app
+
+
+def main() -> None:
+    try:
+        config = load_config(ProxyConfig)
+    except ValueError as error:
+        sys.exit(f"proxy: bad configuration: {error}")
+    serve(lambda: make_proxy_app(config), config.listen_address, config.port, "proxy")
+
+
+if __name__ == "__main__":
+    main()

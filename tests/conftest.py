@@ -1,0 +1,103 @@
+"""Session fixtures: a replicated MariaDB trio and both services running as processes."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.mariadb import MariaDBCluster
+from tests.support.services import ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def db_cluster() -> Iterator[MariaDBCluster]:
+    cluster = MariaDBCluster(replicas=2)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def proxy_env(cluster: MariaDBCluster, **overrides: str) -> dict[str, str]:
+    env = {
+        "PROXY_LISTEN_ADDRESS": "127.0.0.1",
+        "PROXY_PRIMARY": f"{cluster.primary.name}=127.0.0.1:{cluster.primary.port}",
+        "PROXY_REPLICAS": ",".join(f"{r.name}=127.0.0.1:{r.port}" for r in cluster.replicas),
+        "PROXY_DB_USER": cluster.app_user,
+        "PROXY_DB_PASSWORD": cluster.app_password,
+        "PROXY_HEALTH_INTERVAL": "0.2",
+        "PROXY_PING_INTERVAL": "0.5",
+        "PROXY_CONNECT_TIMEOUT": "1",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def proxy(db_cluster, tmp_path_factory) -> Iterator[ServiceProcess]:
+    service = ServiceProcess("services.proxy", proxy_env(db_cluster, PROXY_MAX_ROWS="100",
+                                                         PROXY_QUERY_TIMEOUT="2"),
+                             log_path=tmp_path_factory.mktemp("logs") / "proxy.log")
+    service.env["PROXY_PORT"] = str(service.port)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="session")
+def gatekeeper(proxy, api_key, tmp_path_factory) -> Iterator[ServiceProcess]:
+    service = ServiceProcess("services.gatekeeper", {
+        "GATEKEEPER_LISTEN_ADDRESS": "127.0.0.1",
+        "GATEKEEPER_PROXY_URL": proxy.url,
+        "GATEKEEPER_API_KEY": api_key,
+        "GATEKEEPER_MAX_BODY_BYTES": "4096",
+    }, log_path=tmp_path_factory.mktemp("logs") / "gatekeeper.log")
+    service.env["GATEKEEPER_PORT"] = str(service.port)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@dataclass
+class Answer:
+    status: int
+    json: dict
+    headers: dict[str, str]
+
+
+def http(url: str, body: bytes | dict | None = None, headers: dict[str, str] | None = None,
+         method: str | None = None, timeout: float = 20) -> Answer:
+    """One real HTTP request; the answer's body must be JSON, whatever the status."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return Answer(answer.status, json.load(answer), dict(answer.headers))
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, json.load(error), dict(error.headers))
+
+
+@pytest.fixture
+def query(gatekeeper, api_key):
+    """POST /query through the Gatekeeper with the right key."""
+    def send(sql: str, mode: str = "direct", **extra) -> Answer:
+        return http(gatekeeper.url + "/query", {"sql": sql, "mode": mode, **extra},
+                    {"X-API-Key": api_key})
+    return send
