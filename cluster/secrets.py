@@ -1,4 +1,4 @@
-"""Passwords and the API key: generated once per cluster, kept out of git, reused by a second ``up``."""
+"""Passwords and the API key: generated once per cluster, kept out of git, reused by `up`."""
 
 from __future__ import annotations
 
