@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.mariadb import MariaDBCluster
-from tests.support.services import ServiceProcess
+from cluster.loopback import proxy_settings_for
+from cluster.loopback.mariadb import MariaDBCluster
+from cluster.loopback.services import ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -26,18 +27,13 @@ def db_cluster() -> Iterator[MariaDBCluster]:
 
 
 def proxy_env(cluster: MariaDBCluster, **overrides: str) -> dict[str, str]:
-    env = {
-        "PROXY_LISTEN_ADDRESS": "127.0.0.1",
-        "PROXY_PRIMARY": f"{cluster.primary.name}=127.0.0.1:{cluster.primary.port}",
-        "PROXY_REPLICAS": ",".join(f"{r.name}=127.0.0.1:{r.port}" for r in cluster.replicas),
-        "PROXY_DB_USER": cluster.app_user,
-        "PROXY_DB_PASSWORD": cluster.app_password,
+    """Fast health checks and short timeouts, so failures show within a test's patience."""
+    return proxy_settings_for(cluster, **{
         "PROXY_HEALTH_INTERVAL": "0.2",
         "PROXY_PING_INTERVAL": "0.5",
         "PROXY_CONNECT_TIMEOUT": "1",
-    }
-    env.update(overrides)
-    return env
+        **overrides,
+    })
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from cluster.loopback.services import ServiceProcess
+from cluster.loopback.waiting import free_port, wait_until
 from tests.conftest import http, proxy_env
-from tests.support.ports import free_port, wait_until
-from tests.support.services import ServiceProcess
 
 
 @pytest.fixture

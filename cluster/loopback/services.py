@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.ports import free_port, wait_until
+from cluster.loopback.waiting import free_port, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pymysql
 
-from tests.support.ports import free_port, wait_until
+from cluster.loopback.waiting import free_port, wait_until
 
-SAKILA_DIR = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sakila"
+# The shared Sakila copy beside the checkout (../shared/datasets/sakila), unless told otherwise.
+SAKILA_DIR = Path(os.environ.get("SQLGATE_SAKILA_DIR") or
+                  Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sakila")
 APP_SCHEMAS = ("sakila", "sqlgate_test")
 
 

@@ -1,0 +1,35 @@
+"""``python -m cluster.loopback [--replicas N] [--port P]``: the stack on loopback until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from cluster.loopback import LoopbackStack
+from cluster.state import remove_cluster_file, write_cluster_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8080, help="Gatekeeper port")
+    args = parser.parse_args()
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    with LoopbackStack(replicas=args.replicas, gatekeeper_port=args.port) as stack:
+        path = write_cluster_file("loopback", stack.describe())
+        print(f"Gatekeeper: {stack.gatekeeper.url}  (API key in {path})")
+        print(f"  curl -s -X POST {stack.gatekeeper.url}/query -H 'Content-Type: application/json'"
+              f" -H 'X-API-Key: {stack.api_key}'"
+              " -d '{\"sql\": \"SELECT COUNT(*) FROM sakila.actor\", \"mode\": \"random\"}'")
+        print("Ctrl-C stops everything.", flush=True)
+        try:
+            stopping.wait()
+        finally:
+            remove_cluster_file("loopback")
+
+
+if __name__ == "__main__":
+    main()
