@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     aws.add_argument("--key-name", help="EC2 key pair for SSH (optional)")
     aws.add_argument("--admin-cidr", help="address allowed to SSH (default: detected public IP)")
     aws.add_argument("--dry-run", action="store_true", help="print what would be created")
+    aws.add_argument("--wait-minutes", type=int, default=40,
+                     help="how long up waits for the Gatekeeper's /health (default: 40)")
     return parser
 
 

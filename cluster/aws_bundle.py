@@ -1,0 +1,102 @@
+"""The tarball that carries the Salt tree, the pillar, the project code, the master's config and
+the pre-generated keys to the Salt master (no pushed Git remote needed).
+
+Member paths are absolute paths on the master without the leading ``/``: the master unpacks it
+with ``tar -C /``. Keys and pillar are 0600 inside directories that are 0700.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cluster.aws_keys import ClusterKeys
+from cluster.state import PROJECT_ROOT
+
+SRV = "srv/sqlgate"
+FILE_ROOT = f"{SRV}/salt"
+PILLAR_ROOT = f"{SRV}/pillar"
+PROJECT_DIR = f"{SRV}/project"
+MASTER_PKI = "etc/salt/pki/master"
+MASTER_CONF = "etc/salt/master.d/sqlgate.conf"
+
+# What the states install the Gatekeeper and Proxy from: enough for ``pip install``.
+PROJECT_PATHS = ("pyproject.toml", "README.md", "services", "cluster")
+SKIP_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    data: bytes
+    sha256: str
+
+
+def master_config() -> dict:
+    """The master's settings: serve our trees; never accept a key nobody pre-seeded."""
+    return {
+        "auto_accept": False,
+        "open_mode": False,
+        "file_roots": {"base": [f"/{FILE_ROOT}", f"/{PROJECT_DIR}"]},
+        "pillar_roots": {"base": [f"/{PILLAR_ROOT}"]},
+        "state_output": "mixed",
+    }
+
+
+def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """Skip caches and bytecode; files are root-owned on the master."""
+    parts = set(Path(info.name).parts)
+    if parts & SKIP_NAMES or info.name.endswith(".pyc"):
+        return None
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _add_text(tar: tarfile.TarFile, name: str, text: str, mode: int = 0o600) -> None:
+    data = text.encode()
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, mode
+    tar.addfile(info)
+
+
+def _add_keys(tar: tarfile.TarFile, keys: ClusterKeys) -> None:
+    _add_dir(tar, MASTER_PKI, 0o700)
+    _add_text(tar, f"{MASTER_PKI}/master.pem", keys.master.private, 0o400)
+    _add_text(tar, f"{MASTER_PKI}/master.pub", keys.master.public, 0o644)
+    _add_dir(tar, f"{MASTER_PKI}/minions", 0o700)
+    for minion_id, pair in sorted(keys.minions.items()):
+        _add_text(tar, f"{MASTER_PKI}/minions/{minion_id}", pair.public, 0o644)
+
+
+def _add_pillar(tar: tarfile.TarFile, pillar_dir: Path) -> None:
+    _add_dir(tar, PILLAR_ROOT, 0o700)
+    for path in sorted(p for p in pillar_dir.rglob("*") if p.is_file()):
+        _add_text(tar, f"{PILLAR_ROOT}/{path.relative_to(pillar_dir)}", path.read_text())
+
+
+def build_bundle(pillar_dir: Path, keys: ClusterKeys, root: Path = PROJECT_ROOT) -> Bundle:
+    """Pack the Salt tree and project code from ``root``, the pillar written in ``pillar_dir``."""
+    with tempfile.TemporaryFile() as raw:
+        with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            tar.add(root / "salt", FILE_ROOT, filter=_keep)
+            for rel in PROJECT_PATHS:
+                if (root / rel).exists():
+                    tar.add(root / rel, f"{PROJECT_DIR}/{rel}", filter=_keep)
+            _add_pillar(tar, pillar_dir)
+            _add_text(tar, MASTER_CONF, yaml.safe_dump(master_config(), sort_keys=False))
+            _add_keys(tar, keys)
+        raw.seek(0)
+        data = raw.read()
+    return Bundle(data, hashlib.sha256(data).hexdigest())

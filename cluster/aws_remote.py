@@ -1,0 +1,134 @@
+"""Talking to the running cluster: the Gatekeeper over HTTP, Salt on the master over SSH.
+
+``status`` runs ``salt`` on the master through SSH as ``ubuntu`` with the admin key that ``up``
+imported, against a known_hosts line for the master's pre-generated host key (no
+trust-on-first-use). SSH is open to the admin CIDR only.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from cluster.aws_keys import ClusterKeys, known_hosts_line
+
+MASTER_ALIAS = "sqlgate-saltmaster"  # known_hosts name of the master, whatever its address
+HEALTH_POLL_S = 10
+REPLICA_FIELDS = ("Replica_IO_Running", "Replica_SQL_Running", "Seconds_Behind_Source")
+
+
+def write_known_hosts(path: Path, keys: ClusterKeys) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(known_hosts_line(MASTER_ALIAS, keys.ssh_host))
+
+
+def health_ok(url: str, timeout_s: float = 5) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def wait_for_health(url: str, deadline_s: float, say: Callable[[str], None]) -> bool:
+    """Poll ``url/health`` until it answers 200 or ``deadline_s`` passes; progress each minute."""
+    say(f"waiting up to {deadline_s / 60:.0f} min for {url}/health")
+    start = time.monotonic()
+    last_report = start
+    while time.monotonic() - start < deadline_s:
+        if health_ok(url):
+            say(f"{url}/health answered after {(time.monotonic() - start) / 60:.1f} min")
+            return True
+        if time.monotonic() - last_report >= 60:
+            say(f"  still waiting ({(time.monotonic() - start) / 60:.0f} min)")
+            last_report = time.monotonic()
+        time.sleep(HEALTH_POLL_S)
+    return False
+
+
+def curl_line(url: str, cluster_file: Path) -> str:
+    key = (f"$(python3 -c 'import json; print(json.load(open(\"{cluster_file}\"))[\"api_key\"])')")
+    body = '{"sql": "SELECT COUNT(*) FROM sakila.actor;", "mode": "random"}'
+    return (f"curl -s -X POST {url}/query -H 'Content-Type: application/json' "
+            f"-H \"X-API-Key: {key}\" -d '{body}'")
+
+
+def print_access(url: str, cluster_file: Path, say: Callable[[str], None]) -> None:
+    say(f"Gatekeeper: {url}")
+    say(f"API key:    \"api_key\" in {cluster_file}")
+    say(f"Try:        {curl_line(url, cluster_file)}")
+
+
+# --- Salt on the master ------------------------------------------------------------------
+
+def ssh_command(recorded: dict, address: str, remote: list[str]) -> list[str]:
+    """``ssh`` to the master, host key pinned; the remote command quoted for its shell."""
+    command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+               "-o", "StrictHostKeyChecking=yes", "-o", f"HostKeyAlias={MASTER_ALIAS}",
+               "-o", f"UserKnownHostsFile={recorded['known_hosts_file']}"]
+    if recorded.get("ssh_key_file"):
+        command += ["-i", recorded["ssh_key_file"], "-o", "IdentitiesOnly=yes"]
+    return [*command, f"{recorded.get('ssh_user', 'ubuntu')}@{address}", shlex.join(remote)]
+
+
+def salt_json(recorded: dict, address: str, target: list[str], *fun: str) -> dict:
+    """``salt -L target fun...`` on the master; the minions' returns by id."""
+    remote = ["sudo", "salt", "--out=json", "--static", "--timeout=20", "-L", ",".join(target),
+              *fun]
+    done = subprocess.run(ssh_command(recorded, address, remote), capture_output=True, text=True,
+                          timeout=120, check=False)
+    if done.returncode not in (0, 1, 2) or not done.stdout.strip():
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
+                           else f"ssh exited {done.returncode}")
+    return json.loads(done.stdout)
+
+
+def parse_replica_status(text: str) -> dict[str, str]:
+    """The seed's three fields from ``SHOW REPLICA STATUS\\G`` (MySQL 8 or MariaDB names)."""
+    aliases = {"Slave_IO_Running": "Replica_IO_Running",
+               "Slave_SQL_Running": "Replica_SQL_Running",
+               "Seconds_Behind_Master": "Seconds_Behind_Source"}
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.strip().partition(":")
+        name = aliases.get(name, name)
+        if name in REPLICA_FIELDS:
+            found[name] = value.strip()
+    return found
+
+
+def print_remote_status(recorded: dict, instances: dict[str, dict],
+                        say: Callable[[str], None]) -> int:
+    """Health, minions, services and replication; 0 when all is well."""
+    url = recorded.get("gatekeeper_url")
+    healthy = bool(url) and health_ok(url)
+    say(f"gatekeeper {url}/health: {'ok' if healthy else 'NOT answering'}")
+    master = instances.get("saltmaster", {}).get("PublicIpAddress")
+    if not master:
+        say("the Salt master has no public address: cannot ask Salt")
+        return 1
+    minions = sorted(name for name in instances if name != "saltmaster")
+    say(f"through Salt on the master (ssh ubuntu@{master}):")
+    try:
+        pings = salt_json(recorded, master, minions, "test.ping")
+        workers = [m for m in minions if m.startswith("worker")]
+        replicas = salt_json(recorded, master, workers, "cmd.run",
+                             "mysql -e 'SHOW REPLICA STATUS\\G'")
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+        say(f"  cannot reach Salt on the master: {error}")
+        return 1
+    for minion in minions:
+        say(f"  {minion:<12} minion {'up' if pings.get(minion) is True else 'DOWN'}")
+    all_ok = healthy and all(pings.get(m) is True for m in minions)
+    for worker in workers:
+        fields = parse_replica_status(str(replicas.get(worker, "")))
+        say(f"  {worker:<12} " + "  ".join(f"{k}={fields.get(k, '?')}" for k in REPLICA_FIELDS))
+        all_ok = all_ok and fields.get("Replica_IO_Running") == "Yes" \
+            and fields.get("Replica_SQL_Running") == "Yes"
+    return 0 if all_ok else 1
