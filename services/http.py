@@ -108,6 +108,16 @@ class JsonHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+def log_failed_requests(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log costs a formatted line per request; keep only server-side failures
+    and slow answers, where a line is worth its cost."""
+    status = handler.get_status()
+    elapsed_ms = 1000.0 * handler.request.request_time()
+    if status >= 500 or elapsed_ms > 1000.0:
+        log.warning("%d %s %s %.1fms", status, handler.request.method, handler.request.uri,
+                    elapsed_ms)
+
+
 class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:
         raise ApiError(404, f"no such endpoint: {self.request.method} {self.request.path}")

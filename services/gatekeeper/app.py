@@ -7,7 +7,7 @@ import tornado.web
 from services.config import GatekeeperConfig
 from services.gatekeeper.forwarder import ProxyForwarder
 from services.gatekeeper.handlers import HealthHandler, QueryHandler
-from services.http import NotFoundHandler
+from services.http import NotFoundHandler, log_failed_requests
 
 
 async def make_gatekeeper_app(config: GatekeeperConfig):
@@ -22,5 +22,6 @@ async def make_gatekeeper_app(config: GatekeeperConfig):
                                        "max_body_bytes": config.max_body_bytes}),
         ],
         default_handler_class=NotFoundHandler,
+        log_function=log_failed_requests,
     )
     return app, forwarder.close

@@ -8,7 +8,7 @@ import tornado.web
 
 from services.config import ProxyConfig
 from services.health import ClusterHealth, HealthMonitor, NodeHealth
-from services.http import NotFoundHandler
+from services.http import NotFoundHandler, log_failed_requests
 from services.pools import NodePool
 from services.proxy.handlers import HealthHandler, QueryHandler
 from services.proxy.router import QueryRouter
@@ -31,6 +31,7 @@ async def make_proxy_app(config: ProxyConfig):
                                        "max_body_bytes": config.max_body_bytes}),
         ],
         default_handler_class=NotFoundHandler,
+        log_function=log_failed_requests,
     )
 
     async def close() -> None:

@@ -1,0 +1,1 @@
+"""Load tests and the benchmark report: Locust scenarios, the seed's latency table, sysbench."""
