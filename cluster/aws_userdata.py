@@ -62,6 +62,18 @@ def _common_settings() -> dict[str, str]:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (scripts, keys) as ``|`` blocks: user data a person can read."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def _file(path: str, content: str, permissions: str = "0644") -> dict:
     return {"path": path, "content": content, "permissions": permissions, "owner": "root:root"}
 
@@ -82,7 +94,7 @@ def _cloud_config(hostname: str, files: list[dict], script: str, extra: dict | N
         "runcmd": [["/usr/local/sbin/sqlgate-bootstrap"]],
         **(extra or {}),
     }
-    text = "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
+    text = "#cloud-config\n" + yaml.dump(config, Dumper=_Dumper, sort_keys=False, width=1000)
     if len(text.encode()) > USER_DATA_LIMIT:
         raise ValueError(f"user data for {hostname} is {len(text)} bytes, over EC2's 16 KB")
     return text

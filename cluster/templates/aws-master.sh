@@ -3,8 +3,8 @@
 # master config and the pre-generated keys), wait for every expected minion, then run the
 # orchestration. Its last line says how it went; bootstrap.py waits for the Gatekeeper's /health.
 set -euo pipefail
-. /etc/sqlgate/bootstrap.env
-. /usr/local/lib/sqlgate/common.sh
+. "${SQLGATE_ENV:-/etc/sqlgate/bootstrap.env}"
+. "${SQLGATE_COMMON:-/usr/local/lib/sqlgate/common.sh}"
 
 fetch_bundle() {
     local bundle=/root/sqlgate-bundle.tar.gz
@@ -30,7 +30,7 @@ wait_for_minions() {
             | grep -c ': True' || true)
         log "minions answering: $answered/$expected"
         if [ "$answered" -eq "$expected" ]; then return 0; fi
-        sleep 15
+        sleep "${MINION_POLL_SECONDS:-15}"
     done
     log "timed out waiting for the minions ($answered/$expected answered)"
     return 1
@@ -57,4 +57,5 @@ main() {
     fi
 }
 
-main "$@"
+# Run by cloud-init; sourced by the tests to exercise one function at a time.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi
