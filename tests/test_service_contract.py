@@ -222,3 +222,14 @@ def test_health_reports_every_node(gatekeeper, proxy):
     assert proxy_health["nodes"]["worker1"]["icmp_rtt_ms"] is not None
     status, gatekeeper_health = gatekeeper.health()
     assert status == 200 and gatekeeper_health["proxy"]["status"] == "ok"
+
+
+def test_the_gatekeeper_reuses_its_connections_to_the_proxy(query, proxy):
+    """Forwarding over keep-alive: many requests, few connections (no TCP set-up per request)."""
+    import subprocess
+
+    for _ in range(50):
+        assert query("SELECT 1", "direct").status == 200
+    listing = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{proxy.port} )"],
+                             capture_output=True, text=True, check=True).stdout
+    assert 1 <= len(listing.splitlines()) <= 2, listing
