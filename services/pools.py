@@ -144,10 +144,8 @@ class NodePool:
         """Run one statement (autocommit) and fetch at most ``max_rows`` rows."""
         conn = await self._acquire()
         reusable = False
-        started = False
         try:
             cursor = conn.cursor(SSCursor)  # unbuffered: a huge result is cut, not loaded
-            started = True
             result, reusable = await asyncio.wait_for(
                 self._run(cursor, sql, max_rows), self._config.query_timeout)
             return result
@@ -156,9 +154,9 @@ class NodePool:
             raise QueryTimeout(
                 f"statement exceeded {self._config.query_timeout:g}s on {self.name}") from None
         except (MySQLError, OSError) as error:
-            if _is_connection_failure(error):
+            if _is_connection_failure(error):  # the statement may have reached the server
                 raise NodeUnavailable(self.name, _error_message(error),
-                                      maybe_applied=started) from error
+                                      maybe_applied=True) from error
             reusable = True
             raise SqlError(_error_code(error), _error_message(error)) from None
         finally:
