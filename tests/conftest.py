@@ -41,12 +41,8 @@ def proxy(db_cluster, tmp_path_factory) -> Iterator[ServiceProcess]:
     service = ServiceProcess("services.proxy", proxy_env(db_cluster, PROXY_MAX_ROWS="100",
                                                          PROXY_QUERY_TIMEOUT="2"),
                              log_path=tmp_path_factory.mktemp("logs") / "proxy.log")
-    service.env["PROXY_PORT"] = str(service.port)
-    service.start()
-    try:
+    with service.running():
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +58,8 @@ def gatekeeper(proxy, api_key, tmp_path_factory) -> Iterator[ServiceProcess]:
         "GATEKEEPER_API_KEY": api_key,
         "GATEKEEPER_MAX_BODY_BYTES": "4096",
     }, log_path=tmp_path_factory.mktemp("logs") / "gatekeeper.log")
-    service.env["GATEKEEPER_PORT"] = str(service.port)
-    service.start()
-    try:
+    with service.running():
         yield service
-    finally:
-        service.stop()
 
 
 @dataclass

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from cluster.loopback.processes import free_port, wait_until
 from cluster.loopback.services import ServiceProcess
-from cluster.loopback.waiting import free_port, wait_until
 from tests.conftest import http, proxy_env
 
 
@@ -22,12 +22,8 @@ from tests.conftest import http, proxy_env
 def own_proxy(db_cluster, tmp_path) -> Iterator[ServiceProcess]:
     service = ServiceProcess("services.proxy", proxy_env(db_cluster),
                              log_path=tmp_path / "proxy.log")
-    service.env["PROXY_PORT"] = str(service.port)
-    service.start()
-    try:
+    with service.running():
         yield service
-    finally:
-        service.stop()
 
 
 def read(proxy: ServiceProcess, mode: str = "random",
@@ -93,9 +89,7 @@ def test_no_node_at_all_is_503_everywhere(db_cluster, tmp_path):
     env = proxy_env(db_cluster, PROXY_PRIMARY=f"manager=127.0.0.1:{closed[0]}",
                     PROXY_REPLICAS=f"worker1=127.0.0.1:{closed[1]},worker2=127.0.0.1:{closed[2]}")
     service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
-    service.env["PROXY_PORT"] = str(service.port)
-    service.start(expect_healthy=False)
-    try:
+    with service.running(expect_healthy=False):
         status, health = service.health()
         assert status == 503 and health["status"] == "unavailable"
         answer = read(service)
@@ -104,8 +98,6 @@ def test_no_node_at_all_is_503_everywhere(db_cluster, tmp_path):
         # Replicas the monitor knows are down are not even tried; the primary is the last resort.
         assert answer.json["failures"][-1].startswith("manager: ")
         assert all(not node["up"] for node in health["nodes"].values())
-    finally:
-        service.stop()
 
 
 class SilentServer:
@@ -137,7 +129,6 @@ def test_a_silent_node_costs_a_timeout_not_a_hang(db_cluster, tmp_path):
     env = proxy_env(db_cluster, PROXY_PRIMARY=f"manager=127.0.0.1:{silent.port}",
                     PROXY_CONNECT_TIMEOUT="1")
     service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
-    service.env["PROXY_PORT"] = str(service.port)
     try:
         service.start()  # healthy: the replicas answer
         began = time.monotonic()
@@ -156,16 +147,12 @@ def test_the_gatekeeper_without_its_proxy_answers_503(api_key, tmp_path):
         "GATEKEEPER_PROXY_URL": f"http://127.0.0.1:{free_port()}",
         "GATEKEEPER_API_KEY": api_key,
     }, log_path=tmp_path / "gatekeeper.log")
-    service.env["GATEKEEPER_PORT"] = str(service.port)
-    service.start(expect_healthy=False)
-    try:
+    with service.running(expect_healthy=False):
         answer = http(service.url + "/query", {"sql": "SELECT 1"}, {"X-API-Key": api_key})
         assert answer.status == 503
         assert "proxy is unreachable" in answer.json["error"]
         status, health = service.health()
         assert status == 503 and health["status"] == "unavailable"
-    finally:
-        service.stop()
 
 
 def test_the_services_stop_cleanly_on_sigterm(own_proxy):

@@ -47,11 +47,9 @@ class LoopbackStack:
         try:
             self.db.start()
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            self.proxy.env.update(proxy_settings_for(
-                self.db, PROXY_PORT=str(self.proxy.port), **self.proxy_settings))
+            self.proxy.env.update(proxy_settings_for(self.db, **self.proxy_settings))
             self.proxy.start()
-            self.gatekeeper.env.update({"GATEKEEPER_PORT": str(self.gatekeeper.port),
-                                        "GATEKEEPER_PROXY_URL": self.proxy.url})
+            self.gatekeeper.env["GATEKEEPER_PROXY_URL"] = self.proxy.url
             self.gatekeeper.start()
         except BaseException:
             self.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pymysql
 
-from cluster.loopback.waiting import free_port, wait_until
+from cluster.loopback.processes import free_port, terminate, wait_until
 
 # The shared Sakila copy beside the checkout (../shared/datasets/sakila), unless told otherwise.
 SAKILA_DIR = Path(os.environ.get("SQLGATE_SAKILA_DIR") or
@@ -70,15 +69,7 @@ class MariaDBNode:
         return True
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process, grace=30)
         self.process = None
 
     @property

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.loopback.waiting import free_port, wait_until
+from cluster.loopback.processes import free_port, terminate, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,13 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def port_variable(self) -> str:
+        """``PROXY_PORT`` for services.proxy: the port is always the one chosen here."""
+        return self.module.rsplit(".", 1)[-1].upper() + "_PORT"
+
     def start(self, expect_healthy: bool = True) -> None:
+        self.env[self.port_variable] = str(self.port)
         env = {**os.environ, **self.env}
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen([sys.executable, "-m", self.module], env=env,
@@ -53,13 +60,13 @@ class ServiceProcess:
             return error.code, json.load(error)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, grace=15)
         self.process = None
+
+    @contextlib.contextmanager
+    def running(self, expect_healthy: bool = True) -> Iterator[ServiceProcess]:
+        self.start(expect_healthy)
+        try:
+            yield self
+        finally:
+            self.stop()

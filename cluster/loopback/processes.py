@@ -1,8 +1,11 @@
-"""Free loopback ports and waiting with deadlines (never sleep-and-hope)."""
+"""Local processes: free loopback ports, waiting with deadlines (never sleep-and-hope), and
+stopping what we started, by its own handle."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -31,3 +34,16 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}"
                        + (f" (last error: {last_error})" if last_error else ""))
+
+
+def terminate(process: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps the process."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
