@@ -22,7 +22,9 @@ from cluster.state import PROJECT_ROOT
 SRV = "srv/sqlgate"
 FILE_ROOT = f"{SRV}/salt"
 PILLAR_ROOT = f"{SRV}/pillar"
-PROJECT_DIR = f"{SRV}/project"
+# A second file root holding the project as ``salt://sqlgate-src`` (the states' ``app:source``).
+SOURCE_ROOT = f"{SRV}/source"
+PROJECT_DIR = f"{SOURCE_ROOT}/sqlgate-src"
 MASTER_PKI = "etc/salt/pki/master"
 MASTER_CONF = "etc/salt/master.d/sqlgate.conf"
 
@@ -42,7 +44,7 @@ def master_config() -> dict:
     return {
         "auto_accept": False,
         "open_mode": False,
-        "file_roots": {"base": [f"/{FILE_ROOT}", f"/{PROJECT_DIR}"]},
+        "file_roots": {"base": [f"/{FILE_ROOT}", f"/{SOURCE_ROOT}"]},
         "pillar_roots": {"base": [f"/{PILLAR_ROOT}"]},
         "state_output": "mixed",
     }

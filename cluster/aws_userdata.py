@@ -20,6 +20,7 @@ import yaml
 
 from cluster.aws_keys import ClusterKeys
 from cluster.state import PROJECT_ROOT
+from cluster.topology import SALT_PORTS
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 USER_DATA_LIMIT = 16 * 1024  # EC2 refuses larger user data (before base64)
@@ -29,7 +30,10 @@ SALT_REPO_KEY_URL = (
     "https://packages.broadcom.com/artifactory/api/security/keypair/SaltProjectKey/public"
 )
 SALT_EXTENSIONS = ("saltext.mysql", "PyMySQL")  # what the mysql_* states need on a minion
-MINION_WAIT_SECONDS = 30 * 60
+MINION_WAIT_SECONDS = 30 * 60  # the master waits this long for every minion to answer
+MASTER_WAIT_SECONDS = 30 * 60  # a minion waits this long for the master to listen
+# If the minion process gives up on an unreachable master, systemd starts it again.
+MINION_RESTART_DROPIN = "[Service]\nRestart=always\nRestartSec=10\n"
 
 BLOCK_METADATA_FOR_USERS = [
     "iptables", "-I", "OUTPUT", "-d", "169.254.169.254", "-m", "owner", "!", "--uid-owner", "0",
@@ -133,7 +137,8 @@ def minion_config(minion_id: str, master_address: str) -> str:
 
 def minion_user_data(minion_id: str, master_address: str, keys: ClusterKeys) -> str:
     """A minion: its own key pair and the master's public key, then install Salt."""
-    settings = {**_common_settings(), "MINION_ID": minion_id, "MASTER_ADDRESS": master_address}
+    settings = {**_common_settings(), "MINION_ID": minion_id, "MASTER_ADDRESS": master_address,
+                "MASTER_PORT": str(SALT_PORTS[1]), "MASTER_WAIT_SECONDS": str(MASTER_WAIT_SECONDS)}
     pki = "/etc/salt/pki/minion"
     own = keys.minions[minion_id]
     return _cloud_config(
@@ -144,6 +149,8 @@ def minion_user_data(minion_id: str, master_address: str, keys: ClusterKeys) -> 
             _file(f"{pki}/minion.pem", own.private, "0400"),
             _file(f"{pki}/minion.pub", own.public),
             _file(f"{pki}/minion_master.pub", keys.master.public),
+            _file("/etc/systemd/system/salt-minion.service.d/restart.conf",
+                  MINION_RESTART_DROPIN),
         ],
         "aws-minion.sh",
     )

@@ -246,7 +246,9 @@ def test_master_user_data_fetches_a_bundle_with_tree_pillar_and_keys(aws_env, cl
     assert minion_pubs == {h.name: (keys / f"{h.name}.pub").read_text() for h in plan_hosts(2)}
     assert members[f"{MASTER_PKI}/master.pem"].mode == 0o400
     assert any(name.startswith("srv/sqlgate/pillar/") for name in members)
-    assert "srv/sqlgate/project/pyproject.toml" in members
+    assert "srv/sqlgate/source/sqlgate-src/pyproject.toml" in members  # salt://sqlgate-src
+    assert master_conf["file_roots"]["base"] == ["/srv/sqlgate/salt", "/srv/sqlgate/source"]
+    assert "srv/sqlgate/salt/orch" in members
     assert not any("__pycache__" in name for name in members)
 
 

@@ -4,6 +4,7 @@ and the master's wait-for-minions loop run for real against a stand-in ``salt`` 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import textwrap
 
@@ -119,3 +120,31 @@ def test_master_gives_up_after_its_deadline(tmp_path):
     done = run_wait_for_minions(tmp_path, answers_after=10**6, wait_seconds=1)
     assert done.returncode == 1
     assert "timed out waiting for the minions (0/2 answered)" in done.stdout
+
+
+def run_wait_for_master(tmp_path, port: int, wait_seconds: int):
+    env_file = tmp_path / "minion.env"
+    env_file.write_text(f"MASTER_ADDRESS=127.0.0.1\nMASTER_PORT={port}\n"
+                        f"MASTER_WAIT_SECONDS={wait_seconds}\nMASTER_POLL_SECONDS=0.1\n")
+    return subprocess.run(
+        ["bash", "-c", f". {TEMPLATES / 'aws-minion.sh'}; wait_for_master"],
+        env={"PATH": "/usr/bin:/bin", "SQLGATE_ENV": str(env_file),
+             "SQLGATE_COMMON": str(TEMPLATES / "aws-common.sh")},
+        capture_output=True, text=True, timeout=60)
+
+
+def test_minion_waits_for_the_master_to_listen(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        done = run_wait_for_master(tmp_path, listener.getsockname()[1], wait_seconds=20)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_minion_gives_up_when_the_master_never_listens(tmp_path):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: connections are refused
+        done = run_wait_for_master(tmp_path, port, wait_seconds=1)
+    assert done.returncode == 1
+    assert f"the master 127.0.0.1:{port} did not answer in 1s" in done.stdout
