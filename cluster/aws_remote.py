@@ -16,11 +16,23 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from cluster.aws_keys import ClusterKeys, known_hosts_line
+from cluster.state import PROJECT_ROOT
 
 MASTER_ALIAS = "sqlgate-saltmaster"  # known_hosts name of the master, whatever its address
 HEALTH_POLL_S = 10
 REPLICA_FIELDS = ("Replica_IO_Running", "Replica_SQL_Running", "Seconds_Behind_Source")
+AWS_DB_FLAVOUR = "mysql"  # Ubuntu's, as in salt/sqlgate/osmap.yaml
+
+
+def role_services() -> dict[str, str]:
+    """The service each role runs on AWS; the database's name comes from the Salt tree."""
+    flavours = yaml.safe_load((PROJECT_ROOT / "salt/sqlgate/flavours.yaml").read_text())
+    database = flavours[AWS_DB_FLAVOUR]["service"]
+    return {"gatekeeper": "sqlgate-gatekeeper", "proxy": "sqlgate-proxy",
+            "manager": database, "worker": database}
 
 
 def write_known_hosts(path: Path, keys: ClusterKeys) -> None:
@@ -105,7 +117,7 @@ def parse_replica_status(text: str) -> dict[str, str]:
 
 def print_remote_status(recorded: dict, instances: dict[str, dict],
                         say: Callable[[str], None]) -> int:
-    """Health, minions, services and replication; 0 when all is well."""
+    """Health, each host's service (through Salt: no answer = minion down) and replication."""
     url = recorded.get("gatekeeper_url")
     healthy = bool(url) and health_ok(url)
     say(f"gatekeeper {url}/health: {'ok' if healthy else 'NOT answering'}")
@@ -113,19 +125,24 @@ def print_remote_status(recorded: dict, instances: dict[str, dict],
     if not master:
         say("the Salt master has no public address: cannot ask Salt")
         return 1
-    minions = sorted(name for name in instances if name != "saltmaster")
+    roles = {h["name"]: h["role"] for h in recorded.get("hosts", []) if h["role"] != "saltmaster"}
+    services = role_services()
     say(f"through Salt on the master (ssh ubuntu@{master}):")
     try:
-        pings = salt_json(recorded, master, minions, "test.ping")
-        workers = [m for m in minions if m.startswith("worker")]
+        running: dict[str, object] = {}
+        for service in sorted(set(services.values())):
+            targets = [name for name, role in roles.items() if services[role] == service]
+            running.update(salt_json(recorded, master, targets, "service.status", service))
+        workers = sorted(name for name, role in roles.items() if role == "worker")
         replicas = salt_json(recorded, master, workers, "cmd.run",
                              "mysql -e 'SHOW REPLICA STATUS\\G'")
     except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
         say(f"  cannot reach Salt on the master: {error}")
         return 1
-    for minion in minions:
-        say(f"  {minion:<12} minion {'up' if pings.get(minion) is True else 'DOWN'}")
-    all_ok = healthy and all(pings.get(m) is True for m in minions)
+    for name, role in sorted(roles.items()):
+        state = {True: "running", False: "STOPPED"}.get(running.get(name), "no answer")
+        say(f"  {name:<12} {services[role]:<20} {state}")
+    all_ok = healthy and all(running.get(name) is True for name in roles)
     for worker in workers:
         fields = parse_replica_status(str(replicas.get(worker, "")))
         say(f"  {worker:<12} " + "  ".join(f"{k}={fields.get(k, '?')}" for k in REPLICA_FIELDS))
