@@ -1,0 +1,60 @@
+"""The statements the load tests send: one write table of their own, and point reads on it.
+
+Locust and the report send the same SQL, so their figures compare. The table is created if
+missing and every write is a plain INSERT tagged with its run, so a run can be repeated (and
+counted afterwards) without clashing with an earlier one.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+MODES = ("direct", "random", "ping")
+KINDS = ("write", "read")
+DEFAULT_TABLE = "sakila.sqlgate_load"
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64})?")
+
+
+def checked_table(name: str) -> str:
+    """A table name safe to put in SQL text (``schema.table`` or ``table``)."""
+    if not _TABLE_NAME.fullmatch(name):
+        raise ValueError(f"table must be [schema.]name of letters, digits and _: {name!r}")
+    return name
+
+
+def create_table_sql(table: str) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {checked_table(table)} ("
+            "id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, "
+            "run_id VARCHAR(40) NOT NULL, mode VARCHAR(16) NOT NULL, seq INT UNSIGNED NOT NULL, "
+            "payload VARCHAR(64) NOT NULL, "
+            "created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
+            "KEY run_mode (run_id, mode)) ENGINE=InnoDB")
+
+
+def write_sql(table: str, run_id: str, mode: str, seq: int) -> str:
+    return (f"INSERT INTO {checked_table(table)} (run_id, mode, seq, payload) "
+            f"VALUES ('{_word(run_id)}', '{_word(mode)}', {int(seq)}, '{secrets.token_hex(16)}')")
+
+
+def read_sql(table: str, row_id: int | None) -> str:
+    """A point read of a row written earlier; the newest row when none is known yet."""
+    table = checked_table(table)
+    if row_id is None:
+        return f"SELECT id, run_id, seq, payload FROM {table} ORDER BY id DESC LIMIT 1"
+    return f"SELECT id, run_id, seq, payload FROM {table} WHERE id = {int(row_id)}"
+
+
+def count_sql(table: str, run_id: str, mode: str) -> str:
+    return (f"SELECT COUNT(*) AS n FROM {checked_table(table)} "
+            f"WHERE run_id = '{_word(run_id)}' AND mode = '{_word(mode)}'")
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _word(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,40}", value):
+        raise ValueError(f"not a plain word: {value!r}")
+    return value
