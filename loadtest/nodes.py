@@ -1,0 +1,58 @@
+"""Which DB nodes the sysbench baseline runs on, and how it reaches each one's local server.
+
+The seed ran sysbench on each worker against its local server as ``sb@localhost``, i.e. over the
+server's socket; we do the same: on the loopback stack with each node's socket, on the namespace
+and AWS clusters on each minion through Salt (or inside the host's network namespace).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from cluster.loopback.mariadb import MariaDBCluster
+from loadtest.sysbench import InNamespace, Node, Options, Runner, ThroughSalt, run_here
+from loadtest.target import Target
+
+SB_PASSWORD_ENV = "SQLGATE_SB_PASSWORD"
+SALT_COMMAND_ENV = "SQLGATE_SALT_COMMAND"
+DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
+
+
+def loopback_nodes(db: MariaDBCluster, options: Options) -> tuple[list[Node], Runner]:
+    """Create ``sb@localhost`` on the primary (it replicates), then each node by its socket."""
+    password = options.password.replace("'", "''")
+    db.primary.sql(f"CREATE USER IF NOT EXISTS '{options.user}'@'localhost' "
+                   f"IDENTIFIED BY '{password}'")
+    db.primary.sql(f"GRANT ALL ON {options.schema}.* TO '{options.user}'@'localhost'")
+    db.wait_for_replicas()
+    nodes = [Node(node.name, "manager" if node is db.primary else "worker",
+                  socket=str(node.socket)) for node in db.nodes]
+    return nodes, run_here
+
+
+def cluster_nodes(target: Target, via: str = "salt",
+                  socket: str = DEFAULT_SOCKET) -> tuple[list[Node], Runner]:
+    """The cluster file's DB hosts, reached through Salt (``via="salt"``) or their namespace."""
+    nodes = [Node(h["name"], h["role"], socket=socket) for h in target.db_hosts]
+    if not nodes:
+        raise LookupError(f"the {target.provider} cluster file lists no DB hosts")
+    if via == "netns":
+        missing = [h["name"] for h in target.db_hosts if not h.get("namespace")]
+        if missing:
+            raise LookupError(f"no network namespace for {missing} in the cluster file")
+        return nodes, InNamespace({h["name"]: h["namespace"] for h in target.db_hosts})
+    salt = (os.environ.get(SALT_COMMAND_ENV) or target.raw.get("salt_command") or "salt")
+    return nodes, ThroughSalt(shlex.split(salt) if isinstance(salt, str) else list(salt))
+
+
+def sb_password(target: Target | None, given: str | None) -> str:
+    """``--sb-password``, else ``$SQLGATE_SB_PASSWORD``, else the cluster file's ``sb_password``."""
+    password = given or os.environ.get(SB_PASSWORD_ENV)
+    if not password and target is not None:
+        password = target.raw.get("sb_password") or target.raw.get("secrets", {}).get(
+            "sb_password")
+    if not password:
+        raise LookupError(f"no password for the sysbench user: give --sb-password or "
+                          f"${SB_PASSWORD_ENV}")
+    return password
