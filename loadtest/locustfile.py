@@ -1,0 +1,125 @@
+"""Locust scenarios for the Gatekeeper: reads and writes per routing mode.
+
+``locust -f loadtest/locustfile.py`` opens the web UI aimed at the cluster that
+``bootstrap.py up`` made: the Gatekeeper URL and the API key come from ``.cluster/<provider>.json``
+(local, else aws, else loopback; ``--provider`` or ``$SQLGATE_PROVIDER`` chooses). The routing
+mode, the share of writes and the write table are options, shown in the web UI. Writes go to a
+table of the load test's own, created if missing, so a run can be repeated at will.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import urllib.error
+import urllib.request
+from collections import deque
+
+from locust import FastHttpUser, constant, events, task
+from locust.env import Environment
+
+from loadtest.target import PREFERRED_PROVIDERS, PROVIDER_ENV, find_target
+from loadtest.workload import (
+    DEFAULT_TABLE,
+    MODES,
+    create_table_sql,
+    new_run_id,
+    read_sql,
+    write_sql,
+)
+
+log = logging.getLogger("sqlgate.locust")
+ALL_MODES = "all"
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser) -> None:
+    parser.add_argument("--mode", choices=[ALL_MODES, *MODES], default=ALL_MODES,
+                        help="routing mode of every request; 'all' picks one per request")
+    parser.add_argument("--write-percent", type=int, default=50,
+                        help="share of requests that are writes, 0-100 (the rest are reads)")
+    parser.add_argument("--table", default=DEFAULT_TABLE,
+                        help="write table ([schema.]name), created if missing")
+    parser.add_argument("--provider", choices=PREFERRED_PROVIDERS, default=None,
+                        env_var=PROVIDER_ENV, include_in_web_ui=False,
+                        help="cluster file to read (default: local, else aws, else loopback)")
+    parser.add_argument("--api-key", default="", env_var="SQLGATE_API_KEY", is_secret=True,
+                        help="Gatekeeper API key (default: the cluster file's)")
+
+
+@events.init.add_listener
+def _find_cluster(environment: Environment, **_) -> None:
+    """Aim at the cluster file's Gatekeeper unless --host was given; keep its key."""
+    options = environment.parsed_options
+    environment.sqlgate_api_key = options.api_key if options else ""
+    try:
+        target = find_target(options.provider if options else None)
+    except LookupError as error:
+        if not environment.host:
+            log.warning("%s", error)
+        return
+    if not environment.host:
+        environment.host = target.gatekeeper_url
+    if not environment.sqlgate_api_key:
+        environment.sqlgate_api_key = target.api_key
+    log.info("Gatekeeper %s from the %s cluster file", environment.host, target.provider)
+
+
+def _api_key(environment: Environment) -> str:
+    return environment.parsed_options.api_key or environment.sqlgate_api_key
+
+
+@events.test_start.add_listener
+def _create_table(environment: Environment, **_) -> None:
+    """Once per test, before the users start: the write table, through the Gatekeeper."""
+    if not environment.host:
+        return
+    body = json.dumps({"sql": create_table_sql(environment.parsed_options.table),
+                       "mode": "direct"}).encode()
+    request = urllib.request.Request(
+        environment.host.rstrip("/") + "/query", data=body, method="POST",
+        headers={"Content-Type": "application/json", "X-API-Key": _api_key(environment)})
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+    except (urllib.error.URLError, OSError) as error:
+        detail = error.read().decode(errors="replace") if isinstance(
+            error, urllib.error.HTTPError) else ""
+        log.error("cannot create the write table: %s %s", error, detail)
+
+
+class GatekeeperUser(FastHttpUser):
+    """One client sending reads and writes back to back, in the chosen mode and mix."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.run_id = new_run_id()
+        self.seq = 0
+        self.row_ids: deque[int] = deque(maxlen=1000)  # rows this user wrote, for point reads
+
+    @task
+    def query(self) -> None:
+        options = self.environment.parsed_options
+        mode = random.choice(MODES) if options.mode == ALL_MODES else options.mode
+        kind = "write" if random.uniform(0, 100) < options.write_percent else "read"
+        self.seq += 1
+        if kind == "write":
+            sql = write_sql(options.table, self.run_id, mode, self.seq)
+        else:
+            sql = read_sql(options.table, random.choice(self.row_ids) if self.row_ids else None)
+        request_id = f"{self.run_id}-{self.seq}"
+        with self.client.post("/query", json={"sql": sql, "mode": mode, "request_id": request_id},
+                              headers={"X-API-Key": _api_key(self.environment)},
+                              name=f"{mode} {kind}", catch_response=True) as answer:
+            try:
+                data = answer.json()
+            except ValueError:
+                data = {}
+            if answer.status_code != 200:
+                answer.failure(f"{answer.status_code}: {data.get('error', answer.text)}")
+            elif data.get("request_id") != request_id:
+                answer.failure(f"answer for another request: {data.get('request_id')!r}")
+            elif kind == "write" and data.get("last_insert_id"):
+                self.row_ids.append(int(data["last_insert_id"]))
