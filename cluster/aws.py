@@ -173,6 +173,20 @@ def _launch_master(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, context: dict
                                                 **context))
 
 
+def check_existing(plan: AwsPlan, existing: dict[str, dict], had_keys: bool) -> None:
+    """A running master only trusts the minion keys it was given at launch: refuse to mix."""
+    master = existing.get(SALT_MASTER.name)
+    if not master:
+        return
+    if not had_keys:
+        raise res.AwsError(f"the cluster exists but its keys and secrets ({provider_dir()}) are "
+                           "gone: run 'bootstrap.py down', then 'up' again")
+    made_for = res.tag_value(master, res.MINIONS_TAG)
+    if made_for != plan.minion_ids:
+        raise res.AwsError(f"the cluster was made for minions {made_for}, not {plan.minion_ids} "
+                           "(--replicas changed?): run 'bootstrap.py down' first to change it")
+
+
 def _launch_all(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, context: dict) -> dict[str, dict]:
     """The master first (the minions need its private address), then the missing minions."""
     instances = res.find_instances(aws)
@@ -223,6 +237,7 @@ def _up(args: argparse.Namespace) -> int:
         return 0
     say(f"cluster {aws.cluster_name} in {aws.region} (account {aws.account}), "
         f"{plan.instance_type}, image {plan.image.image_id} ({plan.image.source})")
+    check_existing(plan, existing, (provider_dir() / "secrets.json").exists())
     keys = ClusterKeys.load_or_create(provider_dir(), [h.name for h in plan.minions],
                                       aws.cluster_name)
     write_known_hosts(provider_dir() / "ssh" / "known_hosts", keys)

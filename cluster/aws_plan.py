@@ -56,10 +56,15 @@ class AwsPlan:
                    res.default_network(aws, args.instance_type), normalise_cidr(admin_cidr),
                    minions)
 
+    @property
+    def minion_ids(self) -> str:
+        return ",".join(host.name for host in self.minions)
+
     def launch(self, host: Host, user_data: str, group_ids: dict[str, str],
                key_name: str | None) -> res.Launch:
+        extra = ((res.MINIONS_TAG, self.minion_ids),) if host == SALT_MASTER else ()
         return res.Launch(host, self.image.image_id, self.instance_type, self.network.subnet_id,
-                          group_ids[host.group], user_data, key_name)
+                          group_ids[host.group], user_data, key_name, extra)
 
 
 def rule_lines(aws: res.Aws, admin_cidr: str) -> dict[str, list[str]]:

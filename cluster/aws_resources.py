@@ -20,6 +20,7 @@ from cluster.topology import ADMIN, CLUSTER, GROUPS, INTERNET, Host, IngressRule
 CLUSTER_TAG = "sqlgate:cluster"
 ROLE_TAG = "sqlgate:role"
 HOST_TAG = "sqlgate:host"
+MINIONS_TAG = "sqlgate:minions"  # on the master: the minion ids whose keys it was given
 CANONICAL_OWNER = "099720109477"
 UBUNTU_AMI_PARAMETER = (
     "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
@@ -306,11 +307,13 @@ class Launch:
     group_id: str
     user_data: str
     key_name: str | None
+    extra_tags: tuple[tuple[str, str], ...] = ()
 
 
 def launch_instance(aws: Aws, launch: Launch) -> dict:
     """One instance with a public address (for apt; the groups keep it closed), IMDSv2 only."""
     host = launch.host
+    tags = {ROLE_TAG: host.role, HOST_TAG: host.name, **dict(launch.extra_tags)}
     params: dict[str, Any] = {
         "ImageId": launch.image_id,
         "InstanceType": launch.instance_type,
@@ -322,8 +325,8 @@ def launch_instance(aws: Aws, launch: Launch) -> dict:
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled",
                             "HttpPutResponseHopLimit": 1},
         "TagSpecifications": [
-            *aws.tag_spec("instance", host.name, **{ROLE_TAG: host.role, HOST_TAG: host.name}),
-            *aws.tag_spec("volume", host.name, **{ROLE_TAG: host.role, HOST_TAG: host.name}),
+            *aws.tag_spec("instance", host.name, **tags),
+            *aws.tag_spec("volume", host.name, **tags),
         ],
     }
     if launch.key_name:

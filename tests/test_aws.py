@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -338,6 +339,21 @@ def test_up_completes_a_partial_cluster(aws_env, cluster_up, capsys):
     assert code == 0, err
     assert "launched worker2" in out and "launched saltmaster" not in out
     assert len(live_instances(ec2)) == len(HOSTS)
+
+
+def test_up_refuses_to_change_the_minions_of_a_running_master(aws_env, cluster_up, capsys):
+    """The master only accepts the keys it was given at launch: no silent half-cluster."""
+    before = snapshot(aws_env)
+    code, _, err = up(capsys, "--replicas", "3")
+    assert_one_line_error(code, err, "the cluster was made for minions gatekeeper,proxy,manager,"
+                                     "worker1,worker2, not ")
+    assert snapshot(aws_env) == before
+
+
+def test_up_refuses_when_the_local_keys_are_lost(aws_env, cluster_up, capsys):
+    shutil.rmtree(aws_env.cluster_dir / "aws")
+    code, _, err = up(capsys)
+    assert_one_line_error(code, err, "the cluster exists but its keys and secrets")
 
 
 def test_dry_run_creates_nothing(aws_env, capsys):

@@ -43,7 +43,7 @@ main() {
     own_master_pki
     systemctl enable --now salt-master
     wait_for_minions
-    salt -L "$MINION_IDS" saltutil.sync_all --out=quiet
+    salt -L "$MINION_IDS" saltutil.sync_all --out=quiet || log "sync_all reported a problem"
     mkdir -p /var/lib/sqlgate
     if salt-run state.orchestrate orch --out=highstate --state-output=mixed \
             > /var/log/sqlgate-orchestrate.log 2>&1; then
