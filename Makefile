@@ -47,3 +47,13 @@ bench: system-packages $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- Benchmark report (issue 5): the seed's latency table per routing mode + sysbench baseline,
+# written under results/<timestamp>/. `report` aims at the cluster file (local, aws, loopback);
+# `report-loopback` starts a loopback stack of its own. REPORT_ARGS passes options, e.g. -n 100.
+.PHONY: report report-loopback
+report: system-packages $(STAMP)
+	$(PY) -m loadtest.report --sysbench $(REPORT_ARGS)
+
+report-loopback: system-packages $(STAMP)
+	$(PY) -m loadtest.report --loopback --sysbench $(REPORT_ARGS)
