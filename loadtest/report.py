@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (LookupError, RuntimeError) as error:  # no cluster, no key, setup refused: one line
+        print(f"loadtest.report: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if unknown := set(modes) - set(MODES):

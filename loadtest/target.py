@@ -47,4 +47,4 @@ def find_target(provider: str | None = None) -> Target:
     tried = ", ".join(str(cluster_file(name)) for name in ((provider,) if provider
                                                               else PREFERRED_PROVIDERS))
     raise LookupError(f"no cluster file ({tried}): run `python bootstrap.py up --provider local`"
-                      " or `python -m cluster.loopback`, or give --host and --api-key")
+                      " or `python -m cluster.loopback`")

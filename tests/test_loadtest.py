@@ -181,3 +181,13 @@ def test_locust_web_ui_runs_a_scenario(cluster_env, gatekeeper, tmp_path):
         assert stats["fail_ratio"] == 0, json.loads(web(url + "/stats/requests"))["errors"]
     finally:
         terminate(locust, grace=15)
+
+
+def test_report_without_a_cluster_says_so_in_one_line(tmp_path):
+    env = {**os.environ, "SQLGATE_CLUSTER_DIR": str(tmp_path / "none")}
+    env.pop("SQLGATE_PROVIDER", None)
+    done = subprocess.run([sys.executable, "-m", "loadtest.report", "--out", str(tmp_path)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2 and "no cluster file" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.glob("2*"))
