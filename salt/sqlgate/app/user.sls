@@ -1,0 +1,28 @@
+{%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
+{%- set app = sqlgate.app %}
+
+service user {{ app.user }} exists:
+  user.present:
+    - name: {{ app.user }}
+    - system: True
+    - home: {{ app.home }}
+    - createhome: False
+    - shell: /usr/sbin/nologin
+
+service directories exist:
+  file.directory:
+    - names:
+      - {{ app.home }}:
+        - user: root
+        - group: root
+        - mode: '0755'
+      - {{ app.config_dir }}:
+        - user: root
+        - group: {{ app.user }}
+        - mode: '0750'
+      - {{ app.log_dir }}:
+        - user: {{ app.user }}
+        - group: {{ app.user }}
+        - mode: '0750'
+    - require:
+      - user: service user {{ app.user }} exists

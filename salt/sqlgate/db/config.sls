@@ -1,0 +1,45 @@
+{%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
+{%- set db = sqlgate.db %}
+{%- set host = sqlgate.hosts[grains.id] %}
+
+include:
+  - .package
+
+database directories belong to the database user:
+  file.directory:
+    - names:
+      - {{ db.datadir }}:
+        - mode: '0750'
+      - {{ db.log_dir }}:
+        - mode: '0750'
+      - {{ db.run_dir }}:
+        - mode: '0755'
+    - user: {{ db.user }}
+    - group: {{ db.user }}
+    - makedirs: True
+    - require:
+      - sls: sqlgate.db.package
+
+database data directory is initialised:
+  cmd.run:
+    - name: {{ db.initialise.format(datadir=db.datadir) }}
+    - creates: {{ db.datadir }}/mysql
+    - require:
+      - file: database directories belong to the database user
+
+database server is configured for GTID replication:
+  file.managed:
+    - name: {{ db.config_dir }}/{{ db.config_file_name }}
+    - source: salt://sqlgate/files/server.cnf.jinja
+    - template: jinja
+    - mode: '0644'
+    - makedirs: True
+    - context:
+        server_id: {{ host.server_id }}
+        port: {{ sqlgate.ports.mysql }}
+        socket: {{ db.socket }}
+        datadir: {{ db.datadir }}
+        options: {{ db.server_options | json }}
+        replica_options: {{ (db.replica_options if host.role == 'worker' else {}) | json }}
+    - require:
+      - sls: sqlgate.db.package
