@@ -27,6 +27,7 @@ import yaml
 
 from cluster import local_firewall
 from cluster.local_hosts import (
+    PRIVATE_DIRS,
     RUNTIME_ROOT,
     HostError,
     NamespaceHost,
@@ -35,10 +36,12 @@ from cluster.local_hosts import (
     release_private_mount,
     run,
     short_name,
+    stop_processes,
 )
 from cluster.pillar import build_pillar, write_pillar_tree
 from cluster.secrets import load_or_create
 from cluster.state import (
+    CLUSTER_DIR_ENV,
     PROJECT_ROOT,
     default_cluster_dir,
     read_cluster_file,
@@ -87,7 +90,11 @@ class LocalCluster:
         planned = [SALT_MASTER, *plan_hosts(args.replicas)]
         if subnet.num_addresses < len(planned) + 3:
             raise LocalError(f"--subnet {subnet} is too small for {len(planned)} hosts")
-        state_dir = default_cluster_dir() / PROVIDER / args.cluster_name
+        state_dir = (default_cluster_dir() / PROVIDER / args.cluster_name).resolve()
+        hidden = [m for m in PRIVATE_DIRS if state_dir.is_relative_to(m)]
+        if hidden:
+            raise LocalError(f"the cluster directory {state_dir} is under {hidden[0]}, which "
+                             f"each host replaces with its own: choose another {CLUSTER_DIR_ENV}")
         hosts = [
             NamespaceHost(cluster=args.cluster_name, name=host.name, role=host.role,
                           address=str(subnet[index + 2]), prefix_len=subnet.prefixlen,
@@ -353,7 +360,9 @@ def summarize_orchestration(output: dict) -> OrchestrationResult:
                 if state.get("changes"):
                     changed.setdefault(minion, []).append(state_id)
                 if state.get("result") is False:
-                    failed.append(f"{minion}: {state_id}: {str(state.get('comment'))[:400]}")
+                    stderr = str((state.get("changes") or {}).get("stderr", ""))[-400:]
+                    failed.append(f"{minion}: {state_id}: {str(state.get('comment'))[:300]}"
+                                  + (f" stderr: {stderr}" if stderr else ""))
     return OrchestrationResult(not failed, changed, failed)
 
 
@@ -529,7 +538,8 @@ def _down(args: argparse.Namespace) -> int:
                 cluster=cluster.name, name=entry["name"], role=entry["role"],
                 address=entry["address"], prefix_len=cluster.subnet.prefixlen,
                 index=len(cluster.hosts), state_dir=cluster.state_dir))
-    for host in reversed(cluster.hosts):
+    stop_processes(cluster.hosts)
+    for host in cluster.hosts:
         host.remove()
     if _bridge_exists(cluster.bridge):
         run(["ip", "link", "delete", cluster.bridge])

@@ -32,6 +32,7 @@ PRIVATE_DIRS: dict[str, str] = {
     "/var/cache/salt": "var-cache-salt",
     "/var/cache/sqlgate": "var-cache-sqlgate",
     "/opt/sqlgate": "opt-sqlgate",
+    "/tmp": "tmp",
 }
 
 
@@ -128,6 +129,7 @@ class NamespaceHost:
         for directory in (etc_upper, etc_work, *(self.files_dir / d
                                                   for d in PRIVATE_DIRS.values())):
             directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.files_dir / "tmp", 0o1777)
         steps = [
             f"hostname {shlex.quote(self.name)}",
             "mount -t overlay overlay -o "
@@ -183,29 +185,31 @@ class NamespaceHost:
 
     # --- removal ---------------------------------------------------------------------------
 
-    def stop_processes(self, deadline_s: float = 30) -> None:
-        """SIGTERM every process of the host, then SIGKILL what is left at the deadline."""
-        deadline = time.monotonic() + deadline_s
-        sent_kill = False
-        while pids := self.pids():
-            late = time.monotonic() >= deadline
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL if late else signal.SIGTERM)
-            if late and sent_kill and time.monotonic() >= deadline + 10:
-                raise HostError(f"processes {pids} of {self.namespace} survive SIGKILL")
-            sent_kill = sent_kill or late
-            time.sleep(0.2)
-
     def remove(self) -> None:
-        """Processes, namespaces and the veth (which goes with its namespace)."""
-        self.stop_processes()
+        """Namespaces and the veth (which goes with its namespace), once no process is left."""
+        stop_processes([self])
         for path in (self.mount_ns, self.uts_ns):
             if _is_mount_point(path):
                 run(["umount", str(path)])
             path.unlink(missing_ok=True)
         if self.network_exists():
             run(["ip", "netns", "delete", self.namespace])
+
+
+def stop_processes(hosts: list[NamespaceHost], grace_s: float = 10) -> None:
+    """SIGTERM every process of the hosts at once, SIGKILL what is left after ``grace_s``.
+
+    Only the pids ``ip netns pids`` lists for these hosts are signalled, never by name.
+    """
+    deadline = time.monotonic() + grace_s
+    while pids := [pid for host in hosts for pid in host.pids()]:
+        now = time.monotonic()
+        if now >= deadline + 10:
+            raise HostError(f"processes {pids} survive SIGKILL")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if now >= deadline else signal.SIGTERM)
+        time.sleep(0.2)
 
 
 def _is_mount_point(path: Path) -> bool:

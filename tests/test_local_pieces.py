@@ -106,3 +106,9 @@ def test_without_root_each_command_is_a_one_line_error(command, monkeypatch, cap
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and "needs root" in captured.err
+
+
+def test_cluster_directory_hidden_inside_the_hosts_is_refused(monkeypatch):
+    monkeypatch.setenv("SQLGATE_CLUSTER_DIR", "/tmp/somewhere")
+    with pytest.raises(LocalError, match="under /tmp"):
+        LocalCluster.plan(_args())

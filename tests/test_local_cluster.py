@@ -1,0 +1,197 @@
+"""End to end: ``bootstrap.py up --provider local`` through a real Salt master and minions, the
+acceptance checks of the local cluster, a second ``up`` that changes nothing, and ``down``.
+
+The cluster has its own name, subnet and cluster directory, so it cannot collide with a
+developer's running cluster; it is taken down even when a check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cluster.local_hosts import RUNTIME_ROOT
+from cluster.state import PROJECT_ROOT
+
+pytestmark = pytest.mark.cluster
+
+CLUSTER_NAME = "sqlgate-e2e"
+SUBNET = "10.213.251.0/24"
+ACTOR_COUNT = "SELECT COUNT(*) FROM sakila.actor"
+
+
+@dataclass
+class E2ECluster:
+    directory: Path
+    first_up: subprocess.CompletedProcess[str]
+    record: dict
+
+    def bootstrap(self, command: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+        return run_bootstrap(command, self.directory, timeout)
+
+    def host(self, name: str) -> dict:
+        return next(h for h in self.record["hosts"] if h["name"] == name)
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [h["namespace"] for h in self.record["hosts"]]
+
+
+def run_bootstrap(command: str, directory: Path,
+                  timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bootstrap.py", command, "--provider", "local",
+         "--cluster-name", CLUSTER_NAME, "--subnet", SUBNET],
+        cwd=PROJECT_ROOT, env={**os.environ, "SQLGATE_CLUSTER_DIR": str(directory)},
+        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[E2ECluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the local cluster needs root (namespaces, bridge, mounts)")
+    # Not under /tmp: every host has its own /tmp, and the Salt master reads this directory.
+    directory = PROJECT_ROOT / ".cluster" / "e2e-test"
+    try:
+        first_up = run_bootstrap("up", directory)
+        assert first_up.returncode == 0, first_up.stdout + first_up.stderr
+        record = json.loads((directory / "local.json").read_text())
+        yield E2ECluster(directory, first_up, record)
+    finally:
+        # Idempotent: test_down_leaves_nothing normally did it already.
+        run_bootstrap("down", directory, timeout=300)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def query(url: str, api_key: str, sql: str, mode: str) -> dict:
+    request = urllib.request.Request(
+        f"{url}/query", data=json.dumps({"sql": sql, "mode": mode}).encode(),
+        headers={"Content-Type": "application/json", "X-API-Key": api_key}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def tcp_answers(address: str, port: int, timeout: float = 2.0) -> bool:
+    """True when a TCP connection is accepted; refused or timed out is False."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tcp_answers_from(namespace: str, address: str, port: int) -> bool:
+    probe = f"import socket; socket.create_connection(({address!r}, {port}), timeout=2)"
+    result = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", probe],
+                            capture_output=True, timeout=30, check=False)
+    return result.returncode == 0
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has exited; only its parent's reaping is left)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_up_prints_the_url_the_key_file_and_a_working_curl_line(cluster):
+    out = cluster.first_up.stdout
+    assert f"Gatekeeper: {cluster.record['gatekeeper_url']}" in out
+    assert cluster.record["api_key_file"] in out
+    curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl "))
+    reply = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30,
+                           check=True)
+    assert json.loads(reply.stdout)["rows"] == [[200]]
+
+
+def test_cluster_file_is_private_and_complete(cluster):
+    path = cluster.directory / "local.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert cluster.record["api_key"]
+    roles = {h["name"]: h["role"] for h in cluster.record["hosts"]}
+    assert roles == {"saltmaster": "saltmaster", "gatekeeper": "gatekeeper", "proxy": "proxy",
+                     "manager": "manager", "worker1": "worker", "worker2": "worker"}
+    for host in cluster.record["hosts"]:
+        assert host["namespace"] in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                   text=True, check=True).stdout
+        assert host["address"].startswith("10.213.251.")
+
+
+@pytest.mark.parametrize(("mode", "nodes"), [("direct", {"manager"}),
+                                             ("random", {"worker1", "worker2"}),
+                                             ("ping", {"worker1", "worker2"})])
+def test_sakila_actor_count_in_every_mode(cluster, mode, nodes):
+    answer = query(cluster.record["gatekeeper_url"], cluster.record["api_key"], ACTOR_COUNT, mode)
+    assert answer["rows"] == [[200]]
+    assert answer["node"] in nodes
+
+
+def test_from_the_machine_only_the_gatekeeper_answers(cluster):
+    assert tcp_answers(cluster.host("gatekeeper")["address"], 80)
+    assert not tcp_answers(cluster.host("proxy")["address"], 5000)
+    for name in ("manager", "worker1", "worker2"):
+        assert not tcp_answers(cluster.host(name)["address"], 3306), name
+
+
+def test_database_port_is_closed_to_the_gatekeeper_and_open_to_the_proxy(cluster):
+    manager = cluster.host("manager")["address"]
+    assert not tcp_answers_from(cluster.host("gatekeeper")["namespace"], manager, 3306)
+    assert tcp_answers_from(cluster.host("proxy")["namespace"], manager, 3306)
+
+
+def test_status_shows_both_replicas_running_without_lag(cluster):
+    wanted = re.compile(r"Replica_IO_Running: Yes\s+Replica_SQL_Running: Yes\s+"
+                        r"Seconds_Behind_Source: 0\b")
+    deadline = time.monotonic() + 60
+    while True:
+        status = cluster.bootstrap("status", timeout=120)
+        if status.returncode == 0 and len(wanted.findall(status.stdout)) == 2:
+            break
+        assert time.monotonic() < deadline, status.stdout + status.stderr
+        time.sleep(2)
+    for service in ("sqlgate-gatekeeper RUNNING", "sqlgate-proxy RUNNING", "mariadb RUNNING"):
+        assert service in status.stdout
+
+
+def test_second_up_reports_no_changes(cluster):
+    again = cluster.bootstrap("up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "no changes" in again.stdout, again.stdout
+
+
+def test_down_leaves_nothing(cluster):
+    pids = [int(pid) for namespace in cluster.namespaces
+            for pid in subprocess.run(["ip", "netns", "pids", namespace], capture_output=True,
+                                      text=True, check=False).stdout.split()]
+    assert len(pids) >= 7  # at least the master, five minions and the databases
+
+    down = cluster.bootstrap("down", timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+
+    assert [pid for pid in pids if running(pid)] == []
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                check=True).stdout
+    assert not any(ns in namespaces for ns in cluster.namespaces)
+    links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
+    assert cluster.record["bridge"] not in {link["ifname"] for link in json.loads(links.stdout)}
+    mounts = Path("/proc/self/mountinfo").read_text()
+    for marker in (str(RUNTIME_ROOT / CLUSTER_NAME), str(cluster.directory)):
+        assert marker not in mounts
+    assert not (cluster.directory / "local.json").exists()
+    assert not (cluster.directory / "local" / CLUSTER_NAME).exists()
