@@ -493,7 +493,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"cluster {cluster.name}: Gatekeeper {cluster.gatekeeper_url}")
     healthy = True
     for host in cluster.hosts:
-        line = f"  {host.name:<11} {host.role:<10} {host.address:<15} {host.namespace}"
+        line = f"  {host.name:<11} {host.role:<10} {host.address:<15} {host.namespace:<24}"
         running = services.get(host.name) if isinstance(services, dict) else None
         if host is cluster.master:
             line += "  salt-master" if _runs(host, "salt-master") else "  salt-master DOWN"

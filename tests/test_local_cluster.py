@@ -155,6 +155,27 @@ def test_database_port_is_closed_to_the_gatekeeper_and_open_to_the_proxy(cluster
     assert tcp_answers_from(cluster.host("proxy")["namespace"], manager, 3306)
 
 
+def test_proxy_pings_the_replicas_without_root(cluster):
+    """The ping strategy's ICMP works for the unprivileged service user (namespaced sysctl)."""
+    proxy = cluster.host("proxy")
+    deadline = time.monotonic() + 30
+    while True:
+        health = subprocess.run(
+            ["ip", "netns", "exec", proxy["namespace"], "curl", "-fsS",
+             "http://127.0.0.1:5000/health"], capture_output=True, text=True, check=True)
+        nodes = json.loads(health.stdout)["nodes"]
+        if all(nodes[name]["icmp_rtt_ms"] is not None for name in ("worker1", "worker2")):
+            break
+        assert time.monotonic() < deadline, health.stdout
+        time.sleep(1)
+    users = subprocess.run(["ip", "netns", "exec", proxy["namespace"], "ps", "-o", "user=",
+                            "-p", ",".join(subprocess.run(
+                                ["ip", "netns", "pids", proxy["namespace"]], capture_output=True,
+                                text=True, check=True).stdout.split())],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert "sqlgate" in users  # the services do not run as root
+
+
 def test_status_shows_both_replicas_running_without_lag(cluster):
     wanted = re.compile(r"Replica_IO_Running: Yes\s+Replica_SQL_Running: Yes\s+"
                         r"Seconds_Behind_Source: 0\b")
