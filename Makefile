@@ -28,6 +28,7 @@ system-packages:
 
 up: system-packages $(STAMP)
 	$(PY) bootstrap.py up --provider local
+	$(PY) -m cluster.demo --provider local
 
 status: $(STAMP)
 	$(PY) bootstrap.py status --provider local

@@ -39,7 +39,7 @@ from cluster.local_hosts import (
     stop_processes,
 )
 from cluster.pillar import build_pillar, write_pillar_tree
-from cluster.secrets import load_or_create
+from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import (
     CLUSTER_DIR_ENV,
     PROJECT_ROOT,
@@ -397,15 +397,19 @@ def wait_for_gatekeeper(url: str, deadline_s: float = 60) -> None:
     raise LocalError(f"the Gatekeeper at {url} is not healthy after {deadline_s:.0f}s: {last}")
 
 
-def cluster_record(cluster: LocalCluster, api_key: str) -> dict:
+def cluster_record(cluster: LocalCluster, secrets: ClusterSecrets) -> dict:
+    """What the load tests need: the endpoint and key, the hosts, and for the sysbench baseline
+    the ``sb`` password and a ``salt`` command line that runs on the master."""
     return {
         "provider": PROVIDER,
         "cluster_name": cluster.name,
         "subnet": str(cluster.subnet),
         "bridge": cluster.bridge,
         "gatekeeper_url": cluster.gatekeeper_url,
-        "api_key": api_key,
+        "api_key": secrets.api_key,
         "api_key_file": str(cluster.api_key_file),
+        "sb_password": secrets.sb_password,
+        "salt_command": cluster.master.enter([str(VENV_BIN / "salt")]),
         "state_dir": str(cluster.state_dir),
         "hosts": [{"name": h.name, "role": h.role, "address": h.address,
                    "namespace": h.namespace} for h in cluster.hosts],
@@ -472,7 +476,7 @@ def _up(args: argparse.Namespace) -> int:
         raise LocalError(f"the orchestration failed (full output: "
                          f"{cluster.state_dir / 'orchestrate.json'})")
     wait_for_gatekeeper(cluster.gatekeeper_url)
-    path = write_cluster_file(PROVIDER, cluster_record(cluster, secrets.api_key))
+    path = write_cluster_file(PROVIDER, cluster_record(cluster, secrets))
     print(f"cluster {cluster.name} is up in {time.monotonic() - started:.0f}s")
     _print_summary(cluster, result, path)
     return 0
