@@ -91,7 +91,9 @@ class LocalCluster:
         if subnet.num_addresses < len(planned) + 3:
             raise LocalError(f"--subnet {subnet} is too small for {len(planned)} hosts")
         state_dir = (default_cluster_dir() / PROVIDER / args.cluster_name).resolve()
-        hidden = [m for m in PRIVATE_DIRS if state_dir.is_relative_to(m)]
+        # /tmp is fine (the hosts keep seeing it there); the other private mounts hide it.
+        hidden = [m for m in (*PRIVATE_DIRS, "/run")
+                  if m != "/tmp" and state_dir.is_relative_to(m)]
         if hidden:
             raise LocalError(f"the cluster directory {state_dir} is under {hidden[0]}, which "
                              f"each host replaces with its own: choose another {CLUSTER_DIR_ENV}")
@@ -397,6 +399,12 @@ def wait_for_gatekeeper(url: str, deadline_s: float = 60) -> None:
     raise LocalError(f"the Gatekeeper at {url} is not healthy after {deadline_s:.0f}s: {last}")
 
 
+def paths_hosts_read(cluster: LocalCluster) -> list[Path]:
+    """The machine's directories the hosts use in place: the checkout (Salt tree, code), the
+    virtualenv running Salt, the cluster's state and the Sakila files."""
+    return [PROJECT_ROOT, Path(sys.prefix), cluster.state_dir, SAKILA_DIR]
+
+
 def cluster_record(cluster: LocalCluster, secrets: ClusterSecrets) -> dict:
     """What the load tests need: the endpoint and key, the hosts, and for the sysbench baseline
     the ``sb`` password and a ``salt`` command line that runs on the master."""
@@ -464,7 +472,7 @@ def _up(args: argparse.Namespace) -> int:
     apply_firewall(cluster)
     for host in cluster.hosts:
         if not host.system_exists():
-            host.create_system()
+            host.create_system(keep_visible=paths_hosts_read(cluster))
     configure_salt(cluster, fileserver, pillar_dir)
     start_salt(cluster)
     wait_for_minions(cluster)

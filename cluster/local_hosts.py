@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,7 @@ class NamespaceHost:
     def system_exists(self) -> bool:
         return self.mount_ns.exists() and _is_mount_point(self.mount_ns)
 
-    def create_system(self) -> None:
+    def create_system(self, keep_visible: Sequence[Path] = ()) -> None:
         """The persistent mount and UTS namespaces: hostname, overlay ``/etc``, private dirs."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         for path in (self.mount_ns, self.uts_ns):
@@ -136,12 +137,33 @@ class NamespaceHost:
             + shlex.quote(f"lowerdir=/etc,upperdir={etc_upper},workdir={etc_work}") + " /etc",
             "mount -t tmpfs -o mode=0755 tmpfs /run",
         ]
-        for mount_point, directory in PRIVATE_DIRS.items():
+        # /tmp last: the sources of the other mounts may live under the machine's /tmp.
+        for mount_point, directory in sorted(PRIVATE_DIRS.items(), key=lambda i: i[0] == "/tmp"):
+            if mount_point == "/tmp":
+                steps.extend(self._private_tmp_steps(keep_visible))
+                continue
             source = shlex.quote(str(self.files_dir / directory))
             steps.append(f"mkdir -p {mount_point} && mount --bind {source} {mount_point}")
         run(["nsenter", f"--net={NETNS_DIR / self.namespace}", "unshare",
              f"--mount={self.mount_ns}", f"--uts={self.uts_ns}", "--propagation", "private",
              "sh", "-ec", " && ".join(steps)])
+
+    def _private_tmp_steps(self, keep_visible: Sequence[Path]) -> list[str]:
+        """Mount the host's own /tmp, keeping the machine's paths the host reads (the checkout,
+        the virtualenv, the cluster's state) where they were when they live under /tmp."""
+        under_tmp = [path.resolve() for path in keep_visible
+                     if path.resolve().is_relative_to("/tmp")]
+        stage = "/run/.sqlgate-keep"
+        steps = [f"mkdir -p {stage}"] if under_tmp else []
+        for number, path in enumerate(under_tmp):
+            steps.append(f"mkdir -p {stage}/{number} && "
+                         f"mount --bind {shlex.quote(str(path))} {stage}/{number}")
+        steps.append(f"mount --bind {shlex.quote(str(self.files_dir / PRIVATE_DIRS['/tmp']))}"
+                     " /tmp")
+        for number, path in enumerate(under_tmp):
+            target = shlex.quote(str(path))
+            steps.append(f"mkdir -p {target} && mount --bind {stage}/{number} {target}")
+        return steps
 
     # --- use -------------------------------------------------------------------------------
 

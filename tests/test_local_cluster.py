@@ -63,7 +63,6 @@ def run_bootstrap(command: str, directory: Path,
 def cluster() -> Iterator[E2ECluster]:
     if os.geteuid() != 0:
         pytest.skip("the local cluster needs root (namespaces, bridge, mounts)")
-    # Not under /tmp: every host has its own /tmp, and the Salt master reads this directory.
     directory = PROJECT_ROOT / ".cluster" / "e2e-test"
     try:
         first_up = run_bootstrap("up", directory)

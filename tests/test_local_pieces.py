@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
@@ -109,6 +110,12 @@ def test_without_root_each_command_is_a_one_line_error(command, monkeypatch, cap
 
 
 def test_cluster_directory_hidden_inside_the_hosts_is_refused(monkeypatch):
-    monkeypatch.setenv("SQLGATE_CLUSTER_DIR", "/tmp/somewhere")
-    with pytest.raises(LocalError, match="under /tmp"):
+    monkeypatch.setenv("SQLGATE_CLUSTER_DIR", "/var/log/somewhere")
+    with pytest.raises(LocalError, match="under /var/log"):
         LocalCluster.plan(_args())
+
+
+def test_cluster_directory_under_tmp_is_fine(monkeypatch):
+    """Each host has its own /tmp but keeps seeing the machine's paths it reads there."""
+    monkeypatch.setenv("SQLGATE_CLUSTER_DIR", "/tmp/somewhere")
+    assert LocalCluster.plan(_args()).state_dir == Path("/tmp/somewhere/local/sqlgate")
