@@ -11,19 +11,17 @@ import json
 import shlex
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from cluster import access
 from cluster.aws_keys import ClusterKeys, known_hosts_line
 from cluster.state import PROJECT_ROOT
 
 MASTER_ALIAS = "sqlgate-saltmaster"  # known_hosts name of the master, whatever its address
 HEALTH_POLL_S = 10
-REPLICA_FIELDS = ("Replica_IO_Running", "Replica_SQL_Running", "Seconds_Behind_Source")
 AWS_DB_FLAVOUR = "mysql"  # Ubuntu's, as in salt/sqlgate/osmap.yaml
 
 
@@ -40,28 +38,14 @@ def write_known_hosts(path: Path, keys: ClusterKeys) -> None:
     path.write_text(known_hosts_line(MASTER_ALIAS, keys.ssh_host))
 
 
-def health_ok(url: str, timeout_s: float = 5) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def wait_for_health(url: str, deadline_s: float, say: Callable[[str], None]) -> bool:
     """Poll ``url/health`` until it answers 200 or ``deadline_s`` passes; progress each minute."""
     say(f"waiting up to {deadline_s / 60:.0f} min for {url}/health")
     start = time.monotonic()
-    last_report = start
-    while time.monotonic() - start < deadline_s:
-        if health_ok(url):
-            say(f"{url}/health answered after {(time.monotonic() - start) / 60:.1f} min")
-            return True
-        if time.monotonic() - last_report >= 60:
-            say(f"  still waiting ({(time.monotonic() - start) / 60:.0f} min)")
-            last_report = time.monotonic()
-        time.sleep(HEALTH_POLL_S)
-    return False
+    if not access.wait_for_health(url, deadline_s, poll_s=HEALTH_POLL_S, progress=say):
+        return False
+    say(f"{url}/health answered after {(time.monotonic() - start) / 60:.1f} min")
+    return True
 
 
 def curl_line(url: str, cluster_file: Path) -> str:
@@ -103,23 +87,15 @@ def salt_json(recorded: dict, address: str, target: list[str], *fun: str) -> dic
 
 def parse_replica_status(text: str) -> dict[str, str]:
     """The seed's three fields from ``SHOW REPLICA STATUS\\G`` (MySQL 8 or MariaDB names)."""
-    aliases = {"Slave_IO_Running": "Replica_IO_Running",
-               "Slave_SQL_Running": "Replica_SQL_Running",
-               "Seconds_Behind_Master": "Seconds_Behind_Source"}
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.strip().partition(":")
-        name = aliases.get(name, name)
-        if name in REPLICA_FIELDS:
-            found[name] = value.strip()
-    return found
+    raw = dict(line.strip().partition(":")[::2] for line in text.splitlines() if ":" in line)
+    return access.replica_fields({key: value.strip() for key, value in raw.items()})
 
 
 def print_remote_status(recorded: dict, instances: dict[str, dict],
                         say: Callable[[str], None]) -> int:
     """Health, each host's service (through Salt: no answer = minion down) and replication."""
     url = recorded.get("gatekeeper_url")
-    healthy = bool(url) and health_ok(url)
+    healthy = bool(url) and access.health_ok(url)
     say(f"gatekeeper {url}/health: {'ok' if healthy else 'NOT answering'}")
     master = instances.get("saltmaster", {}).get("PublicIpAddress")
     if not master:
@@ -145,7 +121,6 @@ def print_remote_status(recorded: dict, instances: dict[str, dict],
     all_ok = healthy and all(running.get(name) is True for name in roles)
     for worker in workers:
         fields = parse_replica_status(str(replicas.get(worker, "")))
-        say(f"  {worker:<12} " + "  ".join(f"{k}={fields.get(k, '?')}" for k in REPLICA_FIELDS))
-        all_ok = all_ok and fields.get("Replica_IO_Running") == "Yes" \
-            and fields.get("Replica_SQL_Running") == "Yes"
+        say(f"  {worker:<12} " + "  ".join(f"{k}={v}" for k, v in fields.items()))
+        all_ok = all_ok and access.replication_running(fields)
     return 0 if all_ok else 1

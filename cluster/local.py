@@ -18,14 +18,13 @@ import shutil
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from cluster import local_firewall
+from cluster.access import replica_fields, replication_running, wait_for_health
 from cluster.local_hosts import (
     PRIVATE_DIRS,
     RUNTIME_ROOT,
@@ -385,20 +384,6 @@ def orchestrate(cluster: LocalCluster) -> OrchestrationResult:
 
 # --- the cluster file and the greeting -----------------------------------------------------
 
-def wait_for_gatekeeper(url: str, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as error:
-            last = str(error)
-        time.sleep(0.5)
-    raise LocalError(f"the Gatekeeper at {url} is not healthy after {deadline_s:.0f}s: {last}")
-
-
 def paths_hosts_read(cluster: LocalCluster) -> list[Path]:
     """The machine's directories the hosts use in place: the checkout (Salt tree, code), the
     virtualenv running Salt, the cluster's state and the Sakila files."""
@@ -483,7 +468,8 @@ def _up(args: argparse.Namespace) -> int:
             print(f"  FAILED {line}", file=sys.stderr)
         raise LocalError(f"the orchestration failed (full output: "
                          f"{cluster.state_dir / 'orchestrate.json'})")
-    wait_for_gatekeeper(cluster.gatekeeper_url)
+    if not wait_for_health(cluster.gatekeeper_url, deadline_s=60):
+        raise LocalError(f"the Gatekeeper at {cluster.gatekeeper_url} is not healthy after 60s")
     path = write_cluster_file(PROVIDER, cluster_record(cluster, secrets))
     print(f"cluster {cluster.name} is up in {time.monotonic() - started:.0f}s")
     _print_summary(cluster, result, path)
@@ -521,20 +507,8 @@ def _status(args: argparse.Namespace) -> int:
             status = replication.get(host.name) if isinstance(replication, dict) else None
             fields = replica_fields(status if isinstance(status, dict) else {})
             print("              " + "  ".join(f"{k}: {v}" for k, v in fields.items()))
-            healthy &= fields["Replica_IO_Running"] == "Yes" and \
-                fields["Replica_SQL_Running"] == "Yes"
+            healthy &= replication_running(fields)
     return 0 if healthy else 1
-
-
-def replica_fields(status: dict) -> dict[str, str]:
-    """The seed's replication check, under MySQL 8's names whatever the flavour says."""
-    def pick(*names: str) -> str:
-        return next((str(status[n]) for n in names if n in status), "?")
-    return {
-        "Replica_IO_Running": pick("Replica_IO_Running", "Slave_IO_Running"),
-        "Replica_SQL_Running": pick("Replica_SQL_Running", "Slave_SQL_Running"),
-        "Seconds_Behind_Source": pick("Seconds_Behind_Source", "Seconds_Behind_Master"),
-    }
 
 
 def _down(args: argparse.Namespace) -> int:

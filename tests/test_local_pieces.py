@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.local import LocalCluster, LocalError, replica_fields
+from cluster.access import replica_fields
+from cluster.local import LocalCluster, LocalError
 from cluster.local_firewall import ruleset
 from cluster.pillar import SECRETS_OF_ROLE, build_pillar, write_pillar_tree
 from cluster.secrets import ClusterSecrets

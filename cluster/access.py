@@ -1,0 +1,48 @@
+"""Reaching a cluster once it is up, the same way for every provider: waiting for the
+Gatekeeper's health, and reading the seed's replication check under one set of names."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+
+# The seed's replication check, under MySQL 8's names; MariaDB still says Slave/Master.
+REPLICA_FIELDS = ("Replica_IO_Running", "Replica_SQL_Running", "Seconds_Behind_Source")
+OLD_REPLICA_NAMES = {"Slave_IO_Running": "Replica_IO_Running",
+                     "Slave_SQL_Running": "Replica_SQL_Running",
+                     "Seconds_Behind_Master": "Seconds_Behind_Source"}
+
+
+def health_ok(url: str, timeout_s: float = 5) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def wait_for_health(url: str, deadline_s: float, poll_s: float = 0.5,
+                    progress: Callable[[str], None] | None = None) -> bool:
+    """Poll ``url/health`` until it answers 200 (True) or ``deadline_s`` passes (False);
+    ``progress`` hears about it once a minute on long waits."""
+    start = last_report = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        if health_ok(url, timeout_s=min(5.0, max(poll_s, 1.0))):
+            return True
+        if progress and time.monotonic() - last_report >= 60:
+            progress(f"  still waiting ({(time.monotonic() - start) / 60:.0f} min)")
+            last_report = time.monotonic()
+        time.sleep(poll_s)
+    return False
+
+
+def replica_fields(status: Mapping[str, object]) -> dict[str, str]:
+    """The three fields of a replica's status, named as MySQL 8 does, '?' where missing."""
+    named = {OLD_REPLICA_NAMES.get(key, key): str(value) for key, value in status.items()}
+    return {field: named.get(field, "?") for field in REPLICA_FIELDS}
+
+
+def replication_running(fields: Mapping[str, str]) -> bool:
+    return fields["Replica_IO_Running"] == "Yes" and fields["Replica_SQL_Running"] == "Yes"
