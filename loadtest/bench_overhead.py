@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncmy
+import numpy as np
 
 from cluster.loopback import LoopbackStack
 
@@ -64,9 +65,9 @@ class Measurement:
     errors: int
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
+def percentile(values: list[float], fraction: float) -> float:
+    """Interpolated, as numpy and the load report compute it; NaN when nothing succeeded."""
+    return float(np.percentile(values, fraction * 100)) if values else float("nan")
 
 
 async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
@@ -103,7 +104,6 @@ async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
     elapsed = time.perf_counter() - began
     pool.close()
     await pool.wait_closed()
-    latencies.sort()
     return Measurement("driver (asyncmy)", operation, clients, len(latencies) / elapsed,
                        percentile(latencies, 0.50), percentile(latencies, 0.99), errors)
 

@@ -47,12 +47,24 @@ class Classification:
 READ = Classification("read", "plain read")
 
 
-@lru_cache(maxsize=8192)
+# Statements are cached by their text; long ones are rare and would make the cache large.
+CACHED_LENGTH = 2048
+
+
 def classify(sql: str) -> Classification:
     """Classify one statement; raise StatementError for none or several."""
+    return _classify_cached(sql) if len(sql) <= CACHED_LENGTH else _classify(sql)
+
+
+@lru_cache(maxsize=8192)
+def _classify_cached(sql: str) -> Classification:
+    return _classify(sql)
+
+
+def _classify(sql: str) -> Classification:
     try:
         statements = [s for s in sqlglot.parse(sql, read="mysql") if s is not None]
-    except SqlglotError:
+    except (SqlglotError, RecursionError):  # the parser recurses: deep nesting exhausts it
         if not sql.strip():
             raise StatementError("empty SQL statement") from None
         return Classification("write", "not understood by the parser: runs on the primary")

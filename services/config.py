@@ -51,7 +51,6 @@ class ProxyConfig:
     db_user: str = "app"
     db_password: str = ""
     db_name: str = ""
-    pool_min_size: int = 1
     pool_max_size: int = 16
     connect_timeout: float = 2.0
     query_timeout: float = 10.0
@@ -77,7 +76,7 @@ class GatekeeperConfig:
     api_key: str = ""
     api_key_file: str = ""
     max_body_bytes: int = 64 * 1024
-    proxy_timeout: float = 15.0
+    proxy_timeout: float = 30.0  # above the Proxy's worst case: failovers + query timeout
     proxy_connections: int = 64
 
     ENV_PREFIX = "GATEKEEPER_"

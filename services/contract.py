@@ -23,10 +23,12 @@ FIELDS = frozenset({"sql", "mode", "request_id"})
 class ApiError(Exception):
     """An error answered as ``{"error": message, ...details}`` with an HTTP status."""
 
-    def __init__(self, status: int, message: str, **details: Any) -> None:
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
+                 **details: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
         self.details = details
 
     def to_json(self) -> dict[str, Any]:

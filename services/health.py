@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 
 from icmplib import async_multiping
@@ -28,7 +27,6 @@ class NodeHealth:
     pool: NodePool
     up: bool | None = None
     last_error: str | None = None
-    checked_at: float | None = None
     sql_rtt_ms: float | None = None
     icmp_rtt_ms: float | None = None  # smoothed (EWMA); None when unknown or unreachable
     icmp_loss: float | None = None
@@ -116,7 +114,6 @@ class HealthMonitor:
             if node.up is False:
                 log.info("node %s is back", node.name)
             node.up, node.last_error = True, None
-        node.checked_at = time.time()
 
     async def mark_down(self, node: NodeHealth, reason: str) -> None:
         """Called by the monitor and by requests that found the node dead."""

@@ -67,33 +67,37 @@ class JsonHandler(tornado.web.RequestHandler):
         self._size = 0
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            self.refuse_oversized()
+            raise self.oversized()
+        # A chunked body has no length to check up front: past the cap it is read and dropped
+        # (answered 413 once complete), and past this larger bound the connection is cut.
+        self.request.connection.set_max_body_size(max(1 << 20, 4 * self.max_body_bytes))
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size > self.max_body_bytes:
-            self.refuse_oversized()
-        self._chunks.append(chunk)
+        if self._size <= self.max_body_bytes:
+            self._chunks.append(chunk)
 
     @property
     def body(self) -> bytes:
+        """The whole body; raises the 413 for a chunked body that outgrew the cap."""
+        if self._size > self.max_body_bytes:
+            raise self.oversized()
         return b"".join(self._chunks)
 
-    def refuse_oversized(self) -> None:
-        raise ApiError(413, f"request body larger than {self.max_body_bytes} bytes")
+    def oversized(self) -> ApiError:
+        return ApiError(413, f"request body larger than {self.max_body_bytes} bytes")
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(dump_json(payload))
 
-    def send_api_error(self, error: ApiError) -> None:
-        self.send_json(error.to_json(), error.status)
-
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             self.set_status(exc.status)
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
             payload = exc.to_json()
         else:
             payload = {"error": self._reason}

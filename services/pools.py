@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import asyncmy
 from asyncmy.cursors import SSCursor
-from asyncmy.errors import MySQLError
+from asyncmy.errors import InterfaceError, InternalError, MySQLError
 
 from services.config import NodeAddress, ProxyConfig
 
@@ -49,6 +49,10 @@ class NodeUnavailable(Exception):
         self.node = node
         self.reason = reason
         self.maybe_applied = maybe_applied
+
+
+class NodeBusy(Exception):
+    """Every pooled connection to the node is in use: load to shed, not a node to mark down."""
 
 
 class QueryTimeout(Exception):
@@ -94,8 +98,15 @@ def _error_message(error: BaseException) -> str:
 
 
 def _is_connection_failure(error: BaseException) -> bool:
+    """Anything but a server's answer about the statement: the connection can't be trusted.
+
+    Client-side errors (codes 2000+, a packet out of sequence, an interface error without a
+    code) mean the protocol state is lost; some server codes mean the server is going away.
+    """
+    if not isinstance(error, MySQLError) or isinstance(error, (InterfaceError, InternalError)):
+        return True
     code = _error_code(error)
-    return code >= 2000 or code in UNAVAILABLE_SERVER_ERRORS or not isinstance(error, MySQLError)
+    return code == 0 or code >= 2000 or code in UNAVAILABLE_SERVER_ERRORS
 
 
 class NodePool:
@@ -107,18 +118,22 @@ class NodePool:
         self.name = address.name
         self._config = config
         self._pool: asyncmy.Pool | None = None
+        self._probe: Any = None  # the health monitor's own connection, outside the pool
+        self._connect_args = {
+            "host": address.host, "port": address.port, "user": config.db_user,
+            "password": config.db_password, "db": config.db_name or None, "autocommit": True,
+            "connect_timeout": config.connect_timeout, "charset": "utf8mb4",
+            "program_name": "sqlgate-proxy",
+        }
 
     async def start(self) -> None:
-        cfg = self._config
-        self._pool = await asyncmy.create_pool(
-            minsize=0, maxsize=cfg.pool_max_size, pool_recycle=600,
-            host=self.address.host, port=self.address.port,
-            user=cfg.db_user, password=cfg.db_password, db=cfg.db_name or None,
-            autocommit=True, connect_timeout=cfg.connect_timeout, charset="utf8mb4",
-            program_name="sqlgate-proxy",
-        )
+        """Connections are made on demand (minsize 0): a node that is down at start-up only
+        costs the requests that try it."""
+        self._pool = await asyncmy.create_pool(minsize=0, maxsize=self._config.pool_max_size,
+                                               pool_recycle=600, **self._connect_args)
 
     async def close(self) -> None:
+        self._close_probe()
         if self._pool is not None:
             self._pool.close()
             await self._pool.wait_closed()
@@ -135,10 +150,15 @@ class NodePool:
         limit = self._config.connect_timeout
         try:
             return await asyncio.wait_for(self._pool.acquire(), limit)
-        except (TimeoutError, OSError, MySQLError) as error:
-            reason = (f"no connection within {limit:g}s" if isinstance(error, TimeoutError)
-                      else _error_message(error))
-            raise NodeUnavailable(self.name, reason, maybe_applied=False) from error
+        except TimeoutError:
+            if self._pool.size >= self._pool.maxsize:
+                raise NodeBusy(f"{self.name}: all {self._pool.maxsize} connections busy for "
+                               f"{limit:g}s") from None
+            raise NodeUnavailable(self.name, f"no connection within {limit:g}s",
+                                  maybe_applied=False) from None
+        except (OSError, MySQLError) as error:
+            raise NodeUnavailable(self.name, _error_message(error),
+                                  maybe_applied=False) from error
 
     async def execute(self, sql: str, max_rows: int) -> QueryResult:
         """Run one statement (autocommit) and fetch at most ``max_rows`` rows."""
@@ -192,11 +212,23 @@ class NodePool:
                 self._pool.release(helper)
 
     async def ping(self, timeout: float) -> float:
-        """Round trip of ``SELECT 1`` in milliseconds; raises NodeUnavailable."""
+        """Round trip of ``SELECT 1`` in milliseconds on the monitor's own connection, so a
+        pool saturated by slow statements does not look like a dead node; raises
+        NodeUnavailable."""
         begin = time.perf_counter()
         try:
-            await asyncio.wait_for(self.execute("SELECT 1", 1), timeout)
-        except (TimeoutError, QueryTimeout, SqlError) as error:
-            raise NodeUnavailable(self.name, str(error) or "timed out",
-                                  maybe_applied=False) from error
+            if self._probe is None:
+                self._probe = await asyncio.wait_for(asyncmy.connect(**self._connect_args),
+                                                     timeout)
+            async with self._probe.cursor() as cursor:
+                await asyncio.wait_for(cursor.execute("SELECT 1"), timeout)
+        except (TimeoutError, OSError, MySQLError) as error:
+            self._close_probe()
+            reason = "timed out" if isinstance(error, TimeoutError) else _error_message(error)
+            raise NodeUnavailable(self.name, reason, maybe_applied=False) from error
         return (time.perf_counter() - begin) * 1000.0
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None

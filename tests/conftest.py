@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import Message
 
 import pytest
 
@@ -66,7 +67,7 @@ def gatekeeper(proxy, api_key, tmp_path_factory) -> Iterator[ServiceProcess]:
 class Answer:
     status: int
     json: dict
-    headers: dict[str, str]
+    headers: Message  # case-insensitive, as HTTP header names are
 
 
 def http(url: str, body: bytes | dict | None = None, headers: dict[str, str] | None = None,
@@ -77,9 +78,9 @@ def http(url: str, body: bytes | dict | None = None, headers: dict[str, str] | N
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return Answer(answer.status, json.load(answer), dict(answer.headers))
+            return Answer(answer.status, json.load(answer), answer.headers)
     except urllib.error.HTTPError as error:
-        return Answer(error.code, json.load(error), dict(error.headers))
+        return Answer(error.code, json.load(error), error.headers)
 
 
 @pytest.fixture

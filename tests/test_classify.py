@@ -77,3 +77,8 @@ def test_more_than_one_statement_is_refused(sql):
 def test_no_statement_is_refused(sql):
     with pytest.raises(StatementError, match="empty"):
         classify(sql)
+
+
+def test_nesting_too_deep_for_the_parser_goes_to_the_primary():
+    result = classify("SELECT " + "(" * 5000 + "1" + ")" * 5000)
+    assert result.query_type == "write" and "parser" in result.reason

@@ -35,6 +35,7 @@ def test_random_spreads_over_live_replicas_and_ends_on_the_primary():
         order = names(STRATEGIES["random"].read_targets(cluster))
         assert sorted(order[:2]) == ["worker1", "worker2"] and order[2:] == ["manager"]
         firsts[order[0]] += 1
+    assert set(firsts) == {"worker1", "worker2"}
     assert min(firsts.values()) > 120  # both replicas lead about half the time
 
 

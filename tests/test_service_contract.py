@@ -33,6 +33,7 @@ def test_missing_or_wrong_key_is_401_and_nothing_runs(gatekeeper, db_cluster, sc
                   {"sql": f"INSERT INTO {scratch_table} (name) VALUES ('{name}')"}, headers)
     assert answer.status == 401
     assert "X-API-Key" in answer.json["error"]
+    assert answer.headers["WWW-Authenticate"] == "X-API-Key"
     rows = db_cluster.primary.sql(f"SELECT COUNT(*) AS n FROM {scratch_table} WHERE name='{name}'")
     assert rows[0]["n"] == 0
 
@@ -180,6 +181,27 @@ def test_oversized_body_is_refused(gatekeeper, api_key):
     assert "larger than 4096" in answer.json["error"]
 
 
+def test_oversized_chunked_body_is_refused(gatekeeper, api_key):
+    """No Content-Length to check up front: the cap holds while the chunks arrive."""
+    parts = urlsplit(gatekeeper.url)
+    conn = HTTPConnection(parts.hostname, parts.port, timeout=10)
+    chunks = [b'{"sql": "SELECT \'', *([b"x" * 1000] * 6), b"'\"}"]
+    conn.request("POST", "/query", body=iter(chunks), encode_chunked=True,
+                 headers={"X-API-Key": api_key, "Content-Type": "application/json"})
+    answer = conn.getresponse()
+    assert answer.status == 413
+    assert "larger than 4096" in json.loads(answer.read())["error"]
+    conn.close()
+
+
+def test_statements_too_deep_for_the_parser_stay_on_the_primary(proxy):
+    sql = "SELECT " + "(" * 3000 + "1" + ")" * 3000
+    answer = http(proxy.url + "/query", {"sql": sql, "mode": "random"})
+    assert answer.status in (200, 400), answer.json  # MariaDB's own answer, never a 500
+    assert answer.json.get("node", "manager") == "manager"
+    assert answer.json.get("query_type", "write") == "write"
+
+
 @pytest.mark.parametrize(("sql", "status", "errno"), [
     ("SELEC 1", 400, 1064),
     ("SELECT * FROM sakila.no_such_table", 400, 1146),
@@ -221,7 +243,8 @@ def test_health_reports_every_node(gatekeeper, proxy):
         "manager": True, "worker1": True, "worker2": True}
     assert proxy_health["nodes"]["worker1"]["icmp_rtt_ms"] is not None
     status, gatekeeper_health = gatekeeper.health()
-    assert status == 200 and gatekeeper_health["proxy"]["status"] == "ok"
+    # Public: whether it can serve, and nothing of the internal topology.
+    assert (status, gatekeeper_health) == (200, {"service": "gatekeeper", "status": "ok"})
 
 
 def test_the_gatekeeper_reuses_its_connections_to_the_proxy(query, proxy):

@@ -84,6 +84,28 @@ def test_a_dead_primary_makes_writes_503_and_reads_go_on(own_proxy, db_cluster, 
     wait_until(lambda: own_proxy.health()[1]["status"] == "degraded", 10, "degraded health")
 
 
+def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
+    """Slow statements filling the pool shed load with a 503; the node stays up for others."""
+    env = proxy_env(db_cluster, PROXY_POOL_MAX_SIZE="2", PROXY_CONNECT_TIMEOUT="1")
+    service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
+    with service.running():
+        slow = [threading.Thread(target=read, args=(service, "direct", "SELECT SLEEP(3)"))
+                for _ in range(2)]
+        for thread in slow:
+            thread.start()
+        wait_until(lambda: db_cluster.primary.sql(
+            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
+            "WHERE INFO = 'SELECT SLEEP(3)'")[0]["n"] == 2, 5, "both slow statements running")
+        busy = read(service, "direct")
+        assert busy.status == 503, busy.json
+        assert "busy" in str(busy.json["failures"])
+        assert read(service, "random").json["node"] in {"worker1", "worker2"}
+        assert node_up(service, "manager") is True  # busy, not down
+        for thread in slow:
+            thread.join(10)
+        assert read(service, "direct").status == 200
+
+
 def test_no_node_at_all_is_503_everywhere(db_cluster, tmp_path):
     closed = [free_port() for _ in range(3)]
     env = proxy_env(db_cluster, PROXY_PRIMARY=f"manager=127.0.0.1:{closed[0]}",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pymysql
 
-from cluster.loopback.processes import free_port, terminate, wait_until
+from cluster.loopback.processes import GiveUp, free_port, terminate, wait_until
 
 # The shared Sakila copy beside the checkout (../shared/datasets/sakila), unless told otherwise.
 SAKILA_DIR = Path(os.environ.get("SQLGATE_SAKILA_DIR") or
@@ -59,12 +59,16 @@ class MariaDBNode:
             args.append("--user=mysql")
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
-        wait_until(self._ready, 30, f"MariaDB {self.name} on port {self.port}")
+        try:
+            wait_until(self._ready, 30, f"MariaDB {self.name} on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             log = (self.datadir / "error.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"MariaDB {self.name} exited: {log}")
+            raise GiveUp(f"MariaDB {self.name} exited: {log}")
         self.sql("SELECT 1")
         return True
 

@@ -19,13 +19,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class GiveUp(RuntimeError):
+    """Raised by a check when waiting longer cannot help (the process exited)."""
+
+
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Call ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    """Call ``check`` until it returns something truthy; fail with ``what`` at the deadline,
+    or at once when the check raises GiveUp."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
             result = check()
+        except GiveUp:
+            raise
         except Exception as error:  # the thing we wait for may raise until it is ready
             last_error = error
         else:

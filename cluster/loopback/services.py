@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.loopback.processes import free_port, terminate, wait_until
+from cluster.loopback.processes import GiveUp, free_port, terminate, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,14 +38,19 @@ class ServiceProcess:
     def start(self, expect_healthy: bool = True) -> None:
         self.env[self.port_variable] = str(self.port)
         env = {**os.environ, **self.env}
-        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=env,
-                                        cwd=PROJECT_ROOT, stdout=log, stderr=log)
-        wait_until(lambda: self._answers(expect_healthy), 30, f"{self.module} on {self.url}")
+        with (self.log_path.open("ab") if self.log_path else
+              contextlib.nullcontext(subprocess.DEVNULL)) as log:
+            self.process = subprocess.Popen([sys.executable, "-m", self.module], env=env,
+                                            cwd=PROJECT_ROOT, stdout=log, stderr=log)
+        try:
+            wait_until(lambda: self._answers(expect_healthy), 30, f"{self.module} on {self.url}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _answers(self, expect_healthy: bool) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"{self.module} exited with {self.process.returncode}")
+            raise GiveUp(f"{self.module} exited with {self.process.returncode}")
         try:
             with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:
                 return answer.status == 200

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 
 from services.contract import (
     REQUEST_ID_HEADER,
@@ -30,23 +29,21 @@ class GatekeeperHandler(JsonHandler):
 
 
 class HealthHandler(GatekeeperHandler):
-    """200 when the Proxy behind answers 200: the Gatekeeper alone cannot serve anything."""
+    """200 when the Proxy behind answers 200: the Gatekeeper alone cannot serve anything.
+
+    Public, so it says only whether the service can serve: the Proxy's node list (addresses,
+    errors) stays on the internal network.
+    """
 
     async def get(self) -> None:
         self.request_id = new_request_id()
         try:
             answer = await self.forwarder.forward("GET", "/health", self.request_id, timeout=3)
-        except ApiError as error:
-            self.send_json({"service": "gatekeeper", "status": "unavailable",
-                            "error": error.message}, 503)
-            return
-        try:
-            proxy = json.loads(answer.body)
-        except ValueError:
-            proxy = {"raw": answer.body.decode(errors="replace")}
-        ok = answer.status == 200
-        self.send_json({"service": "gatekeeper", "status": "ok" if ok else "unavailable",
-                        "proxy": proxy}, 200 if ok else 503)
+        except ApiError:
+            answer = None
+        ok = answer is not None and answer.status == 200
+        self.send_json({"service": "gatekeeper", "status": "ok" if ok else "unavailable"},
+                       200 if ok else 503)
 
 
 class QueryHandler(GatekeeperHandler):
@@ -59,8 +56,8 @@ class QueryHandler(GatekeeperHandler):
         # Checked before the body is read: without the key nothing is read, nothing forwarded.
         offered = self.request.headers.get(API_KEY_HEADER, "").encode()
         if not hmac.compare_digest(offered, self.api_key):
-            self.set_header("WWW-Authenticate", API_KEY_HEADER)
-            raise ApiError(401, f"missing or wrong {API_KEY_HEADER} header")
+            raise ApiError(401, f"missing or wrong {API_KEY_HEADER} header",
+                           headers={"WWW-Authenticate": API_KEY_HEADER})
         super().prepare()
 
     async def post(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from services.classify import Classification, StatementError, classify
 from services.contract import ApiError, QueryRequest
 from services.health import ClusterHealth, HealthMonitor, NodeHealth
-from services.pools import NodeUnavailable, QueryTimeout, SqlError
+from services.pools import NodeBusy, NodeUnavailable, QueryTimeout, SqlError
 from services.routing import STRATEGIES
 
 
@@ -55,6 +55,8 @@ class QueryRouter:
                                node=node.name) from None
             except QueryTimeout as error:
                 raise ApiError(504, str(error), node=node.name) from None
+            except NodeBusy as error:  # shed load: another node may have room, none is down
+                failures.append(str(error))
             except NodeUnavailable as error:
                 await self.monitor.mark_down(node, error.reason)
                 failures.append(str(error))
