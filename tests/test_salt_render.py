@@ -156,6 +156,72 @@ def test_replica_uses_its_flavours_replication_sql(renderer):
     assert renderer.flavour.change_source in change["stdin"]
     assert "10.0.0.12" in change["stdin"]  # the primary's address (from the stand-in mine)
     assert change["stdin"] not in change["name"], "the password must not be on a command line"
+    if renderer.flavour.name == "mysql":
+        # caching_sha2_password over a channel without TLS needs the source's RSA key.
+        assert "GET_SOURCE_PUBLIC_KEY=1" in change["stdin"]
+
+
+def run_unless(unless: str, client: str, status: str, tmp_path: Path) -> bool:
+    """Whether a state's ``unless`` passes (skips the state) against a stub client that
+    prints ``status`` as SHOW REPLICA STATUS\\G."""
+    stub = tmp_path / "bin" / client
+    stub.parent.mkdir(exist_ok=True)
+    (tmp_path / "status").write_text(status)
+    stub.write_text(f"#!/bin/sh\ncat {tmp_path / 'status'}\n")
+    stub.chmod(0o755)
+    done = subprocess.run(["sh", "-c", unless], env={"PATH": f"{stub.parent}:/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=30)
+    return done.returncode == 0
+
+
+def replica_status(flavour: str, **values: str) -> str:
+    """SHOW REPLICA STATUS\\G lines (right-aligned names) for the flavour's field names."""
+    fields = yaml.safe_load((SALT_TREE / "sqlgate" / "flavours.yaml").read_text())[flavour][
+        "status_fields"]
+    lines = ["*************************** 1. row ***************************"]
+    lines += [f"{fields[key]:>30}: {value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_replication_is_reapplied_when_the_source_changes(renderer, tmp_path):
+    states = renderer.show_sls("worker1", ROLE_SLS["worker1"])
+    unless = state_args(states, "replica follows the primary manager")["unless"]
+    client = unless.split('"$(', 1)[1].split()[0]
+    name = renderer.flavour.name
+    follows = {"source_host": "10.0.0.12", "source_port": "3306", "source_user": "repl"}
+    assert run_unless(unless, client, replica_status(name, **follows), tmp_path)
+    for key, other in (("source_host", "10.0.0.120"), ("source_port", "3307"),
+                       ("source_user", "replx")):
+        changed = replica_status(name, **{**follows, key: other})
+        assert not run_unless(unless, client, changed, tmp_path), key
+    assert not run_unless(unless, client, "", tmp_path)  # not a replica yet
+
+
+def test_replica_threads_are_left_alone_while_connecting(renderer, tmp_path):
+    states = renderer.show_sls("worker1", ROLE_SLS["worker1"])
+    unless = state_args(states, "replica threads are running")["unless"]
+    client = unless.split('"$(', 1)[1].split()[0]
+    name = renderer.flavour.name
+    for io, sql, running in (("Yes", "Yes", True), ("Connecting", "Yes", True),
+                             ("No", "Yes", False), ("Yes", "No", False)):
+        status = replica_status(name, io_running=io, sql_running=sql)
+        assert run_unless(unless, client, status, tmp_path) is running, (io, sql)
+
+
+def test_proxy_settings_quote_the_password_and_ping_only_as_the_service_group(tmp_path):
+    from services.config import read_env_file
+
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    password = "it's a $pass#word \\ \"x\""
+    proxy_pillar = tmp_path / "pillar" / "sqlgate" / "proxy.sls"
+    proxy_pillar.write_text(yaml.safe_dump({"sqlgate": {"secrets": {"app_password": password}}}))
+    states = renderer.show_sls("proxy", "sqlgate.proxy.config")
+    env_file = tmp_path / "proxy.env"
+    env_file.write_text(state_args(states, "proxy settings are written")["contents"])
+    assert read_env_file(env_file)["PROXY_DB_PASSWORD"] == password
+    ping = state_args(states, "the service's group may ping")
+    assert ping["name"] == "net.ipv4.ping_group_range"
+    assert ping["value"].count("id -g sqlgate") == 2, ping["value"]
 
 
 def test_database_settings_follow_the_flavour(renderer):

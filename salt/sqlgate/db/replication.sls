@@ -8,6 +8,12 @@
 {%- set source = address_of(primary) %}
 {%- set client = db.client ~ ' --socket=' ~ db.socket %}
 {%- set status = client ~ " -e 'SHOW REPLICA STATUS\\G'" %}
+{%- set user = 'repl' %}
+{#- The source this replica should follow, as SHOW REPLICA STATUS\G prints it (anchored lines;
+    dots escaped for grep -E). #}
+{%- set wanted = [fields.source_host ~ ': ' ~ source | replace('.', '\\.'),
+                  fields.source_port ~ ': ' ~ sqlgate.ports.mysql,
+                  fields.source_user ~ ': ' ~ user] %}
 
 include:
   - .service
@@ -17,18 +23,20 @@ replica follows the primary {{ primary }}:
     - name: {{ client }} --batch
     - stdin: |
         STOP REPLICA;
-        {{ db.change_source.format(source=source, port=sqlgate.ports.mysql, user='repl',
+        {{ db.change_source.format(source=source, port=sqlgate.ports.mysql, user=user,
                                    password=sqlgate.secrets.repl_password) }};
         START REPLICA;
     - unless: >-
-        {{ status }} | grep -qx ' *{{ fields.source_host }}: {{ source }}'
+        test "$({{ status }} | grep -cxE ' *({{ wanted | join('|') }})')" -eq {{ wanted | length }}
     - require:
       - cmd: {{ db.service }} is ready
 
+{#- An IO thread still `Connecting` (the primary restarting, a network blip) is running: it
+    retries by itself, and START REPLICA would change nothing. #}
 replica threads are running:
   cmd.run:
     - name: {{ client }} -e 'START REPLICA'
     - unless: >-
-        test "$({{ status }} | grep -cE '^ *({{ fields.io_running }}|{{ fields.sql_running }}): Yes$')" -eq 2
+        test "$({{ status }} | grep -cxE ' *({{ fields.io_running }}: (Yes|Connecting)|{{ fields.sql_running }}: Yes)')" -eq 2
     - require:
       - cmd: replica follows the primary {{ primary }}

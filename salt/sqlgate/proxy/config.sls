@@ -1,6 +1,8 @@
 {#- The Proxy's settings: the database nodes by their private addresses (from the Salt mine), the
     `app` credentials, and unprivileged ICMP for the ping strategy (a namespaced sysctl that lets
-    the service's group open datagram ICMP sockets; no root, no CAP_NET_RAW). #}
+    the service's group, and only it, open datagram ICMP sockets; no root, no CAP_NET_RAW). The
+    group is made in the same run, so its id is read when the state runs (a slot), not when the
+    file is rendered. Values in the env file are shell-quoted, as services.config reads them. #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, roles, address_of with context %}
 {%- set app = sqlgate.app %}
 {%- set port = sqlgate.ports.mysql %}
@@ -9,10 +11,12 @@
 include:
   - sqlgate.app
 
-unprivileged processes may ping:
+the service's group may ping:
   sysctl.present:
     - name: net.ipv4.ping_group_range
-    - value: 0 2147483647
+    - value: '__slot__:salt:cmd.shell("echo $(id -g {{ app.user }}) $(id -g {{ app.user }})")'
+    - require:
+      - sls: sqlgate.app.user
 
 proxy settings are written:
   file.managed:
@@ -28,7 +32,7 @@ proxy settings are written:
         PROXY_PRIMARY={{ primary }}={{ address_of(primary) }}:{{ port }}
         PROXY_REPLICAS={% for name in roles.worker %}{{ name }}={{ address_of(name) }}:{{ port }}{{ '' if loop.last else ',' }}{% endfor %}
         PROXY_DB_USER=app
-        PROXY_DB_PASSWORD={{ sqlgate.secrets.app_password }}
+        PROXY_DB_PASSWORD={{ sqlgate.secrets.app_password | quote }}
         PROXY_PING_PRIVILEGED=false
     - require:
       - sls: sqlgate.app.user
