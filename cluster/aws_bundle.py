@@ -7,6 +7,7 @@ with ``tar -C /``. Keys and pillar are 0600 inside directories that are 0700.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import tarfile
@@ -17,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from cluster.aws_keys import ClusterKeys
-from cluster.state import PROJECT_ROOT
+from cluster.state import PROJECT_PATHS, PROJECT_ROOT, SKIP_NAMES
 
 SRV = "srv/sqlgate"
 FILE_ROOT = f"{SRV}/salt"
@@ -27,10 +28,6 @@ SOURCE_ROOT = f"{SRV}/source"
 PROJECT_DIR = f"{SOURCE_ROOT}/sqlgate-src"
 MASTER_PKI = "etc/salt/pki/master"
 MASTER_CONF = "etc/salt/master.d/sqlgate.conf"
-
-# What the states install the Gatekeeper and Proxy from: enough for ``pip install``.
-PROJECT_PATHS = ("pyproject.toml", "README.md", "services", "cluster")
-SKIP_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
 @dataclass(frozen=True)
@@ -52,8 +49,7 @@ def master_config() -> dict:
 
 def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     """Skip caches and bytecode; files are root-owned on the master."""
-    parts = set(Path(info.name).parts)
-    if parts & SKIP_NAMES or info.name.endswith(".pyc"):
+    if any(fnmatch.fnmatch(part, skip) for part in Path(info.name).parts for skip in SKIP_NAMES):
         return None
     info.uid = info.gid = 0
     info.uname = info.gname = "root"

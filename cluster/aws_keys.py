@@ -16,46 +16,13 @@ Everything is kept (mode 0600) under ``.cluster/aws/`` and reused by a second ``
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-SALT_KEY_BITS = 2048  # Salt's own default ``keysize``
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    private: str
-    public: str
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-
-
-def _load_or_make(directory: Path, name: str, make) -> KeyPair:
-    """Read ``name.pem``/``name.pub`` under ``directory`` or create them with ``make()``."""
-    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
-    if private.exists() and public.exists():
-        return KeyPair(private.read_text(), public.read_text())
-    pair = make()
-    _write_private(private, pair.private)
-    _write_private(public, pair.public)
-    return pair
-
-
-def _salt_pair() -> KeyPair:
-    """An RSA pair in the formats Salt itself writes (salt.crypt.gen_keys)."""
-    import salt.crypt  # heavy: imported only when keys are made
-
-    private, public = salt.crypt.gen_keys(SALT_KEY_BITS)
-    return KeyPair(private, public)
+from cluster.salt_keys import KeyPair, load_or_make, salt_key_pair
 
 
 def _ssh_pair(comment: str) -> KeyPair:
@@ -81,13 +48,12 @@ class ClusterKeys:
                        cluster_name: str) -> ClusterKeys:
         salt_dir, ssh_dir = directory / "salt-pki", directory / "ssh"
         return cls(
-            master=_load_or_make(salt_dir, "master", _salt_pair),
-            minions={mid: _load_or_make(salt_dir / "minions", mid, _salt_pair)
-                     for mid in minion_ids},
-            ssh_host=_load_or_make(ssh_dir, "master_host_ed25519",
-                                   lambda: _ssh_pair(f"{cluster_name}-saltmaster")),
-            admin=_load_or_make(ssh_dir, "admin_ed25519",
-                                lambda: _ssh_pair(f"{cluster_name}-admin")),
+            master=salt_key_pair(salt_dir, "master"),
+            minions={mid: salt_key_pair(salt_dir / "minions", mid) for mid in minion_ids},
+            ssh_host=load_or_make(ssh_dir, "master_host_ed25519",
+                                  lambda: _ssh_pair(f"{cluster_name}-saltmaster")),
+            admin=load_or_make(ssh_dir, "admin_ed25519",
+                               lambda: _ssh_pair(f"{cluster_name}-admin")),
             admin_key_file=ssh_dir / "admin_ed25519.pem",
         )
 

@@ -37,7 +37,8 @@ def show(step: str, status: int, body: dict) -> None:
     print(f"  {step:<44} {status}  {where:<28} {json.dumps(result)[:60]}")
 
 
-def demo(url: str, key: str) -> bool:
+def demo(url: str, key: str, replicas: int) -> bool:
+    """``replicas``: how many replicas must answer the written row back."""
     ok = True
 
     def step(name: str, sql: str, mode: str, expect: int = 200, api_key: str | None = key):
@@ -59,7 +60,7 @@ def demo(url: str, key: str) -> bool:
                    f"INSERT INTO {SCHEMA_TABLE} (note) VALUES ('{note}')", "random")
     seen: set[str] = set()
     deadline = time.monotonic() + 10
-    while len(seen) < 2 and time.monotonic() < deadline:  # until both replicas answered it
+    while len(seen) < replicas and time.monotonic() < deadline:  # until each replica has it
         status, body = post(url, key, f"SELECT id, note FROM {SCHEMA_TABLE} WHERE note = "
                             f"'{note}'", "random")
         if status == 200 and body["rows"] and body["node_role"] == "replica":
@@ -68,7 +69,7 @@ def demo(url: str, key: str) -> bool:
             seen.add(body["node"])
         else:
             time.sleep(0.05)  # not replicated yet: ask again shortly
-    ok = ok and bool(written.get("last_insert_id")) and len(seen) >= 2
+    ok = ok and bool(written.get("last_insert_id")) and len(seen) >= replicas
     step("a request without X-API-Key", "SELECT 1", "direct", expect=401, api_key=None)
     print("the cluster works" if ok else "SOMETHING IS WRONG: see above")
     return ok
@@ -83,7 +84,8 @@ def main() -> int:
         print(f"demo: no {args.provider} cluster: run `python bootstrap.py up --provider "
               f"{args.provider}` first", file=sys.stderr)
         return 2
-    return 0 if demo(cluster["gatekeeper_url"].rstrip("/"), cluster["api_key"]) else 1
+    replicas = sum(1 for host in cluster.get("hosts", []) if host.get("role") == "worker")
+    return 0 if demo(cluster["gatekeeper_url"].rstrip("/"), cluster["api_key"], replicas) else 1
 
 
 if __name__ == "__main__":

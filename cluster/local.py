@@ -38,25 +38,25 @@ from cluster.local_hosts import (
     stop_processes,
 )
 from cluster.pillar import build_pillar, write_pillar_tree
+from cluster.salt_keys import salt_key_pair
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import (
     CLUSTER_DIR_ENV,
+    PROJECT_PATHS,
     PROJECT_ROOT,
+    SKIP_NAMES,
     default_cluster_dir,
     read_cluster_file,
     remove_cluster_file,
     write_cluster_file,
+    write_private,
 )
 from cluster.topology import GATEKEEPER_PORT, SALT_MASTER, Host, plan_hosts
 
 PROVIDER = "local"
 VENV_BIN = Path(sys.executable).parent
 SAKILA_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "sakila"
-# What the hosts install the services from, as served by the master under salt://sqlgate-src.
-PROJECT_PATHS = ("pyproject.toml", "README.md", "services", "cluster")
-SKIP_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache")
 NEEDED_COMMANDS = ("ip", "nft", "nsenter", "unshare", "mount", "mariadbd", "supervisord", "curl")
-SALT_KEY_BITS = 2048
 MINION_DEADLINE_S = 120
 ORCHESTRATION_TIMEOUT_S = 1200
 MASTER_CONFIG = "/etc/salt/master.d/sqlgate.conf"
@@ -86,7 +86,10 @@ class LocalCluster:
             subnet = ipaddress.IPv4Network(args.subnet)
         except ValueError as error:
             raise LocalError(f"--subnet {args.subnet}: {error}") from None
-        planned = [SALT_MASTER, *plan_hosts(args.replicas)]
+        try:
+            planned = [SALT_MASTER, *plan_hosts(args.replicas)]
+        except ValueError as error:
+            raise LocalError(f"--replicas {args.replicas}: {error}") from None
         if subnet.num_addresses < len(planned) + 3:
             raise LocalError(f"--subnet {subnet} is too small for {len(planned)} hosts")
         state_dir = (default_cluster_dir() / PROVIDER / args.cluster_name).resolve()
@@ -189,7 +192,7 @@ def bake_fileserver(cluster: LocalCluster) -> Path:
     for rel in PROJECT_PATHS:
         path = PROJECT_ROOT / rel
         if path.is_dir():
-            shutil.copytree(path, source / rel, ignore=SKIP_NAMES)
+            shutil.copytree(path, source / rel, ignore=shutil.ignore_patterns(*SKIP_NAMES))
         elif path.exists():
             shutil.copy2(path, source / rel)
     wheelhouse = root / "sqlgate-wheelhouse"
@@ -205,21 +208,6 @@ def bake_fileserver(cluster: LocalCluster) -> Path:
             timeout=900)
         stamp.write_text(wanted)
     return root
-
-
-def _salt_key_pair(directory: Path, name: str) -> tuple[str, str]:
-    """Read or make ``name.pem``/``name.pub`` (Salt's own key format), kept 0600."""
-    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
-    if not (private.exists() and public.exists()):
-        import salt.crypt
-
-        pem, pub = salt.crypt.gen_keys(SALT_KEY_BITS)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for path, text in ((private, pem), (public, pub)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
-    return private.read_text(), public.read_text()
 
 
 # --- network -----------------------------------------------------------------------------
@@ -261,7 +249,7 @@ def _hosts_file(host: NamespaceHost, cluster: LocalCluster) -> str:
 def configure_salt(cluster: LocalCluster, fileserver: Path, pillar_dir: Path) -> None:
     """Configs and pre-seeded keys: the master accepts exactly our minions, they trust it."""
     pki = cluster.state_dir / "salt-pki"
-    master_pem, master_pub = _salt_key_pair(pki, "master")
+    master_keys = salt_key_pair(pki, "master")
     master = cluster.master
     master.write_file(MASTER_CONFIG, yaml.safe_dump({
         "interface": master.address,
@@ -272,13 +260,13 @@ def configure_salt(cluster: LocalCluster, fileserver: Path, pillar_dir: Path) ->
         "worker_threads": 4,
         "log_level_logfile": "info",
     }))
-    master.write_file(f"{MASTER_PKI}/master.pem", master_pem, 0o400)
-    master.write_file(f"{MASTER_PKI}/master.pub", master_pub, 0o644)
+    master.write_file(f"{MASTER_PKI}/master.pem", master_keys.private, 0o400)
+    master.write_file(f"{MASTER_PKI}/master.pub", master_keys.public, 0o644)
     for host in cluster.hosts:
         host.write_file("/etc/hosts", _hosts_file(host, cluster))
     for minion in cluster.minions:
-        pem, pub = _salt_key_pair(pki / "minions", minion.name)
-        master.write_file(f"{MASTER_PKI}/minions/{minion.name}", pub, 0o644)
+        keys = salt_key_pair(pki / "minions", minion.name)
+        master.write_file(f"{MASTER_PKI}/minions/{minion.name}", keys.public, 0o644)
         minion.write_file(MINION_CONFIG, yaml.safe_dump({
             "id": minion.name,
             "master": master.address,
@@ -287,9 +275,9 @@ def configure_salt(cluster: LocalCluster, fileserver: Path, pillar_dir: Path) ->
             "random_reauth_delay": 0,
             "log_level_logfile": "info",
         }))
-        minion.write_file(f"{MINION_PKI}/minion.pem", pem, 0o400)
-        minion.write_file(f"{MINION_PKI}/minion.pub", pub, 0o644)
-        minion.write_file(f"{MINION_PKI}/minion_master.pub", master_pub, 0o644)
+        minion.write_file(f"{MINION_PKI}/minion.pem", keys.private, 0o400)
+        minion.write_file(f"{MINION_PKI}/minion.pub", keys.public, 0o644)
+        minion.write_file(f"{MINION_PKI}/minion_master.pub", master_keys.public, 0o644)
 
 
 def _runs(host: NamespaceHost, program: str) -> bool:
@@ -319,12 +307,11 @@ def wait_for_minions(cluster: LocalCluster) -> None:
     deadline = time.monotonic() + MINION_DEADLINE_S
     answered: dict = {}
     while time.monotonic() < deadline:
-        reply = cluster.master.run([str(VENV_BIN / "salt"), "-L", names, "test.ping",
-                                    "--out=json", "--static", "-t", "5"], check=False)
         try:
-            answered = json.loads(reply.stdout or "{}")
-        except json.JSONDecodeError:
-            answered = {}
+            reply = salt(cluster, "-L", names, "test.ping", "-t", "5")
+        except LocalError:  # the master is not answering yet
+            reply = {}
+        answered = reply if isinstance(reply, dict) else {}
         if all(answered.get(m.name) is True for m in cluster.minions):
             return
         time.sleep(1)
@@ -371,9 +358,7 @@ def orchestrate(cluster: LocalCluster) -> OrchestrationResult:
     cluster.master.run([str(VENV_BIN / "salt-run"), "fileserver.update"], check=False)
     result = cluster.master.run([str(VENV_BIN / "salt-run"), "state.orchestrate", "orch",
                                  "--out=json"], check=False, timeout=ORCHESTRATION_TIMEOUT_S)
-    log = cluster.state_dir / "orchestrate.json"
-    log.write_text(result.stdout)
-    os.chmod(log, 0o600)
+    write_private(cluster.state_dir / "orchestrate.json", result.stdout)
     try:
         output = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -410,9 +395,7 @@ def cluster_record(cluster: LocalCluster, secrets: ClusterSecrets) -> dict:
 
 
 def _write_api_key(cluster: LocalCluster, api_key: str) -> None:
-    fd = os.open(cluster.api_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(api_key + "\n")
+    write_private(cluster.api_key_file, api_key + "\n")
 
 
 def _print_summary(cluster: LocalCluster, result: OrchestrationResult, path: Path) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from cluster.state import write_private
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,6 @@ class ClusterSecrets:
     repl_password: str
     app_password: str
     sb_password: str
-    root_password: str
 
     @classmethod
     def generate(cls) -> ClusterSecrets:
@@ -25,10 +25,9 @@ class ClusterSecrets:
 def load_or_create(path: Path) -> ClusterSecrets:
     """Read the secrets at ``path``, or generate and store them there (mode 0600)."""
     if path.exists():
-        return ClusterSecrets(**json.loads(path.read_text()))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stored = json.loads(path.read_text())
+        # Keys no longer used (an older version's root_password) are ignored.
+        return ClusterSecrets(**{f.name: stored[f.name] for f in fields(ClusterSecrets)})
     created = ClusterSecrets.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(asdict(created), out, indent=2)
+    write_private(path, json.dumps(asdict(created), indent=2))
     return created

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# What the hosts install the services from (served by the Salt master as salt://sqlgate-src),
+# without caches and bytecode (names or glob patterns).
+PROJECT_PATHS = ("pyproject.toml", "README.md", "services", "cluster")
+SKIP_NAMES = ("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache")
 CLUSTER_DIR = PROJECT_ROOT / ".cluster"
 # Tests (and anyone running two checkouts' clusters side by side) point this elsewhere.
 CLUSTER_DIR_ENV = "SQLGATE_CLUSTER_DIR"
@@ -19,22 +24,29 @@ def default_cluster_dir() -> Path:
     return Path(override) if override else CLUSTER_DIR
 
 
+def write_private(path: Path, text: str) -> Path:
+    """Replace ``path`` atomically with ``text``, readable by its owner only (0600 from creation);
+    its directory is made private (0700) if missing."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:  # mkstemp creates it 0600
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def cluster_file(provider: str, directory: Path | None = None) -> Path:
     return (directory or default_cluster_dir()) / f"{provider}.json"
 
 
 def write_cluster_file(provider: str, data: dict, directory: Path | None = None) -> Path:
     """Write atomically with mode 0600; the directory is private too."""
-    directory = directory or default_cluster_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = cluster_file(provider, directory)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_private(cluster_file(provider, directory),
+                         json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_cluster_file(provider: str, directory: Path | None = None) -> dict | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import stat
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from cluster.access import replica_fields
 from cluster.local import LocalCluster, LocalError
 from cluster.local_firewall import ruleset
 from cluster.pillar import SECRETS_OF_ROLE, build_pillar, write_pillar_tree
-from cluster.secrets import ClusterSecrets
+from cluster.secrets import ClusterSecrets, load_or_create
+from cluster.state import write_private
 from cluster.topology import plan_hosts
 
 
@@ -90,6 +93,36 @@ def test_cluster_plan_refuses_a_bad_subnet():
         LocalCluster.plan(_args(subnet="10.213.0.0/30"))
     with pytest.raises(LocalError):
         LocalCluster.plan(_args(subnet="not-a-subnet"))
+
+
+def test_cluster_plan_refuses_zero_replicas_in_one_line(monkeypatch, capsys):
+    import cluster.local as local
+
+    with pytest.raises(LocalError, match="--replicas 0"):
+        LocalCluster.plan(_args(replicas=0))
+    monkeypatch.setattr(local.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(local, "_require_commands", lambda: None)
+    assert local.up(_args(replicas=0)) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "at least one replica" in captured.err
+
+
+def test_private_files_are_0600_and_replaced_whole(tmp_path):
+    path = tmp_path / "private" / "secret"
+    write_private(path, "one")
+    write_private(path, "two")
+    assert path.read_text() == "two"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temporary file left
+
+
+def test_secrets_files_with_retired_keys_still_load(tmp_path):
+    path = tmp_path / "secrets.json"
+    created = load_or_create(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text(json.dumps({**asdict(created), "root_password": "retired"}))
+    assert load_or_create(path) == created
 
 
 def test_replica_fields_use_mysql_8_names_for_both_flavours():
