@@ -66,10 +66,6 @@ def _find_cluster(environment: Environment, **_) -> None:
     log.info("Gatekeeper %s from the %s cluster file", environment.host, target.provider)
 
 
-def _api_key(environment: Environment) -> str:
-    return environment.parsed_options.api_key or environment.sqlgate_api_key
-
-
 @events.test_start.add_listener
 def _create_table(environment: Environment, **_) -> None:
     """Once per test, before the users start: the write table, through the Gatekeeper."""
@@ -79,7 +75,7 @@ def _create_table(environment: Environment, **_) -> None:
                        "mode": "direct"}).encode()
     request = urllib.request.Request(
         environment.host.rstrip("/") + "/query", data=body, method="POST",
-        headers={"Content-Type": "application/json", "X-API-Key": _api_key(environment)})
+        headers={"Content-Type": "application/json", "X-API-Key": environment.sqlgate_api_key})
     try:
         with urllib.request.urlopen(request, timeout=30):
             pass
@@ -111,7 +107,7 @@ class GatekeeperUser(FastHttpUser):
             sql = read_sql(options.table, random.choice(self.row_ids) if self.row_ids else None)
         request_id = f"{self.run_id}-{self.seq}"
         with self.client.post("/query", json={"sql": sql, "mode": mode, "request_id": request_id},
-                              headers={"X-API-Key": _api_key(self.environment)},
+                              headers={"X-API-Key": self.environment.sqlgate_api_key},
                               name=f"{mode} {kind}", catch_response=True) as answer:
             try:
                 data = answer.json()

@@ -3,12 +3,15 @@
 Replicas are read-only (and writing to one would break GTID replication), so the tables are
 prepared once on the primary and reach the replicas by replication; the primary then runs
 ``oltp_read_write`` and each replica ``oltp_read_only`` on the same tables. The commands run
-where the node is: directly (loopback), inside its network namespace, or through Salt.
+where the node is: directly (loopback), inside its network namespace, or through Salt. The
+``sb`` password goes in the commands' environment (``MYSQL_PWD``, read by the client library when
+no password is given), never on a command line or in Salt's logs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -69,11 +72,14 @@ class Completed:
     stderr: str
 
 
-Runner = Callable[[Node, list[str], float], Completed]
+# (node, argv, timeout, environment variables to add): how the command went.
+Runner = Callable[[Node, list[str], float, dict[str, str]], Completed]
 
 
-def run_here(node: Node, argv: list[str], timeout: float) -> Completed:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+def run_here(node: Node, argv: list[str], timeout: float, env: dict[str, str] | None = None,
+             stdin: str | None = None) -> Completed:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **(env or {})}, input=stdin)
     return Completed(done.returncode, done.stdout, done.stderr)
 
 
@@ -83,19 +89,29 @@ class InNamespace:
 
     namespaces: dict[str, str]
 
-    def __call__(self, node: Node, argv: list[str], timeout: float) -> Completed:
-        return run_here(node, ["ip", "netns", "exec", self.namespaces[node.name], *argv], timeout)
+    def __call__(self, node: Node, argv: list[str], timeout: float,
+                 env: dict[str, str]) -> Completed:
+        return run_here(node, ["ip", "netns", "exec", self.namespaces[node.name], *argv], timeout,
+                        env)
 
 
 @dataclass(frozen=True)
 class ThroughSalt:
-    """Run each node's commands on its minion with ``salt <node> cmd.run_all`` on the master."""
+    """Run each node's commands on its minion with ``salt <node> cmd.run_all`` on the master.
+
+    The environment is passed as ``env=`` on salt's stdin (``--args-stdin``), not its command
+    line, and ``output_loglevel=quiet`` keeps the command and its output out of the minion's log.
+    """
 
     salt: list[str] = field(default_factory=lambda: ["salt"])
 
-    def __call__(self, node: Node, argv: list[str], timeout: float) -> Completed:
-        done = run_here(node, [*self.salt, "--out=json", "--static", f"--timeout={int(timeout)}",
-                               node.name, "cmd.run_all", shlex.join(argv)], timeout + 30)
+    def __call__(self, node: Node, argv: list[str], timeout: float,
+                 env: dict[str, str]) -> Completed:
+        # Options read from stdin replace the command line's, so all of them go there.
+        stdin = "\n".join(["--out=json", "--static", f"--timeout={int(timeout)}",
+                           f"env={json.dumps(env)}", "output_loglevel=quiet"]) + "\n"
+        done = run_here(node, [*self.salt, "--args-stdin", node.name, "cmd.run_all",
+                               shlex.join(argv)], timeout + 30, stdin=stdin)
         if done.returncode != 0 and not done.stdout.strip():
             return done
         answer = json.loads(done.stdout).get(node.name)
@@ -106,7 +122,7 @@ class ThroughSalt:
 
 def sysbench_argv(test: str, command: str, node: Node, options: Options) -> list[str]:
     return ["sysbench", test, "--db-driver=mysql", *node.connection_args(),
-            f"--mysql-user={options.user}", f"--mysql-password={options.password}",
+            f"--mysql-user={options.user}",
             f"--mysql-db={options.schema}", f"--tables={options.tables}",
             f"--table-size={options.table_size}", f"--threads={options.threads}",
             f"--time={options.time_s}", "--percentile=95", "--report-interval=0", command]
@@ -115,8 +131,13 @@ def sysbench_argv(test: str, command: str, node: Node, options: Options) -> list
 def client_argv(node: Node, options: Options, sql: str) -> list[str]:
     connection = ([f"--socket={node.socket}"] if node.socket
                   else [f"--host={node.host}", f"--port={node.port}"])
-    return ["mariadb", *connection, f"--user={options.user}", f"--password={options.password}",
-            "--batch", "--skip-column-names", "-e", sql]
+    return ["mariadb", *connection, f"--user={options.user}", "--batch", "--skip-column-names",
+            "-e", sql]
+
+
+def client_env(options: Options) -> dict[str, str]:
+    """The password, for the client library (sysbench's too) to read when none is given."""
+    return {"MYSQL_PWD": options.password}
 
 
 _NUMBERS = {
@@ -151,10 +172,9 @@ class Baseline:
         self.options, self.runner, self.progress = options, runner, progress
 
     def _run(self, node: Node, argv: list[str], timeout: float) -> str:
-        done = self.runner(node, argv, timeout)
+        done = self.runner(node, argv, timeout, client_env(self.options))
         if done.returncode != 0:
-            shown = " ".join(a if "password" not in a else a.split("=")[0] + "=***" for a in argv)
-            raise RuntimeError(f"{node.name}: `{shown}` failed ({done.returncode}): "
+            raise RuntimeError(f"{node.name}: `{shlex.join(argv)}` failed ({done.returncode}): "
                                f"{(done.stderr or done.stdout)[-2000:]}")
         return done.stdout
 
@@ -181,7 +201,7 @@ class Baseline:
         deadline = time.monotonic() + deadline_s
         last = ""
         while time.monotonic() < deadline:
-            done = self.runner(node, client_argv(node, o, sql), 60)
+            done = self.runner(node, client_argv(node, o, sql), 60, client_env(o))
             last = done.stdout.split() if done.returncode == 0 else done.stderr.strip()
             if done.returncode == 0 and last == [str(o.table_size)] * o.tables:
                 return

@@ -191,3 +191,21 @@ def test_report_without_a_cluster_says_so_in_one_line(tmp_path):
                           check=False)
     assert done.returncode == 2 and "no cluster file" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not list(tmp_path.glob("2*"))
+
+
+def test_sb_password_stays_off_command_lines(tmp_path):
+    options = sysbench.Options(password="s3cret-pw")
+    node = sysbench.Node("worker1", "worker", socket="/run/mysqld/mysqld.sock")
+    argvs = [sysbench.sysbench_argv("oltp_read_only", "run", node, options),
+             sysbench.client_argv(node, options, "SELECT 1")]
+    assert not any("s3cret-pw" in arg for argv in argvs for arg in argv)
+    fake_salt = tmp_path / "salt"
+    fake_salt.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"; cat > "$0.stdin"\n'
+                         'echo \'{"worker1": {"retcode": 0, "stdout": "ok", "stderr": ""}}\'\n')
+    fake_salt.chmod(0o755)
+    done = sysbench.ThroughSalt([str(fake_salt)])(node, argvs[1], 10,
+                                                  sysbench.client_env(options))
+    assert done == sysbench.Completed(0, "ok", "")
+    assert "s3cret-pw" not in (tmp_path / "salt.argv").read_text()
+    stdin = (tmp_path / "salt.stdin").read_text().splitlines()
+    assert 'env={"MYSQL_PWD": "s3cret-pw"}' in stdin and "output_loglevel=quiet" in stdin
