@@ -7,7 +7,6 @@ Everything the cluster owns carries the tag ``sqlgate:cluster=<name>``, which is
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from cluster.topology import ADMIN, CLUSTER, GROUPS, INTERNET, Host, IngressRule, rules_for
+from cluster.waiting import wait_until
 
 CLUSTER_TAG = "sqlgate:cluster"
 ROLE_TAG = "sqlgate:role"
@@ -74,14 +74,7 @@ class Aws:
 
 def poll(check: Callable[[], Any], deadline_s: float, interval_s: float, what: str) -> Any:
     """Call ``check`` until it returns something truthy; AwsError after ``deadline_s``."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AwsError(f"timed out after {deadline_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
+    return wait_until(check, deadline_s, what, interval_s, tolerate=(), error=AwsError)
 
 
 # --- image and network -------------------------------------------------------------------

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.loopback.processes import free_port, terminate, wait_until
+from cluster.loopback.processes import free_port, terminate
 from cluster.loopback.services import PROJECT_ROOT
 from cluster.state import write_cluster_file
+from cluster.waiting import wait_until
 from loadtest import sysbench
 from loadtest.nodes import loopback_nodes
 from loadtest.summary import COLUMNS

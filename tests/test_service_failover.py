@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.loopback.processes import free_port, wait_until
+from cluster.loopback.processes import free_port
 from cluster.loopback.services import ServiceProcess
+from cluster.waiting import wait_until
 from tests.conftest import http, proxy_env
 
 

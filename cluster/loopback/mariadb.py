@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pymysql
 
-from cluster.loopback.processes import GiveUp, free_port, terminate, wait_until
+from cluster.loopback.processes import free_port, terminate
+from cluster.waiting import GiveUp, wait_until
 
 # The shared Sakila copy beside the checkout (../shared/datasets/sakila), unless told otherwise.
 SAKILA_DIR = Path(os.environ.get("SQLGATE_SAKILA_DIR") or

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.loopback.processes import GiveUp, free_port, terminate, wait_until
+from cluster.loopback.processes import free_port, terminate
+from cluster.waiting import GiveUp, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
