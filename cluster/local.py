@@ -55,7 +55,8 @@ from cluster.topology import GATEKEEPER_PORT, SALT_MASTER, Host, plan_hosts
 
 PROVIDER = "local"
 VENV_BIN = Path(sys.executable).parent
-SAKILA_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "sakila"
+# Resolved: the hosts must see the files where the path points, even through a symlink.
+SAKILA_DIR = (PROJECT_ROOT.parent / "shared" / "datasets" / "sakila").resolve()
 NEEDED_COMMANDS = ("ip", "nft", "nsenter", "unshare", "mount", "mariadbd", "supervisord", "curl")
 MINION_DEADLINE_S = 120
 ORCHESTRATION_TIMEOUT_S = 1200
