@@ -343,12 +343,27 @@ def terminate_instances(aws: Aws, instances: Iterable[dict], deadline_s: float) 
     return ids
 
 
+DEAD_STATES = ("shutting-down", "terminated", "stopping", "stopped")
+
+
 def wait_running(aws: Aws, ids: list[str], deadline_s: float) -> dict[str, dict]:
-    """Wait for ``running`` (public addresses are known then); instances by id."""
+    """Wait for ``running`` (public addresses are known then); instances by id. An instance
+    that dies instead ends the wait at once, with AWS's reason."""
     def described() -> dict[str, dict] | None:
-        reservations = aws.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        try:
+            reservations = aws.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "InvalidInstanceID.NotFound":
+                return None  # just launched: EC2's reads are eventually consistent
+            raise
         instances = {i["InstanceId"]: i for r in reservations for i in r["Instances"]}
-        if all(i["State"]["Name"] == "running" for i in instances.values()):
+        for instance in instances.values():
+            if instance["State"]["Name"] in DEAD_STATES:
+                reason = instance.get("StateReason", {}).get("Message", "no reason given")
+                raise AwsError(f"instance {instance['InstanceId']} is "
+                               f"{instance['State']['Name']} instead of running: {reason}")
+        if len(instances) == len(ids) and all(
+                i["State"]["Name"] == "running" for i in instances.values()):
             return instances
         return None
 

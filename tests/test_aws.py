@@ -467,3 +467,16 @@ def test_instance_quota_errors_are_explained(code):
                         "RunInstances")
     line = aws_provider.explain(error, "us-east-1")
     assert line.startswith("AWS quota exceeded in us-east-1") and code in line
+
+
+def test_waiting_for_instances_stops_when_one_dies(aws_env):
+    """A launched instance that terminates (e.g. a bad image) is an error now, not a timeout."""
+    aws = aws_provider.connect(CLUSTER_NAME, REGION, None)
+    ec2 = aws_env.client("ec2")
+    launched = ec2.run_instances(ImageId=NEWEST_JAMMY, MinCount=1, MaxCount=1,
+                                 InstanceType="t3.micro")["Instances"][0]["InstanceId"]
+    assert res.wait_running(aws, [launched], deadline_s=30)[launched]["State"]["Name"] == \
+        "running"
+    ec2.terminate_instances(InstanceIds=[launched])
+    with pytest.raises(res.AwsError, match="terminated instead of running"):
+        res.wait_running(aws, [launched], deadline_s=600)
