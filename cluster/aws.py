@@ -165,10 +165,10 @@ def _pillar_bundle(plan: AwsPlan, keys: ClusterKeys) -> tuple[bytes, str]:
 def _launch_master(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, context: dict) -> dict:
     res.ensure_bucket(aws)
     data, sha256 = _pillar_bundle(plan, keys)
-    url = res.upload_bundle(aws, data, BUNDLE_URL_TTL_S)
+    urls = res.upload_bundle(aws, data, BUNDLE_URL_TTL_S)
     say(f"uploaded the Salt tree, pillar and code to s3://{res.bucket_name(aws)} "
         f"({len(data) // 1024} KiB)")
-    boot = MasterBoot(url, sha256, [h.name for h in plan.minions])
+    boot = MasterBoot(urls.fetch, urls.delete, sha256, [h.name for h in plan.minions])
     return res.launch_instance(aws, plan.launch(SALT_MASTER, master_user_data(boot, keys),
                                                 **context))
 

@@ -432,13 +432,24 @@ def ensure_bucket(aws: Aws) -> tuple[str, bool]:
     return name, True
 
 
-def upload_bundle(aws: Aws, data: bytes, expires_s: int) -> str:
-    """Store the bundle and return a presigned GET URL the master fetches it with."""
+@dataclass(frozen=True)
+class BundleUrls:
+    """Presigned: the master fetches the bundle, then deletes it (the secrets inside need not
+    outlive the boot; ``down`` deletes the bucket anyway)."""
+
+    fetch: str
+    delete: str
+
+
+def upload_bundle(aws: Aws, data: bytes, expires_s: int) -> BundleUrls:
+    """Store the bundle; the presigned URLs the master fetches and deletes it with."""
     s3 = aws.client("s3")
     s3.put_object(Bucket=bucket_name(aws), Key=BUNDLE_KEY, Body=data,
                   ServerSideEncryption="AES256")
-    return s3.generate_presigned_url("get_object", ExpiresIn=expires_s,
-                                     Params={"Bucket": bucket_name(aws), "Key": BUNDLE_KEY})
+    where = {"Bucket": bucket_name(aws), "Key": BUNDLE_KEY}
+    return BundleUrls(
+        fetch=s3.generate_presigned_url("get_object", ExpiresIn=expires_s, Params=where),
+        delete=s3.generate_presigned_url("delete_object", ExpiresIn=expires_s, Params=where))
 
 
 def delete_bucket(aws: Aws) -> bool:

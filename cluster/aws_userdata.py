@@ -4,9 +4,10 @@ The user data is a ``#cloud-config`` document built as a dict and dumped with Py
 valid YAML by construction; the shell it runs lives in ``cluster/templates/aws-*.sh`` (checked
 with ``bash -n`` by the tests) and reads its settings from ``/etc/sqlgate/bootstrap.env``.
 
-The master's user data holds no secret besides a short-lived presigned URL of the bundle; a
-minion's holds its own Salt private key. User data is readable through the instance metadata
-service, so ``bootcmd`` blocks the metadata service for every user but root on each boot.
+The master's user data holds no secret besides short-lived presigned URLs to fetch the bundle
+and then delete it from S3; a minion's holds its own Salt private key. User data is readable
+through the instance metadata service, so ``bootcmd`` blocks the metadata service for every user
+but root on each boot.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def _cloud_config(hostname: str, files: list[dict], script: str, extra: dict | N
 @dataclass(frozen=True)
 class MasterBoot:
     bundle_url: str
+    bundle_delete_url: str
     bundle_sha256: str
     minion_ids: list[str]
 
@@ -116,6 +118,7 @@ def master_user_data(boot: MasterBoot, keys: ClusterKeys) -> str:
     settings = {
         **_common_settings(),
         "BUNDLE_URL": boot.bundle_url,
+        "BUNDLE_DELETE_URL": boot.bundle_delete_url,
         "BUNDLE_SHA256": boot.bundle_sha256,
         "MINION_IDS": ",".join(boot.minion_ids),
         "MINION_WAIT_SECONDS": str(MINION_WAIT_SECONDS),

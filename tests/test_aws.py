@@ -237,6 +237,14 @@ def test_master_user_data_fetches_a_bundle_with_tree_pillar_and_keys(aws_env, cl
         data = answer.read()
     import hashlib
     assert hashlib.sha256(data).hexdigest() == env["BUNDLE_SHA256"]
+    # Then the master deletes it with the second presigned URL: the secrets leave S3.
+    s3 = aws_env.client("s3")
+    bucket = res.bucket_name(aws_provider.connect(CLUSTER_NAME, REGION, None))
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+    delete = urllib.request.Request(env["BUNDLE_DELETE_URL"], method="DELETE")
+    with urllib.request.urlopen(delete, timeout=10) as answer:
+        assert answer.status == 204
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
         master_conf = yaml.safe_load(tar.extractfile(MASTER_CONF).read())

@@ -33,7 +33,7 @@ def keys(tmp_path_factory) -> ClusterKeys:
 @pytest.fixture(scope="module")
 def rendered(keys) -> dict[str, str]:
     url = "https://bucket.s3.amazonaws.com/bundle.tar.gz?X-Amz-Signature=a&b='c'"
-    master = master_user_data(MasterBoot(url, "0" * 64, MINIONS), keys)
+    master = master_user_data(MasterBoot(url, url + "&delete", "0" * 64, MINIONS), keys)
     return {"saltmaster": master,
             **{m: minion_user_data(m, "172.31.0.4", keys) for m in MINIONS}}
 

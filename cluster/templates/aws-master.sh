@@ -10,6 +10,9 @@ fetch_bundle() {
     local bundle=/root/sqlgate-bundle.tar.gz
     curl -fsSL --retry 10 --retry-connrefused "$BUNDLE_URL" -o "$bundle"
     echo "$BUNDLE_SHA256  $bundle" | sha256sum -c --quiet -
+    # The secrets inside need not stay in S3 once here (down deletes the bucket in any case).
+    curl -fsS -X DELETE "$BUNDLE_DELETE_URL" >/dev/null \
+        || log "could not delete the bundle from S3; 'down' will"
     # Only srv/sqlgate and etc/salt are in it; keys and pillar arrive with mode 0600/0700.
     tar -xzf "$bundle" -C / --no-same-owner
     rm -f "$bundle"
