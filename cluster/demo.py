@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 
 from cluster.state import read_cluster_file
+from services.routing import MODES
 
 SCHEMA_TABLE = "sakila.sqlgate_demo"
 
@@ -49,7 +50,7 @@ def demo(url: str, key: str, replicas: int) -> bool:
         return body
 
     print(f"Gatekeeper {url}")
-    for mode in ("direct", "random", "ping"):
+    for mode in MODES:
         step(f"SELECT COUNT(*) FROM sakila.actor  [{mode}]",
              "SELECT COUNT(*) FROM sakila.actor", mode)
     step("CREATE TABLE IF NOT EXISTS (demo table)",

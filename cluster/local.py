@@ -242,7 +242,7 @@ def apply_firewall(cluster: LocalCluster) -> None:
 
 # --- salt --------------------------------------------------------------------------------
 
-def _hosts_file(host: NamespaceHost, cluster: LocalCluster) -> str:
+def _hosts_file(cluster: LocalCluster) -> str:
     lines = ["127.0.0.1 localhost", *(f"{h.address} {h.name}" for h in cluster.hosts)]
     return "\n".join(lines) + "\n"
 
@@ -263,8 +263,9 @@ def configure_salt(cluster: LocalCluster, fileserver: Path, pillar_dir: Path) ->
     }))
     master.write_file(f"{MASTER_PKI}/master.pem", master_keys.private, 0o400)
     master.write_file(f"{MASTER_PKI}/master.pub", master_keys.public, 0o644)
+    hosts_file = _hosts_file(cluster)
     for host in cluster.hosts:
-        host.write_file("/etc/hosts", _hosts_file(host, cluster))
+        host.write_file("/etc/hosts", hosts_file)
     for minion in cluster.minions:
         keys = salt_key_pair(pki / "minions", minion.name)
         master.write_file(f"{MASTER_PKI}/minions/{minion.name}", keys.public, 0o644)
