@@ -1,8 +1,9 @@
 """``python -m cluster.demo [--provider local]``: show a running cluster at work.
 
 Reads the Gatekeeper URL and key from the cluster file that ``up`` wrote, then sends through
-the Gatekeeper what the seed's demo did by hand: a read in every routing mode (and which node
-answered), a write, the same row read back from the replicas, and a request without the key.
+the Gatekeeper: a read in every routing mode (and which node answered), a write with
+parameters, the same row read back from the replicas, a transfer in a transaction, a session
+statement refused, and a request without the key.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import uuid
 from cluster.state import read_cluster_file
 from services.routing import MODES
 
-SCHEMA_TABLE = "sakila.sqlgate_demo"
+SCHEMA_TABLE = "sakila.sqlgate_demo_accounts"
 
 
-def post(url: str, key: str | None, sql: str, mode: str) -> tuple[int, dict]:
+def post(url: str, key: str | None, sql: str, mode: str, path: str = "/query",
+         **fields) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
-    request = urllib.request.Request(url + "/query", json.dumps({"sql": sql, "mode": mode})
-                                     .encode(), headers)
+    body = {"sql": sql, "mode": mode, **fields} if sql else fields
+    request = urllib.request.Request(url + path, json.dumps(body).encode(), headers)
     try:
         with urllib.request.urlopen(request, timeout=15) as answer:
             return answer.status, json.load(answer)
@@ -33,8 +35,8 @@ def post(url: str, key: str | None, sql: str, mode: str) -> tuple[int, dict]:
 
 
 def show(step: str, status: int, body: dict) -> None:
-    where = f"node={body['node']} ({body['node_role']})" if "node" in body else ""
-    result = body.get("rows", body.get("error"))
+    where = f"node={body['node']} ({body['node_role']})" if "node_role" in body else ""
+    result = body.get("rows", body.get("status", body.get("error")))
     print(f"  {step:<44} {status}  {where:<28} {json.dumps(result)[:60]}")
 
 
@@ -42,9 +44,10 @@ def demo(url: str, key: str, replicas: int) -> bool:
     """``replicas``: how many replicas must answer the written row back."""
     ok = True
 
-    def step(name: str, sql: str, mode: str, expect: int = 200, api_key: str | None = key):
+    def step(name: str, sql: str, mode: str, expect: int = 200, api_key: str | None = key,
+             **fields):
         nonlocal ok
-        status, body = post(url, api_key, sql, mode)
+        status, body = post(url, api_key, sql, mode, **fields)
         show(name, status, body)
         ok = ok and status == expect
         return body
@@ -55,15 +58,16 @@ def demo(url: str, key: str, replicas: int) -> bool:
              "SELECT COUNT(*) FROM sakila.actor", mode)
     step("CREATE TABLE IF NOT EXISTS (demo table)",
          f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (id INT AUTO_INCREMENT PRIMARY KEY, "
-         "note VARCHAR(64))", "direct")
+         "note VARCHAR(64), balance DECIMAL(12,2) NOT NULL DEFAULT 0)", "direct")
     note = f"demo-{uuid.uuid4().hex[:8]}"
-    written = step("INSERT a row  [random: still the primary]",
-                   f"INSERT INTO {SCHEMA_TABLE} (note) VALUES ('{note}')", "random")
+    written = step("INSERT a row with params  [random: primary]",
+                   f"INSERT INTO {SCHEMA_TABLE} (note, balance) VALUES (?, 100)", "random",
+                   params=[note])
     seen: set[str] = set()
     deadline = time.monotonic() + 10
     while len(seen) < replicas and time.monotonic() < deadline:  # until each replica has it
-        status, body = post(url, key, f"SELECT id, note FROM {SCHEMA_TABLE} WHERE note = "
-                            f"'{note}'", "random")
+        status, body = post(url, key, f"SELECT id, note FROM {SCHEMA_TABLE} WHERE note = :note",
+                            "random", params={"note": note})
         if status == 200 and body["rows"] and body["node_role"] == "replica":
             if body["node"] not in seen:
                 show("read it back  [random]", status, body)
@@ -71,9 +75,32 @@ def demo(url: str, key: str, replicas: int) -> bool:
         else:
             time.sleep(0.05)  # not replicated yet: ask again shortly
     ok = ok and bool(written.get("last_insert_id")) and len(seen) >= replicas
+    ok = transfer(url, key, written.get("last_insert_id")) and ok
+    step("SET autocommit = 0  [refused: session state]", "SET autocommit = 0", "direct",
+         expect=400)
     step("a request without X-API-Key", "SELECT 1", "direct", expect=401, api_key=None)
     print("the cluster works" if ok else "SOMETHING IS WRONG: see above")
     return ok
+
+
+def transfer(url: str, key: str, account: int | None) -> bool:
+    """Move 25.50 out of ``account`` in a transaction, then read the balance back."""
+    status, opened = post(url, key, "", "", path="/transactions")
+    show("POST /transactions", status, {"rows": opened.get("transaction_id",
+                                                            opened.get("error"))})
+    if status != 201 or account is None:
+        return False
+    tx = opened["transaction_id"]
+    status, moved = post(url, key, f"UPDATE {SCHEMA_TABLE} SET balance = balance - ? "
+                         "WHERE id = ?", "direct", params=[{"type": "decimal", "value": "25.50"},
+                                                          account], transaction_id=tx)
+    show("  debit 25.50 inside it", status, moved)
+    status, ended = post(url, key, "", "", path=f"/transactions/{tx}/commit")
+    show("  commit", status, ended)
+    status, after = post(url, key, f"SELECT balance FROM {SCHEMA_TABLE} WHERE id = ?",
+                         "direct", params=[account])
+    show("  balance after the commit", status, after)
+    return status == 200 and after["rows"] == [["74.50"]]
 
 
 def main() -> int:

@@ -7,7 +7,9 @@ It starts its own loopback stack (a MariaDB primary with two replicas, the Proxy
 Gatekeeper), so the numbers compare like with like on this machine. The HTTP load comes from
 wrk (C, one thread) so the load generator takes as little CPU from the services as possible;
 the driver floor is asyncmy itself. Reads use ``mode=random`` (a replica); inserts go to the
-primary whatever the mode.
+primary whatever the mode. A batch is one ``POST /batch`` of 50 point selects run
+independently (``transaction: false``), against the driver running the same 50 in a row on
+one connection; its ``stmts/s`` column counts statements.
 """
 
 from __future__ import annotations
@@ -29,21 +31,23 @@ from cluster.loopback import LoopbackStack
 
 POINT_SELECT = "SELECT actor_id, first_name, last_name FROM sakila.actor WHERE actor_id = 17"
 INSERT_PREFIX = "INSERT INTO sqlgate_test.bench (k, v) VALUES ("
+BATCH_SIZE = 50
+OPERATIONS = ("point select", "insert", "batch")
 TARGETS = {"gatekeeper_rps_16": 2000.0, "gatekeeper_p50_1_ms": 1.0}
 
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = "%(key)s"
-local statement = "%(statement)s"
+local body = '%(body)s'
 local counter = 0
 request = function()
   counter = counter + 1
-  local sql = statement
-  if statement == "insert" then
-    sql = "%(insert_prefix)s" .. counter .. ", 'wrk')"
+  if body == "insert" then
+    local sql = "%(insert_prefix)s" .. counter .. ", 'wrk')"
+    return wrk.format(nil, "/query", nil, '{"sql": "' .. sql .. '", "mode": "random"}')
   end
-  return wrk.format(nil, "/query", nil, '{"sql": "' .. sql .. '", "mode": "random"}')
+  return wrk.format(nil, "%(path)s", nil, body)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -63,6 +67,11 @@ class Measurement:
     p50_ms: float
     p99_ms: float
     errors: int
+    statements_per_request: int = 1
+
+    @property
+    def statements_per_second(self) -> float:
+        return self.requests_per_second * self.statements_per_request
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -74,7 +83,7 @@ async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
                          seconds: float) -> Measurement:
     """The floor: asyncmy straight to the server, with a pool as the Proxy has."""
     db = stack.db
-    server = db.replicas[0] if operation == "point select" else db.primary
+    server = db.primary if operation == "insert" else db.replicas[0]
     pool = await asyncmy.create_pool(minsize=clients, maxsize=clients, host="127.0.0.1",
                                      port=server.port, user=db.app_user,
                                      password=db.app_password, autocommit=True)
@@ -82,18 +91,21 @@ async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
     errors = 0
     deadline = time.perf_counter() + seconds
 
+    repeat = BATCH_SIZE if operation == "batch" else 1
+
     async def client(number: int) -> None:
         nonlocal errors
         counter = 0
         while time.perf_counter() < deadline:
             counter += 1
-            sql = (POINT_SELECT if operation == "point select"
-                   else f"{INSERT_PREFIX}{number * 10_000_000 + counter}, 'driver')")
+            sql = (f"{INSERT_PREFIX}{number * 10_000_000 + counter}, 'driver')"
+                   if operation == "insert" else POINT_SELECT)
             began = time.perf_counter()
             try:
                 async with pool.acquire() as conn, conn.cursor() as cursor:
-                    await cursor.execute(sql)
-                    await cursor.fetchall()
+                    for _ in range(repeat):
+                        await cursor.execute(sql)
+                        await cursor.fetchall()
             except Exception:
                 errors += 1
                 continue
@@ -105,14 +117,24 @@ async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
     pool.close()
     await pool.wait_closed()
     return Measurement("driver (asyncmy)", operation, clients, len(latencies) / elapsed,
-                       percentile(latencies, 0.50), percentile(latencies, 0.99), errors)
+                       percentile(latencies, 0.50), percentile(latencies, 0.99), errors, repeat)
+
+
+def request_body(operation: str) -> tuple[str, str]:
+    """The path and the JSON body wrk sends ("insert": made per request by the script)."""
+    if operation == "insert":
+        return "/query", "insert"
+    if operation == "batch":
+        return "/batch", json.dumps({"statements": [{"sql": POINT_SELECT}] * BATCH_SIZE,
+                                     "transaction": False, "mode": "random"})
+    return "/query", json.dumps({"sql": POINT_SELECT, "mode": "random"})
 
 
 def measure_http(target: str, url: str, key: str, operation: str, clients: int,
                  seconds: float, workdir: Path) -> Measurement:
-    statement = POINT_SELECT if operation == "point select" else "insert"
+    path, body = request_body(operation)
     script = workdir / "bench.lua"
-    script.write_text(WRK_SCRIPT % {"key": key, "statement": statement,
+    script.write_text(WRK_SCRIPT % {"key": key, "body": body, "path": path,
                                     "insert_prefix": INSERT_PREFIX})
     result = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script),
@@ -120,30 +142,34 @@ def measure_http(target: str, url: str, key: str, operation: str, clients: int,
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
     requests, duration_us, p50_us, p99_us, errors = line.split()[1:]
     return Measurement(target, operation, clients, int(requests) / (int(duration_us) / 1e6),
-                       float(p50_us) / 1000.0, float(p99_us) / 1000.0, int(errors))
+                       float(p50_us) / 1000.0, float(p99_us) / 1000.0, int(errors),
+                       BATCH_SIZE if operation == "batch" else 1)
 
 
 def check_answers(stack: LoopbackStack) -> None:
-    """Before timing anything, make sure both statements really work end to end."""
+    """Before timing anything, make sure every request really works end to end."""
     import urllib.request
 
-    for sql in (POINT_SELECT, f"{INSERT_PREFIX}0, 'check')"):
+    insert = json.dumps({"sql": f"{INSERT_PREFIX}0, 'check')", "mode": "random"})
+    for path, body in (request_body("point select"), ("/query", insert), request_body("batch")):
         request = urllib.request.Request(
-            stack.gatekeeper.url + "/query", json.dumps({"sql": sql, "mode": "random"}).encode(),
+            stack.gatekeeper.url + path, body.encode(),
             {"Content-Type": "application/json", "X-API-Key": stack.api_key})
         with urllib.request.urlopen(request, timeout=10) as answer:
-            body = json.load(answer)
-            assert answer.status == 200 and body["rowcount"] == 1, body
+            answered = json.load(answer)
+            results = answered.get("results", [answered])
+            assert answer.status == 200, answered
+            assert all(result.get("rowcount") == 1 for result in results), answered
 
 
 def render(measurements: list[Measurement]) -> str:
-    header = (f"{'target':<18} {'operation':<13} {'clients':>7} {'req/s':>9} "
+    header = (f"{'target':<18} {'operation':<13} {'clients':>7} {'req/s':>9} {'stmts/s':>9} "
               f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     lines = [header, "-" * len(header)]
     for m in measurements:
         lines.append(f"{m.target:<18} {m.operation:<13} {m.clients:>7} "
-                     f"{m.requests_per_second:>9.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} "
-                     f"{m.errors:>7}")
+                     f"{m.requests_per_second:>9.0f} {m.statements_per_second:>9.0f} "
+                     f"{m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.errors:>7}")
     return "\n".join(lines)
 
 
@@ -171,6 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each cell")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--operations", nargs="+", default=list(OPERATIONS),
+                        choices=OPERATIONS)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench_overhead: wrk is missing (make system-packages installs it)")
@@ -180,7 +208,7 @@ def main() -> None:
                              "AUTO_INCREMENT PRIMARY KEY, k BIGINT, v VARCHAR(32))")
         stack.db.wait_for_replicas()
         check_answers(stack)
-        for operation in ("point select", "insert"):
+        for operation in args.operations:
             for clients in args.clients:
                 measurements.append(asyncio.run(
                     measure_driver(stack, operation, clients, args.seconds)))

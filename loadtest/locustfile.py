@@ -25,8 +25,8 @@ from loadtest.workload import (
     MODES,
     create_table_sql,
     new_run_id,
-    read_sql,
-    write_sql,
+    read_statement,
+    write_statement,
 )
 
 log = logging.getLogger("sqlgate.locust")
@@ -102,11 +102,13 @@ class GatekeeperUser(FastHttpUser):
         kind = "write" if random.uniform(0, 100) < options.write_percent else "read"
         self.seq += 1
         if kind == "write":
-            sql = write_sql(options.table, self.run_id, mode, self.seq)
+            statement = write_statement(options.table, self.run_id, mode, self.seq)
         else:
-            sql = read_sql(options.table, random.choice(self.row_ids) if self.row_ids else None)
+            statement = read_statement(options.table,
+                                       random.choice(self.row_ids) if self.row_ids else None)
         request_id = f"{self.run_id}-{self.seq}"
-        with self.client.post("/query", json={"sql": sql, "mode": mode, "request_id": request_id},
+        with self.client.post("/query", json={**statement, "mode": mode,
+                                              "request_id": request_id},
                               headers={"X-API-Key": self.environment.sqlgate_api_key},
                               name=f"{mode} {kind}", catch_response=True) as answer:
             try:

@@ -17,7 +17,13 @@ import aiohttp
 
 from loadtest import workload
 from loadtest.target import Target
-from loadtest.workload import DEFAULT_TABLE, MODES, create_table_sql, read_sql, write_sql
+from loadtest.workload import (
+    DEFAULT_TABLE,
+    MODES,
+    create_table_sql,
+    read_statement,
+    write_statement,
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,10 @@ class Client:
         self.session, self.url = session, target.gatekeeper_url + "/query"
         self.headers = {"X-API-Key": target.api_key}
 
-    async def query(self, sql: str, mode: str, kind: str, seq: int, request_id: str) -> Sample:
-        body = {"sql": sql, "mode": mode, "request_id": request_id}
+    async def query(self, statement: dict, mode: str, kind: str, seq: int,
+                    request_id: str) -> Sample:
+        """``statement``: ``{"sql", "params"?}`` as the workload makes it."""
+        body = {**statement, "mode": mode, "request_id": request_id}
         start = time.perf_counter()
         try:
             async with self.session.post(self.url, json=body, headers=self.headers) as answer:
@@ -108,17 +116,18 @@ async def run(target: Target, plan: Plan, progress: Callable[[str], None] = prin
     connector = aiohttp.TCPConnector(limit=plan.concurrency)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         client = Client(session, target)
-        setup = await client.query(create_table_sql(plan.table), "direct", "setup", 0,
+        setup = await client.query({"sql": create_table_sql(plan.table)}, "direct", "setup", 0,
                                    f"{result.run_id}-setup")
         if not setup.ok:
             raise RuntimeError(f"cannot create {plan.table} through {target.gatekeeper_url}: "
                                f"{setup.status} {setup.error}")
         for mode in plan.modes:
             writes = await _phase(client, result.run_id, mode, "write", plan, deadline,
-                                  lambda seq, m=mode: write_sql(plan.table, result.run_id, m, seq))
+                                  lambda seq, m=mode: write_statement(plan.table, result.run_id,
+                                                                      m, seq))
             ids = [s.last_insert_id for s in writes.samples if s.ok and s.last_insert_id]
             reads = await _phase(client, result.run_id, mode, "read", plan, deadline,
-                                 lambda seq, ids=ids: read_sql(
+                                 lambda seq, ids=ids: read_statement(
                                      plan.table, ids[seq % len(ids)] if ids else None))
             for phase in (writes, reads):
                 result.phases.append(phase)
@@ -129,7 +138,7 @@ async def run(target: Target, plan: Plan, progress: Callable[[str], None] = prin
 
 
 async def _phase(client: Client, run_id: str, mode: str, kind: str, plan: Plan, deadline: float,
-                 sql_for: Callable[[int], str]) -> Phase:
+                 statement_for: Callable[[int], dict]) -> Phase:
     """Exactly ``plan.requests`` requests from ``plan.concurrency`` clients sharing one counter."""
     samples: list[Sample] = []
     next_seq = iter(range(plan.requests))
@@ -142,7 +151,7 @@ async def _phase(client: Client, run_id: str, mode: str, kind: str, plan: Plan, 
                                       error=f"not sent: the run's {plan.deadline_s:g} s "
                                             "deadline passed"))
                 continue
-            samples.append(await client.query(sql_for(seq), mode, kind, seq, request_id))
+            samples.append(await client.query(statement_for(seq), mode, kind, seq, request_id))
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(plan.concurrency)))

@@ -1,8 +1,10 @@
 """The statements the load tests send: one write table of their own, and point reads on it.
 
-Locust and the report send the same SQL, so their figures compare. The table is created if
-missing and every write is a plain INSERT tagged with its run, so a run can be repeated (and
-counted afterwards) without clashing with an earlier one.
+Locust and the report send the same statements, so their figures compare: SQL text with
+``?`` placeholders and the values as ``params``, so each kind is one statement shape for the
+Proxy's classifier. The table is created if missing and every write is a plain INSERT tagged
+with its run, so a run can be repeated (and counted afterwards) without clashing with an
+earlier one.
 """
 
 from __future__ import annotations
@@ -34,29 +36,21 @@ def create_table_sql(table: str) -> str:
             "KEY run_mode (run_id, mode)) ENGINE=InnoDB")
 
 
-def write_sql(table: str, run_id: str, mode: str, seq: int) -> str:
-    return (f"INSERT INTO {checked_table(table)} (run_id, mode, seq, payload) "
-            f"VALUES ('{_word(run_id)}', '{_word(mode)}', {int(seq)}, '{secrets.token_hex(16)}')")
+def write_statement(table: str, run_id: str, mode: str, seq: int) -> dict:
+    """``{"sql", "params"}`` of one tagged INSERT: values bound, one statement shape."""
+    return {"sql": f"INSERT INTO {checked_table(table)} (run_id, mode, seq, payload) "
+                   "VALUES (?, ?, ?, ?)",
+            "params": [run_id, mode, int(seq), secrets.token_hex(16)]}
 
 
-def read_sql(table: str, row_id: int | None) -> str:
+def read_statement(table: str, row_id: int | None) -> dict:
     """A point read of a row written earlier; the newest row when none is known yet."""
     table = checked_table(table)
     if row_id is None:
-        return f"SELECT id, run_id, seq, payload FROM {table} ORDER BY id DESC LIMIT 1"
-    return f"SELECT id, run_id, seq, payload FROM {table} WHERE id = {int(row_id)}"
-
-
-def count_sql(table: str, run_id: str, mode: str) -> str:
-    return (f"SELECT COUNT(*) AS n FROM {checked_table(table)} "
-            f"WHERE run_id = '{_word(run_id)}' AND mode = '{_word(mode)}'")
+        return {"sql": f"SELECT id, run_id, seq, payload FROM {table} ORDER BY id DESC LIMIT 1"}
+    return {"sql": f"SELECT id, run_id, seq, payload FROM {table} WHERE id = ?",
+            "params": [int(row_id)]}
 
 
 def new_run_id() -> str:
     return secrets.token_hex(8)
-
-
-def _word(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,40}", value):
-        raise ValueError(f"not a plain word: {value!r}")
-    return value

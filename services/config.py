@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,8 +62,28 @@ class ProxyConfig:
     ping_interval: float = 1.0
     ping_privileged: bool = True
     ping_smoothing: float = 0.3
+    # Named in every transaction id, so that a front can tell which Proxy holds one.
+    instance_name: str = ""
+    max_transactions: int = -1  # -1: half of pool_max_size
+    transaction_idle_timeout: float = 10.0
+    transaction_max_age: float = 60.0
 
     ENV_PREFIX = "PROXY_"
+
+    def __post_init__(self) -> None:
+        if not self.instance_name:
+            host = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-")
+            object.__setattr__(self, "instance_name", host[:63] or "proxy")
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,63}", self.instance_name):
+            raise ValueError("PROXY_INSTANCE_NAME: 1-63 letters, digits or -")
+        if self.max_transactions == -1:
+            object.__setattr__(self, "max_transactions", self.pool_max_size // 2)
+        if not 0 <= self.max_transactions < self.pool_max_size:
+            raise ValueError(f"PROXY_MAX_TRANSACTIONS must be below "
+                             f"PROXY_POOL_MAX_SIZE ({self.pool_max_size}), so that open "
+                             "transactions always leave connections for other requests")
+        if self.transaction_idle_timeout <= 0 or self.transaction_max_age <= 0:
+            raise ValueError("transaction timeouts must be positive")
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:

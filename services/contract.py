@@ -1,7 +1,8 @@
-"""The HTTP contract shared by both services: the query request and the JSON errors.
+"""The HTTP contract shared by both services: requests, their checks and the JSON errors.
 
 The Gatekeeper validates with the same code the Proxy uses, so a request the Gatekeeper lets
-through is one the Proxy accepts, and bad input is refused at the edge.
+through is one the Proxy accepts, and bad input is refused at the edge. Nothing here imports
+a database driver or the parser: the Gatekeeper stays light.
 """
 
 from __future__ import annotations
@@ -13,32 +14,64 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from services.errors import ApiError
+from services.statements import Statement, parse_statement
+
+__all__ = ["ApiError"]
+
 REQUEST_ID_HEADER = "X-Request-Id"
 # Request ids are echoed in a response header, so only header-safe characters are accepted.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MODE = "direct"
-FIELDS = frozenset({"sql", "mode", "request_id"})
+MAX_BATCH_STATEMENTS = 100
+# "<proxy instance>.<random>": the instance part lets a front route to the Proxy that holds
+# the transaction; the random part (144 bits) makes ids unguessable.
+TRANSACTION_ID_PATTERN = re.compile(r"([A-Za-z0-9-]{1,63})\.([A-Za-z0-9_-]{24})")
+ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
+QUERY_FIELDS = frozenset({"sql", "params", "mode", "request_id", "transaction_id"})
+BATCH_FIELDS = frozenset({"statements", "mode", "transaction", "request_id", "transaction_id"})
+BATCH_STATEMENT_FIELDS = frozenset({"sql", "params"})
+TRANSACTION_FIELDS = frozenset({"isolation", "read_only", "request_id"})
 
-class ApiError(Exception):
-    """An error answered as ``{"error": message, ...details}`` with an HTTP status."""
-
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
-                 **details: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-        self.details = details
-
-    def to_json(self) -> dict[str, Any]:
-        return {"error": self.message, **self.details}
+# Every endpoint, for GET / and docs/api.md.
+ENDPOINTS = {
+    "POST /query": "run one statement: {sql, params?, mode?, transaction_id?, request_id?}",
+    "POST /batch": "run up to 100 statements: {statements: [{sql, params?}], mode?, "
+                   "transaction? (default true), transaction_id?, request_id?}",
+    "POST /transactions": "open a transaction on the primary: {isolation?, read_only?}; "
+                          "answers 201 with transaction_id",
+    "POST /transactions/{id}/commit": "commit it",
+    "POST /transactions/{id}/rollback": "roll it back",
+    "GET /health": "whether the service can serve",
+}
 
 
 @dataclass(frozen=True)
 class QueryRequest:
-    sql: str
+    statement: Statement
     mode: str
+    request_id: str | None
+    transaction_id: str | None = None
+
+    @property
+    def sql(self) -> str:
+        return self.statement.sql
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    statements: tuple[Statement, ...]
+    mode: str
+    transaction: bool
+    request_id: str | None
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TransactionRequest:
+    isolation: str | None
+    read_only: bool
     request_id: str | None
 
 
@@ -54,28 +87,100 @@ def checked_request_id(value: str | None, source: str) -> str | None:
     return value
 
 
-def parse_query_request(body: bytes, modes: Collection[str]) -> QueryRequest:
-    """Decode and check a ``POST /query`` body, or raise ApiError(400)."""
+def checked_transaction_id(value: Any, source: str = "'transaction_id'") -> str:
+    if not isinstance(value, str) or not TRANSACTION_ID_PATTERN.fullmatch(value):
+        raise ApiError(400, f"{source} is not a transaction id (as POST /transactions "
+                       "answers it)")
+    return value
+
+
+def _object(body: bytes, allowed: frozenset[str], empty_ok: bool = False) -> dict[str, Any]:
+    if empty_ok and not body.strip():
+        return {}
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"malformed JSON body: {error}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
-    unknown = sorted(set(data) - FIELDS)
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", allowed=sorted(FIELDS))
-    sql = data.get("sql")
-    if sql is None:
-        raise ApiError(400, "missing field 'sql'")
-    if not isinstance(sql, str):
-        raise ApiError(400, "'sql' must be a string")
-    if not sql.strip():
-        raise ApiError(400, "'sql' is empty")
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", allowed=sorted(allowed))
+    return data
+
+
+def _mode(data: dict[str, Any], modes: Collection[str]) -> str:
     mode = data.get("mode", DEFAULT_MODE)
     if not isinstance(mode, str):
         raise ApiError(400, "'mode' must be a string", modes=sorted(modes))
     if mode not in modes:
         raise ApiError(400, f"unknown mode {mode!r}", modes=sorted(modes))
-    request_id = checked_request_id(data.get("request_id"), "'request_id'")
-    return QueryRequest(sql=sql, mode=mode, request_id=request_id)
+    return mode
+
+
+def _transaction_id(data: dict[str, Any]) -> str | None:
+    value = data.get("transaction_id")
+    return None if value is None else checked_transaction_id(value)
+
+
+def parse_query_request(body: bytes, modes: Collection[str]) -> QueryRequest:
+    """Decode and check a ``POST /query`` body, or raise ApiError(400)."""
+    data = _object(body, QUERY_FIELDS)
+    statement = parse_statement(data.get("sql"), data.get("params"))
+    return QueryRequest(statement=statement, mode=_mode(data, modes),
+                        request_id=checked_request_id(data.get("request_id"), "'request_id'"),
+                        transaction_id=_transaction_id(data))
+
+
+def parse_batch_request(body: bytes, modes: Collection[str]) -> BatchRequest:
+    """Decode and check a ``POST /batch`` body, or raise ApiError(400)."""
+    data = _object(body, BATCH_FIELDS)
+    items = data.get("statements")
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "'statements' must be a non-empty array of {sql, params}")
+    if len(items) > MAX_BATCH_STATEMENTS:
+        raise ApiError(400, f"at most {MAX_BATCH_STATEMENTS} statements per batch, got "
+                       f"{len(items)}")
+    statements = []
+    for index, item in enumerate(items):
+        where = f"statements[{index}]: "
+        if not isinstance(item, dict):
+            raise ApiError(400, f"{where}each statement is an object {{sql, params}}",
+                           failed_statement=index)
+        unknown = sorted(set(item) - BATCH_STATEMENT_FIELDS)
+        if unknown:
+            raise ApiError(400, f"{where}unknown field(s): {', '.join(unknown)}",
+                           failed_statement=index)
+        try:
+            statements.append(parse_statement(item.get("sql"), item.get("params"), where))
+        except ApiError as error:
+            error.details.setdefault("failed_statement", index)
+            raise
+    transaction = data.get("transaction", True)
+    if not isinstance(transaction, bool):
+        raise ApiError(400, "'transaction' must be true or false")
+    transaction_id = _transaction_id(data)
+    if transaction_id is not None and not transaction:
+        raise ApiError(400, "a batch inside a transaction (transaction_id) cannot have "
+                       "'transaction': false")
+    return BatchRequest(statements=tuple(statements), mode=_mode(data, modes),
+                        transaction=transaction,
+                        request_id=checked_request_id(data.get("request_id"), "'request_id'"),
+                        transaction_id=transaction_id)
+
+
+def parse_transaction_request(body: bytes) -> TransactionRequest:
+    """Decode and check a ``POST /transactions`` body (it may be empty), or raise ApiError."""
+    data = _object(body, TRANSACTION_FIELDS, empty_ok=True)
+    isolation = data.get("isolation")
+    if isolation is not None:
+        if not isinstance(isolation, str) or isolation.upper() not in ISOLATION_LEVELS:
+            raise ApiError(400, f"unknown isolation {isolation!r}",
+                           isolation_levels=list(ISOLATION_LEVELS))
+        isolation = isolation.upper()
+    read_only = data.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise ApiError(400, "'read_only' must be true or false")
+    return TransactionRequest(isolation=isolation, read_only=read_only,
+                              request_id=checked_request_id(data.get("request_id"),
+                                                            "'request_id'"))

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def _json_default(value: Any) -> Any:
     """Values MySQL returns that JSON has no type for (json calls this only for those)."""
     if isinstance(value, Decimal):
-        return str(value)  # keep the exact digits; a float would round them
+        return format(value, "f")  # exact digits, never exponent notation; a float would round
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, timedelta):  # a TIME column
@@ -33,10 +33,9 @@ def _json_default(value: Any) -> Any:
         micros = round((seconds - whole) * 1_000_000)
         return f"{text}.{micros:06d}" if micros else text
     if isinstance(value, (bytes, bytearray)):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return "0x" + value.hex()  # binary data, in MySQL's own literal notation
+        # The driver decodes text columns itself: bytes are binary data (BINARY, BLOB, BIT),
+        # always hex in MySQL's literal notation, so a client never mistakes them for text.
+        return "0x" + value.hex()
     if isinstance(value, (set, frozenset)):  # a SET column
         return sorted(value)
     return str(value)

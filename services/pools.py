@@ -18,7 +18,9 @@ import asyncmy
 from asyncmy.cursors import SSCursor
 from asyncmy.errors import InterfaceError, InternalError, MySQLError
 
+from services import session
 from services.config import NodeAddress, ProxyConfig
+from services.statements import Statement
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,11 @@ class NodeBusy(Exception):
 
 class QueryTimeout(Exception):
     pass
+
+
+class TransactionLeftOpen(Exception):
+    """A statement run in autocommit mode left a transaction open (a procedure that turned
+    autocommit off, say): its changes are rolled back rather than acknowledged and lost."""
 
 
 class SqlError(Exception):
@@ -109,6 +116,39 @@ def _is_connection_failure(error: BaseException) -> bool:
     return code == 0 or code >= 2000 or code in UNAVAILABLE_SERVER_ERRORS
 
 
+# Set on a connection once ``session.prepare`` has run on it.
+PREPARED_MARK = "_sqlgate_prepared"
+
+
+class Lease:
+    """One pooled connection kept by a transaction between its requests."""
+
+    def __init__(self, pool: NodePool, conn: Any) -> None:
+        self.pool = pool
+        self.conn = conn
+        self.broken = False
+        self.schema_changed = False
+
+    async def run(self, statement: Statement, max_rows: int) -> QueryResult:
+        try:
+            return await self.pool._run_on(self.conn, statement, max_rows, drain=True)
+        except SqlError:
+            raise
+        except BaseException:
+            self.broken = True  # timed out or lost: the server rolls the transaction back
+            raise
+
+    @property
+    def in_transaction(self) -> bool:
+        """What the server said after the last statement: is a transaction still open?"""
+        return session.in_transaction(self.conn)
+
+    async def release(self) -> None:
+        """Reset the session (which rolls back anything left open) and give it back."""
+        keep = not self.broken and await self.pool._clean(self.conn, self.schema_changed)
+        self.pool._give_back(self.conn, keep)
+
+
 class NodePool:
     """A lazily connected pool to one node; a dead node costs a connect timeout, not a hang."""
 
@@ -149,7 +189,7 @@ class NodePool:
         # waiting on a saturated pool: either way the node cannot take the statement now.
         limit = self._config.connect_timeout
         try:
-            return await asyncio.wait_for(self._pool.acquire(), limit)
+            conn = await asyncio.wait_for(self._pool.acquire(), limit)
         except TimeoutError:
             if self._pool.size >= self._pool.maxsize:
                 raise NodeBusy(f"{self.name}: all {self._pool.maxsize} connections busy for "
@@ -159,16 +199,70 @@ class NodePool:
         except (OSError, MySQLError) as error:
             raise NodeUnavailable(self.name, _error_message(error),
                                   maybe_applied=False) from error
+        if not getattr(conn, PREPARED_MARK, False):
+            try:
+                await asyncio.wait_for(session.prepare(conn), limit)
+            except (TimeoutError, OSError, MySQLError) as error:
+                self._give_back(conn, keep=False)
+                raise NodeUnavailable(self.name, f"could not prepare a connection: "
+                                      f"{_error_message(error)}", maybe_applied=False) from None
+            setattr(conn, PREPARED_MARK, True)
+        return conn
 
-    async def execute(self, sql: str, max_rows: int) -> QueryResult:
-        """Run one statement (autocommit) and fetch at most ``max_rows`` rows."""
+    def _give_back(self, conn: Any, keep: bool) -> None:
+        if not keep:
+            conn.close()  # unknown protocol or session state: never reuse
+        self._pool.release(conn)
+
+    async def _clean(self, conn: Any, schema_changed: bool = False) -> bool:
+        """Reset the session (see ``services.session``); False when that failed, or when the
+        session's default schema was changed and there is none to go back to (a connection
+        cannot be made to have no default schema again: it is closed instead)."""
+        if schema_changed and not self._connect_args["db"]:
+            return False
+        try:
+            await asyncio.wait_for(session.reset(conn, self._connect_args["db"]),
+                                   self._config.connect_timeout)
+        except (TimeoutError, OSError, MySQLError):
+            return False
+        return True
+
+    async def execute(self, statement: Statement, max_rows: int, *,
+                      reset: bool = False) -> QueryResult:
+        """Run one statement (autocommit) and fetch at most ``max_rows`` rows.
+
+        ``reset``: the statement may have left session state, so the connection is reset
+        (or closed) before another request can have it.
+        """
         conn = await self._acquire()
-        reusable = False
+        keep = False
+        try:
+            result = await self._run_on(conn, statement, max_rows, drain=False)
+            keep = not result.truncated  # rows left unread: closing is cheaper than draining
+            if keep and session.in_transaction(conn):
+                reset = True  # the reset rolls it back
+                raise TransactionLeftOpen(f"{self.name}: the statement left a transaction open")
+            reset = reset or session.autocommit_off(conn)
+            return result
+        except SqlError:
+            keep = True
+            raise
+        finally:
+            if keep and reset:
+                keep = await self._clean(conn)
+            self._give_back(conn, keep)
+
+    async def lease(self) -> Lease:
+        """A connection held across requests (a transaction); give it back with release()."""
+        return Lease(self, await self._acquire())
+
+    async def _run_on(self, conn: Any, statement: Statement, max_rows: int, *,
+                      drain: bool) -> QueryResult:
+        """Run on ``conn``; any error but SqlError leaves the connection unusable."""
         try:
             cursor = conn.cursor(SSCursor)  # unbuffered: a huge result is cut, not loaded
-            result, reusable = await asyncio.wait_for(
-                self._run(cursor, sql, max_rows), self._config.query_timeout)
-            return result
+            return await asyncio.wait_for(self._run(cursor, statement, max_rows, drain),
+                                          self._config.query_timeout)
         except TimeoutError:
             await self._kill_running_query(conn)
             raise QueryTimeout(
@@ -177,27 +271,23 @@ class NodePool:
             if _is_connection_failure(error):  # the statement may have reached the server
                 raise NodeUnavailable(self.name, _error_message(error),
                                       maybe_applied=True) from error
-            reusable = True
             raise SqlError(_error_code(error), _error_message(error)) from None
-        finally:
-            if not reusable:
-                conn.close()  # unknown protocol state, or rows left unread: never reuse
-            self._pool.release(conn)
 
     @staticmethod
-    async def _run(cursor: SSCursor, sql: str, max_rows: int) -> tuple[QueryResult, bool]:
-        await cursor.execute(sql)
+    async def _run(cursor: SSCursor, statement: Statement, max_rows: int,
+                   drain: bool) -> QueryResult:
+        await cursor.execute(statement.text, statement.args)
         if cursor.description is None:
             last_id = cursor.lastrowid
-            return QueryResult([], [], cursor.rowcount, last_id or None, False), True
+            return QueryResult([], [], cursor.rowcount, last_id or None, False)
         columns = [column[0] for column in cursor.description]
         rows = await cursor.fetchmany(max_rows + 1)
         truncated = len(rows) > max_rows
         if truncated:
             rows = rows[:max_rows]
-        else:
-            await cursor.close()
-        return QueryResult(columns, rows, len(rows), None, truncated), not truncated
+        if drain or not truncated:
+            await cursor.close()  # reads what is left, so the connection can go on
+        return QueryResult(columns, rows, len(rows), None, truncated)
 
     async def _kill_running_query(self, conn: Any) -> None:
         """Stop the statement on the server too, so a timed-out query does not run on."""

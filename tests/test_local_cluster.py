@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,12 +77,21 @@ def cluster() -> Iterator[E2ECluster]:
             directory.rmdir()
 
 
-def query(url: str, api_key: str, sql: str, mode: str) -> dict:
+def post(url: str, api_key: str, path: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
-        f"{url}/query", data=json.dumps({"sql": sql, "mode": mode}).encode(),
+        f"{url}{path}", data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "X-API-Key": api_key}, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        return json.loads(reply.read())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def query(url: str, api_key: str, sql: str, mode: str) -> dict:
+    status, answer = post(url, api_key, "/query", {"sql": sql, "mode": mode})
+    assert status == 200, answer
+    return answer
 
 
 def tcp_answers(address: str, port: int, timeout: float = 2.0) -> bool:
@@ -195,6 +205,38 @@ def test_status_shows_both_replicas_running_without_lag(cluster):
         time.sleep(2)
     for service in ("sqlgate-gatekeeper RUNNING", "sqlgate-proxy RUNNING", "mariadb RUNNING"):
         assert service in status.stdout
+
+
+def test_a_transfer_in_a_transaction_through_the_gatekeeper(cluster):
+    """Parameters, a transaction and its commit across the real hosts and firewall; a lone
+    session statement is refused rather than leaked into the pool."""
+    url, key = cluster.record["gatekeeper_url"], cluster.record["api_key"]
+    table = "sakila.sqlgate_e2e_accounts"
+    assert post(url, key, "/batch", {"statements": [
+        {"sql": f"CREATE TABLE IF NOT EXISTS {table} (id INT PRIMARY KEY, "
+                "balance DECIMAL(12,2) NOT NULL)"}], "transaction": False})[0] == 200
+    seeded = post(url, key, "/batch", {"statements": [
+        {"sql": f"REPLACE INTO {table} VALUES (?, ?)", "params": [account, "100.00"]}
+        for account in (1, 2)]})
+    assert seeded[0] == 200, seeded
+    status, opened = post(url, key, "/transactions", {})
+    assert status == 201, opened
+    tx = opened["transaction_id"]
+    for sql, params in ((f"UPDATE {table} SET balance = balance - :amount WHERE id = :id",
+                         {"amount": {"type": "decimal", "value": "25.50"}, "id": 1}),
+                        (f"UPDATE {table} SET balance = balance + :amount WHERE id = :id",
+                         {"amount": {"type": "decimal", "value": "25.50"}, "id": 2})):
+        status, moved = post(url, key, "/query", {"sql": sql, "params": params,
+                                                  "transaction_id": tx})
+        assert (status, moved["rowcount"]) == (200, 1), moved
+    outside = query(url, key, f"SELECT balance FROM {table} ORDER BY id", "direct")
+    assert outside["rows"] == [["100.00"], ["100.00"]]  # not visible before the commit
+    status, committed = post(url, key, f"/transactions/{tx}/commit", {})
+    assert (status, committed["status"]) == (200, "committed"), committed
+    after = query(url, key, f"SELECT balance FROM {table} ORDER BY id", "direct")
+    assert after["rows"] == [["74.50"], ["125.50"]]
+    status, refused = post(url, key, "/query", {"sql": "SET autocommit = 0"})
+    assert status == 400 and "POST /transactions" in refused["error"]
 
 
 def test_second_up_reports_no_changes(cluster):

@@ -209,16 +209,20 @@ def test_replica_threads_are_left_alone_while_connecting(renderer, tmp_path):
 
 
 def test_proxy_settings_quote_the_password_and_ping_only_as_the_service_group(tmp_path):
-    from services.config import read_env_file
+    from services.config import ProxyConfig, load_config, read_env_file
 
     renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
     password = "it's a $pass#word \\ \"x\""
     proxy_pillar = tmp_path / "pillar" / "sqlgate" / "proxy.sls"
-    proxy_pillar.write_text(yaml.safe_dump({"sqlgate": {"secrets": {"app_password": password}}}))
+    proxy_pillar.write_text(yaml.safe_dump({"sqlgate": {
+        "secrets": {"app_password": password},
+        "proxy": {"settings": {"max_transactions": 4, "transaction_idle_timeout": 2.5}}}}))
     states = renderer.show_sls("proxy", "sqlgate.proxy.config")
     env_file = tmp_path / "proxy.env"
     env_file.write_text(state_args(states, "proxy settings are written")["contents"])
     assert read_env_file(env_file)["PROXY_DB_PASSWORD"] == password
+    config = load_config(ProxyConfig, ["--env-file", str(env_file)], environ={})
+    assert (config.max_transactions, config.transaction_idle_timeout) == (4, 2.5)
     ping = state_args(states, "the service's group may ping")
     assert ping["name"] == "net.ipv4.ping_group_range"
     assert ping["value"].count("id -g sqlgate") == 2, ping["value"]

@@ -94,7 +94,7 @@ def test_writes_go_to_the_primary_and_reach_both_replicas(query, db_cluster, scr
 
 
 @pytest.mark.parametrize("sql", ["SELECT * FROM sakila.actor WHERE actor_id = 1 FOR UPDATE",
-                                 "SELECT LAST_INSERT_ID()", "SELECT GET_LOCK('sqlgate', 0)"])
+                                 "SELECT LAST_INSERT_ID()", "SELECT IS_FREE_LOCK('sqlgate')"])
 def test_reads_that_belong_to_the_primary_stay_there(query, sql):
     answer = query(sql, "random")
     assert answer.status == 200, answer.json

@@ -158,7 +158,7 @@ class MariaDBCluster:
         for schema in APP_SCHEMAS:
             primary.sql(f"CREATE DATABASE IF NOT EXISTS {schema}")
             primary.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, "
-                        f"CREATE TEMPORARY TABLES, EXECUTE, SHOW VIEW "
+                        f"CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, SHOW VIEW "
                         f"ON {schema}.* TO '{self.app_user}'@'%'")
         self._load_sample_data()
         self.wait_for_replicas()

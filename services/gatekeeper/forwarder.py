@@ -19,6 +19,7 @@ class ProxyAnswer:
     status: int
     body: bytes
     content_type: str
+    location: str | None = None
 
 
 class ProxyForwarder:
@@ -49,7 +50,8 @@ class ProxyForwarder:
             async with self._session.request(method, self._base + path, data=body,
                                              headers=headers, timeout=request_timeout) as answer:
                 return ProxyAnswer(answer.status, await answer.read(),
-                                   answer.headers.get("Content-Type", "application/json"))
+                                   answer.headers.get("Content-Type", "application/json"),
+                                   answer.headers.get("Location"))
         except TimeoutError:
             raise ApiError(504, "the proxy did not answer in time") from None
         except aiohttp.ClientConnectorError as error:

@@ -1,4 +1,4 @@
-"""Assembling the Proxy: pools, health monitor, router, handlers."""
+"""Assembling the Proxy: pools, health monitor, transactions, router, handlers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ from services.config import ProxyConfig
 from services.health import ClusterHealth, HealthMonitor, NodeHealth
 from services.http import NotFoundHandler, log_failed_requests
 from services.pools import NodePool
-from services.proxy.handlers import HealthHandler, QueryHandler
+from services.proxy.handlers import (
+    BatchHandler,
+    HealthHandler,
+    IndexHandler,
+    QueryHandler,
+    TransactionsHandler,
+)
 from services.proxy.router import QueryRouter
+from services.proxy.transactions import TransactionManager
+
+TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
 
 
 async def make_proxy_app(config: ProxyConfig):
@@ -23,18 +32,25 @@ async def make_proxy_app(config: ProxyConfig):
     monitor = HealthMonitor(cluster, config)
     await monitor.check_nodes()  # know who is up before the first request
     monitor.start()
-    router = QueryRouter(cluster, monitor, config.max_rows)
+    transactions = TransactionManager(primary, config)
+    transactions.start()
+    router = QueryRouter(cluster, monitor, transactions, config.max_rows)
+    handler_args = {"router": router, "max_body_bytes": config.max_body_bytes}
     app = tornado.web.Application(
         [
-            (r"/health", HealthHandler, {"cluster": cluster}),
-            (r"/query", QueryHandler, {"router": router,
-                                       "max_body_bytes": config.max_body_bytes}),
+            (r"/", IndexHandler),
+            (r"/health", HealthHandler, {"cluster": cluster, "transactions": transactions}),
+            (r"/query", QueryHandler, handler_args),
+            (r"/batch", BatchHandler, handler_args),
+            (r"/transactions", TransactionsHandler, handler_args),
+            (TRANSACTION_PATH, TransactionsHandler, handler_args),
         ],
         default_handler_class=NotFoundHandler,
         log_function=log_failed_requests,
     )
 
     async def close() -> None:
+        await transactions.stop()
         await monitor.stop()
         await asyncio.gather(*(node.pool.close() for node in cluster.nodes))
 

@@ -34,5 +34,8 @@ proxy settings are written:
         PROXY_DB_USER=app
         PROXY_DB_PASSWORD={{ sqlgate.secrets.app_password | quote }}
         PROXY_PING_PRIVILEGED=false
+{%- for name, value in sqlgate.proxy.settings | dictsort %}
+        PROXY_{{ name | upper }}={{ value | string | quote }}
+{%- endfor %}
     - require:
       - sls: sqlgate.app.user
