@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import asyncmy
 import numpy as np
 
 from cluster.loopback import LoopbackStack
+from cluster.loopback.services import PROJECT_ROOT, ServiceProcess
 
 POINT_SELECT = "SELECT actor_id, first_name, last_name FROM sakila.actor WHERE actor_id = 17"
 INSERT_PREFIX = "INSERT INTO sqlgate_test.bench (k, v) VALUES ("
@@ -163,11 +166,11 @@ def check_answers(stack: LoopbackStack) -> None:
 
 
 def render(measurements: list[Measurement]) -> str:
-    header = (f"{'target':<18} {'operation':<13} {'clients':>7} {'req/s':>9} {'stmts/s':>9} "
+    header = (f"{'target':<22} {'operation':<13} {'clients':>7} {'req/s':>9} {'stmts/s':>9} "
               f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     lines = [header, "-" * len(header)]
     for m in measurements:
-        lines.append(f"{m.target:<18} {m.operation:<13} {m.clients:>7} "
+        lines.append(f"{m.target:<22} {m.operation:<13} {m.clients:>7} "
                      f"{m.requests_per_second:>9.0f} {m.statements_per_second:>9.0f} "
                      f"{m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.errors:>7}")
     return "\n".join(lines)
@@ -190,7 +193,38 @@ def verdict(measurements: list[Measurement], most_clients: int) -> str:
         met = "met" if single.p50_ms <= goal else "MISSED"
         lines.append(f"Gatekeeper point select, 1 client: p50 {single.p50_ms:.3f} ms "
                      f"(target <= {goal:.1f} ms: {met})")
+    for m in measurements:
+        base = next((b for b in measurements if b.target.startswith(m.target + " @") and
+                     (b.operation, b.clients) == (m.operation, m.clients)), None)
+        if base is not None:
+            lines.append(f"{m.target} {m.operation}, {m.clients} client(s): "
+                         f"{m.requests_per_second / base.requests_per_second:.1%} of "
+                         f"{base.target.split(' ', 1)[1]}'s req/s")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def baseline_services(stack: LoopbackStack, ref: str, workdir: Path) -> Iterator[list]:
+    """A Proxy and a Gatekeeper from git ``ref``, beside the current ones on the same
+    databases: the same run measures both, so the comparison survives a busy machine."""
+    tree = workdir / "baseline"
+    subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--quiet", "--detach",
+                    str(tree), ref], check=True)
+    proxy = ServiceProcess("services.proxy", dict(stack.proxy.env), root=tree,
+                           log_path=workdir / "baseline-proxy.log")
+    gatekeeper = ServiceProcess("services.gatekeeper", dict(stack.gatekeeper.env), root=tree,
+                                log_path=workdir / "baseline-gatekeeper.log")
+    try:
+        proxy.start()
+        gatekeeper.env["GATEKEEPER_PROXY_URL"] = proxy.url
+        gatekeeper.start()
+        yield [(f"proxy @{ref}", proxy.url, ""),
+               (f"gatekeeper @{ref}", gatekeeper.url, stack.api_key)]
+    finally:
+        gatekeeper.stop()
+        proxy.stop()
+        subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force",
+                        str(tree)], check=False)
 
 
 def main() -> None:
@@ -199,11 +233,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--operations", nargs="+", default=list(OPERATIONS),
                         choices=OPERATIONS)
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also measure the services of this commit, in the same run "
+                             "(point selects and inserts: what every version answers)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench_overhead: wrk is missing (make system-packages installs it)")
     measurements: list[Measurement] = []
-    with LoopbackStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    with LoopbackStack() as stack, tempfile.TemporaryDirectory() as tmp, \
+            contextlib.ExitStack() as extra:
+        targets = [("proxy", stack.proxy.url, ""),
+                   ("gatekeeper", stack.gatekeeper.url, stack.api_key)]
+        baseline = (extra.enter_context(baseline_services(stack, args.baseline, Path(tmp)))
+                    if args.baseline else [])
         stack.db.primary.sql("CREATE TABLE IF NOT EXISTS sqlgate_test.bench (id BIGINT "
                              "AUTO_INCREMENT PRIMARY KEY, k BIGINT, v VARCHAR(32))")
         stack.db.wait_for_replicas()
@@ -212,8 +254,7 @@ def main() -> None:
             for clients in args.clients:
                 measurements.append(asyncio.run(
                     measure_driver(stack, operation, clients, args.seconds)))
-                for target, url, key in (("proxy", stack.proxy.url, ""),
-                                         ("gatekeeper", stack.gatekeeper.url, stack.api_key)):
+                for target, url, key in targets + (baseline if operation != "batch" else []):
                     measurements.append(measure_http(target, url, key, operation, clients,
                                                      args.seconds, Path(tmp)))
         rows = stack.db.primary.sql("SELECT COUNT(*) AS n FROM sqlgate_test.bench")[0]["n"]

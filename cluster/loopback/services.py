@@ -26,6 +26,7 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    root: Path = PROJECT_ROOT  # the checkout whose code runs (another one for a baseline)
 
     @property
     def url(self) -> str:
@@ -42,7 +43,7 @@ class ServiceProcess:
         with (self.log_path.open("ab") if self.log_path else
               contextlib.nullcontext(subprocess.DEVNULL)) as log:
             self.process = subprocess.Popen([sys.executable, "-m", self.module], env=env,
-                                            cwd=PROJECT_ROOT, stdout=log, stderr=log)
+                                            cwd=self.root, stdout=log, stderr=log)
         try:
             wait_until(lambda: self._answers(expect_healthy), 30, f"{self.module} on {self.url}")
         except BaseException:
