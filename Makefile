@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: system-packages $(STAMP)
-	$(PY) -m loadtest.bench_overhead
+	$(PY) -m loadtest.bench_overhead $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
