@@ -3,10 +3,16 @@ Gatekeeper's health, and reading the seed's replication check under one set of n
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+
+from cluster.topology import PROXY_PORT
+
+# Run on the Proxy's host (through Salt): its own /health, with every replica's rotation.
+PROXY_HEALTH_COMMAND = f"curl -s --max-time 5 http://127.0.0.1:{PROXY_PORT}/health"
 
 # The seed's replication check, under MySQL 8's names; MariaDB still says Slave/Master.
 REPLICA_FIELDS = ("Replica_IO_Running", "Replica_SQL_Running", "Seconds_Behind_Source")
@@ -46,3 +52,23 @@ def replica_fields(status: Mapping[str, object]) -> dict[str, str]:
 
 def replication_running(fields: Mapping[str, str]) -> bool:
     return fields["Replica_IO_Running"] == "Yes" and fields["Replica_SQL_Running"] == "Yes"
+
+
+def proxy_view(health_text: object) -> dict[str, str]:
+    """Per replica, one line of what the Proxy sees: threads, lag, in or out of rotation."""
+    try:
+        nodes = json.loads(str(health_text))["nodes"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    view = {}
+    for name, node in nodes.items():
+        if node.get("role") != "replica":
+            continue
+        lag = node.get("lag_ms")
+        threads = "/".join("Yes" if node.get(key) else "No"
+                           for key in ("io_running", "sql_running"))
+        rotation = ("in rotation" if node.get("in_rotation")
+                    else f"OUT of rotation: {node.get('rotation_reason') or 'down'}")
+        view[name] = (f"Proxy: threads {threads}  lag "
+                      f"{'?' if lag is None else f'{lag:.0f} ms'}  {rotation}")
+    return view

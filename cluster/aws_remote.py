@@ -112,6 +112,11 @@ def print_remote_status(recorded: dict, instances: dict[str, dict],
         workers = sorted(name for name, role in roles.items() if role == "worker")
         replicas = salt_json(recorded, master, workers, "cmd.run",
                              "mysql -e 'SHOW REPLICA STATUS\\G'")
+        proxies = sorted(name for name, role in roles.items() if role == "proxy")
+        rotation: dict[str, str] = {}
+        for answer in salt_json(recorded, master, proxies, "cmd.run",
+                                access.PROXY_HEALTH_COMMAND).values():
+            rotation.update(access.proxy_view(answer))
     except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
         say(f"  cannot reach Salt on the master: {error}")
         return 1
@@ -122,5 +127,6 @@ def print_remote_status(recorded: dict, instances: dict[str, dict],
     for worker in workers:
         fields = parse_replica_status(str(replicas.get(worker, "")))
         say(f"  {worker:<12} " + "  ".join(f"{k}={v}" for k, v in fields.items()))
+        say(f"  {'':<12} {rotation.get(worker, 'Proxy: no answer')}")
         all_ok = all_ok and access.replication_running(fields)
     return 0 if all_ok else 1

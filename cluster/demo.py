@@ -2,8 +2,8 @@
 
 Reads the Gatekeeper URL and key from the cluster file that ``up`` wrote, then sends through
 the Gatekeeper: a read in every routing mode (and which node answered), a write with
-parameters, the same row read back from the replicas, a transfer in a transaction, a session
-statement refused, and a request without the key.
+parameters, the row read at once with its read-your-writes token, then from each replica, a
+transfer in a transaction, a session statement refused, and a request without the key.
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ def demo(url: str, key: str, replicas: int) -> bool:
     written = step("INSERT a row with params  [random: primary]",
                    f"INSERT INTO {SCHEMA_TABLE} (note, balance) VALUES (?, 100)", "random",
                    params=[note])
+    mine = step("read it at once, after its token  [least]",
+                f"SELECT id, note FROM {SCHEMA_TABLE} WHERE note = :note", "least",
+                params={"note": note}, after=written.get("token"))
+    ok = ok and bool(mine.get("rows"))  # the token guarantees the write is seen
     seen: set[str] = set()
     deadline = time.monotonic() + 10
     while len(seen) < replicas and time.monotonic() < deadline:  # until each replica has it

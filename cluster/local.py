@@ -24,7 +24,13 @@ from pathlib import Path
 import yaml
 
 from cluster import local_firewall
-from cluster.access import replica_fields, replication_running, wait_for_health
+from cluster.access import (
+    PROXY_HEALTH_COMMAND,
+    proxy_view,
+    replica_fields,
+    replication_running,
+    wait_for_health,
+)
 from cluster.local_hosts import (
     PRIVATE_DIRS,
     RUNTIME_ROOT,
@@ -473,6 +479,11 @@ def _status(args: argparse.Namespace) -> int:
     workers = ",".join(m.name for m in cluster.minions if m.role == "worker")
     replication = salt(cluster, "-L", workers, "mysql.get_slave_status",
                        f"connection_unix_socket={DB_SOCKET}", "-t", "15")
+    proxies = ",".join(m.name for m in cluster.minions if m.role == "proxy")
+    proxy_health = salt(cluster, "-L", proxies, "cmd.run", PROXY_HEALTH_COMMAND, "-t", "15")
+    rotation: dict[str, str] = {}
+    for answer in (proxy_health.values() if isinstance(proxy_health, dict) else ()):
+        rotation.update(proxy_view(answer))
     print(f"cluster {cluster.name}: Gatekeeper {cluster.gatekeeper_url}")
     healthy = True
     for host in cluster.hosts:
@@ -492,6 +503,7 @@ def _status(args: argparse.Namespace) -> int:
             status = replication.get(host.name) if isinstance(replication, dict) else None
             fields = replica_fields(status if isinstance(status, dict) else {})
             print("              " + "  ".join(f"{k}: {v}" for k, v in fields.items()))
+            print(f"              {rotation.get(host.name, 'Proxy: no answer')}")
             healthy &= replication_running(fields)
     return 0 if healthy else 1
 

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
     load.add_argument("--deadline", type=float, default=1800.0,
                       help="the run's time limit (s); requests not sent by then count as failed")
+    load.add_argument("--no-tokens", dest="tokens", action="store_false",
+                      help="reads do not send their write's token (see what it costs)")
     bench = parser.add_argument_group("sysbench baseline")
     bench.add_argument("--sysbench", action="store_true", help="also run the OLTP baseline")
     bench.add_argument("--sysbench-time", type=int, default=30)
@@ -101,7 +103,8 @@ def _main(argv: list[str] | None) -> int:
     if unknown := set(modes) - set(MODES):
         raise SystemExit(f"unknown mode(s): {sorted(unknown)}")
     plan = Plan(requests=args.requests, modes=modes, concurrency=args.concurrency,
-                table=args.table, timeout_s=args.timeout, deadline_s=args.deadline)
+                table=args.table, timeout_s=args.timeout, deadline_s=args.deadline,
+                tokens=args.tokens)
     options = sysbench.Options(tables=args.sysbench_tables, table_size=args.sysbench_table_size,
                                threads=args.sysbench_threads, time_s=args.sysbench_time)
     with _target(args, options) as (target, baseline_nodes):

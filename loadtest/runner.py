@@ -34,6 +34,7 @@ class Plan:
     table: str = DEFAULT_TABLE
     timeout_s: float = 10.0  # per request
     deadline_s: float = 1800.0  # for the whole run; what is left then is counted as failed
+    tokens: bool = True  # each read sends its write's read-your-writes token in `after`
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Sample:
     rowcount: int | None = None
     last_insert_id: int | None = None
     error: str = ""
+    token: str | None = None  # a write's read-your-writes token
+    waited_ms: float | None = None  # how long a read waited for its replica to catch up
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Client:
 
     async def query(self, statement: dict, mode: str, kind: str, seq: int,
                     request_id: str) -> Sample:
-        """``statement``: ``{"sql", "params"?}`` as the workload makes it."""
+        """``statement``: ``{"sql", "params"?, "after"?}`` as the workload makes it."""
         body = {**statement, "mode": mode, "request_id": request_id}
         start = time.perf_counter()
         try:
@@ -105,7 +108,8 @@ class Client:
                           error=str(error or f"unexpected answer: {str(data)[:200]}"))
         return Sample(mode, kind, seq, request_id, True, status, elapsed, node=data.get("node", ""),
                       server_ms=data.get("elapsed_ms"), rowcount=data.get("rowcount"),
-                      last_insert_id=data.get("last_insert_id"))
+                      last_insert_id=data.get("last_insert_id"), token=data.get("token"),
+                      waited_ms=data.get("waited_ms"))
 
 
 async def run(target: Target, plan: Plan, progress: Callable[[str], None] = print) -> RunResult:
@@ -125,10 +129,12 @@ async def run(target: Target, plan: Plan, progress: Callable[[str], None] = prin
             writes = await _phase(client, result.run_id, mode, "write", plan, deadline,
                                   lambda seq, m=mode: write_statement(plan.table, result.run_id,
                                                                       m, seq))
-            ids = [s.last_insert_id for s in writes.samples if s.ok and s.last_insert_id]
+            written = [(s.last_insert_id, s.token if plan.tokens else None)
+                       for s in writes.samples if s.ok and s.last_insert_id]
             reads = await _phase(client, result.run_id, mode, "read", plan, deadline,
-                                 lambda seq, ids=ids: read_statement(
-                                     plan.table, ids[seq % len(ids)] if ids else None))
+                                 lambda seq, written=written: read_statement(
+                                     plan.table, *(written[seq % len(written)] if written
+                                                   else (None, None))))
             for phase in (writes, reads):
                 result.phases.append(phase)
                 failed = sum(not s.ok for s in phase.samples)

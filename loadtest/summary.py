@@ -28,6 +28,7 @@ class Row:
     p99_ms: float
     max_ms: float
     req_per_s: float
+    waited: int  # reads whose replica had to catch up with their write first (>= 1 ms)
     nodes: str  # which DB nodes answered, e.g. "worker1:503 worker2:497"
 
     @classmethod
@@ -36,15 +37,19 @@ class Row:
         stats = ([float(ok.mean()), *map(float, np.percentile(ok, [50, 95, 99])), float(ok.max())]
                  if ok.size else [float("nan")] * 5)
         nodes = Counter(s.node for s in phase.samples if s.ok)
+        waited = sum(1 for s in phase.samples if s.ok and (s.waited_ms or 0.0) >= WAITED_MS)
         return cls(phase.mode, phase.kind, len(phase.samples),
                    sum(not s.ok for s in phase.samples), *stats,
-                   len(phase.samples) / phase.wall_s if phase.wall_s else 0.0,
+                   len(phase.samples) / phase.wall_s if phase.wall_s else 0.0, waited,
                    " ".join(f"{node}:{count}" for node, count in sorted(nodes.items())))
 
 
 COLUMNS = [f.name for f in fields(Row)]
 HEADERS = ["Mode", "Type", "Requests", "Failures", "Average", "P50", "P95", "P99", "Max",
-           "Req/s", "Nodes"]
+           "Req/s", "Waited", "Nodes"]
+# A read "waited" when the wait for its write's position took this long: the replica had not
+# applied it yet (an applied position answers in one round trip, about 0.2 ms here).
+WAITED_MS = 1.0
 
 
 def summarize(result: RunResult) -> list[Row]:
@@ -58,7 +63,7 @@ def markdown_table(rows: list[Row]) -> str:
     for row in rows:
         cells = [row.mode, row.type, str(row.requests), str(row.failures),
                  *(f"{getattr(row, c):.2f}" for c in COLUMNS[4:9]), f"{row.req_per_s:.0f}",
-                 row.nodes]
+                 str(row.waited) if row.type == "read" else "", row.nodes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -43,13 +43,17 @@ def write_statement(table: str, run_id: str, mode: str, seq: int) -> dict:
             "params": [run_id, mode, int(seq), secrets.token_hex(16)]}
 
 
-def read_statement(table: str, row_id: int | None) -> dict:
-    """A point read of a row written earlier; the newest row when none is known yet."""
+def read_statement(table: str, row_id: int | None, token: str | None = None) -> dict:
+    """A point read of a row written earlier (after its write's token, when given, so a
+    replica serves it only once it has that write); the newest row when none is known yet."""
     table = checked_table(table)
     if row_id is None:
         return {"sql": f"SELECT id, run_id, seq, payload FROM {table} ORDER BY id DESC LIMIT 1"}
-    return {"sql": f"SELECT id, run_id, seq, payload FROM {table} WHERE id = ?",
-            "params": [int(row_id)]}
+    statement = {"sql": f"SELECT id, run_id, seq, payload FROM {table} WHERE id = ?",
+                 "params": [int(row_id)]}
+    if token:
+        statement["after"] = token
+    return statement
 
 
 def new_run_id() -> str:

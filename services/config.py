@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# What reads do when no replica is in rotation: the primary serves them, or they fail (503).
+READ_FALLBACKS = ("primary", "error")
+
 
 @dataclass(frozen=True)
 class NodeAddress:
@@ -58,10 +61,21 @@ class ProxyConfig:
     query_timeout: float = 10.0
     max_rows: int = 1000
     max_body_bytes: int = 64 * 1024
-    health_interval: float = 1.0
+    health_interval: float = 0.25
     ping_interval: float = 1.0
     ping_privileged: bool = True
     ping_smoothing: float = 0.3
+    # Replicas: out of rotation past this lag (seconds) or with a stopped thread; back after
+    # this many good checks in a row; with none left, reads go to the primary or fail (503).
+    max_replica_lag: float = 1.0
+    replica_recovery_checks: int = 3
+    read_fallback: str = "primary"
+    # The Proxy's heartbeat row on the primary, read back on each replica to measure lag.
+    heartbeat_table: str = "sqlgate.heartbeat"
+    # Read-your-writes: how long a replica may wait for a token's position before the read
+    # moves on; the tokens' key (default: derived from db_password, shared by every Proxy).
+    causal_wait: float = 0.5
+    token_secret: str = ""
     # Named in every transaction id, so that a front can tell which Proxy holds one.
     instance_name: str = ""
     max_transactions: int = -1  # -1: half of pool_max_size
@@ -84,6 +98,15 @@ class ProxyConfig:
                              "transactions always leave connections for other requests")
         if self.transaction_idle_timeout <= 0 or self.transaction_max_age <= 0:
             raise ValueError("transaction timeouts must be positive")
+        if self.read_fallback not in READ_FALLBACKS:
+            raise ValueError(f"PROXY_READ_FALLBACK: one of {', '.join(READ_FALLBACKS)}")
+        if self.max_replica_lag <= 0 or self.replica_recovery_checks < 1:
+            raise ValueError("PROXY_MAX_REPLICA_LAG must be positive and "
+                             "PROXY_REPLICA_RECOVERY_CHECKS at least 1")
+        if not 0 <= self.causal_wait <= self.query_timeout:
+            raise ValueError("PROXY_CAUSAL_WAIT must be between 0 and PROXY_QUERY_TIMEOUT")
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}\.[A-Za-z0-9_]{1,64}", self.heartbeat_table):
+            raise ValueError("PROXY_HEARTBEAT_TABLE: schema.table")
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:

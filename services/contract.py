@@ -27,18 +27,23 @@ MAX_BATCH_STATEMENTS = 100
 # "<proxy instance>.<random>": the instance part lets a front route to the Proxy that holds
 # the transaction; the random part (144 bits) makes ids unguessable.
 TRANSACTION_ID_PATTERN = re.compile(r"([A-Za-z0-9-]{1,63})\.([A-Za-z0-9_-]{24})")
+# A read-your-writes token as a write's answer carries it (services.tokens makes and checks them).
+TOKEN_PATTERN = re.compile(r"v1\.[A-Za-z0-9_-]{4,1400}\.[A-Za-z0-9_-]{22}")
+MAX_TOKENS = 16
 ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
-QUERY_FIELDS = frozenset({"sql", "params", "mode", "request_id", "transaction_id"})
-BATCH_FIELDS = frozenset({"statements", "mode", "transaction", "request_id", "transaction_id"})
+QUERY_FIELDS = frozenset({"sql", "params", "mode", "request_id", "transaction_id", "after"})
+BATCH_FIELDS = frozenset({"statements", "mode", "transaction", "request_id", "transaction_id",
+                          "after"})
 BATCH_STATEMENT_FIELDS = frozenset({"sql", "params"})
 TRANSACTION_FIELDS = frozenset({"isolation", "read_only", "request_id"})
 
 # Every endpoint, for GET / and docs/api.md.
 ENDPOINTS = {
-    "POST /query": "run one statement: {sql, params?, mode?, transaction_id?, request_id?}",
+    "POST /query": "run one statement: {sql, params?, mode?, after?, transaction_id?, "
+                   "request_id?}; a write answers with a read-your-writes token",
     "POST /batch": "run up to 100 statements: {statements: [{sql, params?}], mode?, "
-                   "transaction? (default true), transaction_id?, request_id?}",
+                   "transaction? (default true), after?, transaction_id?, request_id?}",
     "POST /transactions": "open a transaction on the primary: {isolation?, read_only?}; "
                           "answers 201 with transaction_id",
     "POST /transactions/{id}/commit": "commit it",
@@ -53,6 +58,7 @@ class QueryRequest:
     mode: str
     request_id: str | None
     transaction_id: str | None = None
+    after: tuple[str, ...] = ()
 
     @property
     def sql(self) -> str:
@@ -66,6 +72,7 @@ class BatchRequest:
     transaction: bool
     request_id: str | None
     transaction_id: str | None = None
+    after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,13 +130,29 @@ def _transaction_id(data: dict[str, Any]) -> str | None:
     return None if value is None else checked_transaction_id(value)
 
 
+def _after(data: dict[str, Any]) -> tuple[str, ...]:
+    """``after``: one token, or a list of them (a client that wrote several times)."""
+    value = data.get("after")
+    if value is None:
+        return ()
+    tokens = [value] if isinstance(value, str) else value
+    if not isinstance(tokens, list) or not tokens or len(tokens) > MAX_TOKENS:
+        raise ApiError(400, f"'after' must be a token or a list of 1 to {MAX_TOKENS} tokens, "
+                       "as writes answer them in 'token'")
+    for token in tokens:
+        if not isinstance(token, str) or not TOKEN_PATTERN.fullmatch(token):
+            raise ApiError(400, "'after' holds something that is not a token (send the "
+                           "'token' of a write's answer, unchanged)")
+    return tuple(tokens)
+
+
 def parse_query_request(body: bytes, modes: Collection[str]) -> QueryRequest:
     """Decode and check a ``POST /query`` body, or raise ApiError(400)."""
     data = _object(body, QUERY_FIELDS)
     statement = parse_statement(data.get("sql"), data.get("params"))
     return QueryRequest(statement=statement, mode=_mode(data, modes),
                         request_id=checked_request_id(data.get("request_id"), "'request_id'"),
-                        transaction_id=_transaction_id(data))
+                        transaction_id=_transaction_id(data), after=_after(data))
 
 
 def parse_batch_request(body: bytes, modes: Collection[str]) -> BatchRequest:
@@ -166,7 +189,7 @@ def parse_batch_request(body: bytes, modes: Collection[str]) -> BatchRequest:
     return BatchRequest(statements=tuple(statements), mode=_mode(data, modes),
                         transaction=transaction,
                         request_id=checked_request_id(data.get("request_id"), "'request_id'"),
-                        transaction_id=transaction_id)
+                        transaction_id=transaction_id, after=_after(data))
 
 
 def parse_transaction_request(body: bytes) -> TransactionRequest:

@@ -1,7 +1,19 @@
-"""Background health of the database nodes: is each one up, and how far is each replica?
+"""Background health of the database nodes: is each one up, and how far behind is each replica?
 
-Requests never probe anything themselves: they read the latest figures kept here. The seed's
-ping mode pinged inside the request and paid for it with a 2.2 s worst case.
+Requests never probe anything themselves: they read the latest figures kept here. Every
+``health_interval`` (250 ms by default) the monitor, on one connection of its own per node:
+
+* writes a heartbeat row on the primary (which also tells that the primary is up) and notes
+  when, on its own monotonic clock, it wrote which sequence number;
+* reads that row back on each replica, with ``SHOW REPLICA STATUS``. A replica's lag is how
+  long ago the Proxy wrote the oldest heartbeat the replica has not applied yet: measured on
+  one clock, so skew between hosts does not matter, and with the check's resolution, where
+  ``Seconds_Behind_Master`` has whole seconds and reads 0 while the IO thread is down.
+
+A replica leaves the rotation at once when it is down, a replication thread stopped, or its
+lag went over ``max_replica_lag``; it comes back only after ``replica_recovery_checks`` good
+checks in a row, so one good sample does not make it flap. Every routing strategy reads
+``NodeHealth.usable`` and gets all of this for free.
 """
 
 from __future__ import annotations
@@ -9,15 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from icmplib import async_multiping
 from icmplib.exceptions import ICMPLibError
 
 from services.config import ProxyConfig
-from services.pools import NodePool, NodeUnavailable
+from services.pools import NodePool, NodeUnavailable, SqlError
+from services.replication import FLAVOURS, Flavour, ReplicaStatus, flavour_of
 
 log = logging.getLogger(__name__)
+
+# How many heartbeats are remembered: beyond that a replica's lag is "at least" the oldest.
+HEARTBEATS_KEPT = 20_000
+LATENCY_SMOOTHING = 0.2  # weight of the newest request in a node's observed latency
 
 
 @dataclass
@@ -30,6 +50,16 @@ class NodeHealth:
     sql_rtt_ms: float | None = None
     icmp_rtt_ms: float | None = None  # smoothed (EWMA); None when unknown or unreachable
     icmp_loss: float | None = None
+    # Replicas only: replication as last seen, and whether reads may go there.
+    replication: ReplicaStatus | None = None
+    lag_ms: float | None = None
+    lag_source: str | None = None  # "heartbeat", or "seconds_behind" without the heartbeat
+    in_rotation: bool | None = None
+    rotation_reason: str | None = None
+    good_checks: int = 0
+    # What requests observe: statements running now, and their smoothed latency.
+    in_flight: int = 0
+    latency_ms: float | None = None
 
     @property
     def name(self) -> str:
@@ -41,10 +71,17 @@ class NodeHealth:
 
     @property
     def usable(self) -> bool:
-        return self.up is not False
+        return self.up is not False and self.in_rotation is not False
+
+    def observe(self, elapsed_ms: float) -> None:
+        """A request's latency on this node, for the load-aware strategy."""
+        if self.latency_ms is None:
+            self.latency_ms = elapsed_ms
+        else:
+            self.latency_ms += LATENCY_SMOOTHING * (elapsed_ms - self.latency_ms)
 
     def to_json(self) -> dict:
-        return {
+        answer = {
             "role": self.role,
             "address": f"{self.pool.address.host}:{self.pool.address.port}",
             "up": self.up,
@@ -52,7 +89,22 @@ class NodeHealth:
             "sql_rtt_ms": _rounded(self.sql_rtt_ms),
             "icmp_rtt_ms": _rounded(self.icmp_rtt_ms),
             "icmp_loss": self.icmp_loss,
+            "in_flight": self.in_flight,
+            "latency_ms": _rounded(self.latency_ms),
         }
+        if self.role == "replica":
+            status = self.replication
+            answer.update({
+                "in_rotation": self.in_rotation,
+                "rotation_reason": self.rotation_reason,
+                "io_running": status.io_running if status else None,
+                "sql_running": status.sql_running if status else None,
+                "replication_error": status.last_error if status else None,
+                "seconds_behind": status.seconds_behind if status else None,
+                "lag_ms": _rounded(self.lag_ms),
+                "lag_source": self.lag_source,
+            })
+        return answer
 
 
 def _rounded(value: float | None) -> float | None:
@@ -65,18 +117,58 @@ class ClusterHealth:
 
     primary: NodeHealth
     replicas: list[NodeHealth] = field(default_factory=list)
+    flavour: Flavour = FLAVOURS["mariadb"]  # learned from the servers' greeting
 
     @property
     def nodes(self) -> list[NodeHealth]:
         return [self.primary, *self.replicas]
 
 
+class Heartbeat:
+    """The Proxy's row on the primary: (proxy, epoch, seq), and when each seq was written.
+
+    ``epoch`` tells this process's rows from an earlier run's: a replica that shows another
+    epoch has applied none of this process's heartbeats yet.
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.table = config.heartbeat_table
+        self.proxy = config.instance_name
+        self.epoch = int.from_bytes(os.urandom(6), "big")
+        self.seq = 0
+        self.written: deque[tuple[int, float]] = deque(maxlen=HEARTBEATS_KEPT)
+        self.available = True  # False when the table is missing or not writable
+
+    def write_statement(self) -> tuple[str, tuple]:
+        self.seq += 1
+        return (f"REPLACE INTO {self.table} (proxy, epoch, seq, written) "
+                "VALUES (%s, %s, %s, NOW(6))", (self.proxy, self.epoch, self.seq))
+
+    def written_now(self) -> None:
+        self.written.append((self.seq, time.monotonic()))
+
+    def read_statement(self) -> tuple[str, tuple]:
+        return f"SELECT epoch, seq FROM {self.table} WHERE proxy = %s", (self.proxy,)
+
+    def lag_ms(self, rows: list[dict]) -> float:
+        """How long ago the oldest heartbeat the replica lacks was written; 0 if it has all."""
+        applied = 0
+        if rows and int(rows[0]["epoch"]) == self.epoch:
+            applied = int(rows[0]["seq"])
+        for seq, when in self.written:
+            if seq > applied:
+                return max(0.0, (time.monotonic() - when) * 1000.0)
+        return 0.0
+
+
 class HealthMonitor:
-    """Checks every node with ``SELECT 1`` and pings the replicas, each on its own interval."""
+    """Checks every node each ``health_interval`` and pings the replicas each
+    ``ping_interval``, on its own connections."""
 
     def __init__(self, cluster: ClusterHealth, config: ProxyConfig) -> None:
         self.cluster = cluster
         self._config = config
+        self.heartbeat = Heartbeat(config)
         self._tasks: list[asyncio.Task] = []
         self._ping_warning_logged = False
 
@@ -103,23 +195,103 @@ class HealthMonitor:
             await asyncio.sleep(interval)
 
     async def check_nodes(self) -> None:
-        await asyncio.gather(*(self._check(node) for node in self.cluster.nodes))
+        """The primary first (its heartbeat), then every replica at once."""
+        await self._check(self.cluster.primary, self._check_primary)
+        await asyncio.gather(*(self._check(node, self._check_replica)
+                               for node in self.cluster.replicas))
 
-    async def _check(self, node: NodeHealth) -> None:
+    async def _check(self, node: NodeHealth, check) -> None:
+        timeout = self._config.connect_timeout
+        began = time.perf_counter()
         try:
-            node.sql_rtt_ms = await node.pool.ping(self._config.connect_timeout)
+            await check(node, timeout)
         except NodeUnavailable as error:
             await self.mark_down(node, error.reason)
-        else:
-            if node.up is False:
-                log.info("node %s is back", node.name)
-            node.up, node.last_error = True, None
+            return
+        node.sql_rtt_ms = (time.perf_counter() - began) * 1000.0
+        if node.up is False:
+            log.info("node %s is back", node.name)
+        node.up, node.last_error = True, None
+        version = node.pool.server_version
+        if version:
+            self.cluster.flavour = flavour_of(version)
+
+    async def _check_primary(self, node: NodeHealth, timeout: float) -> None:
+        heartbeat = self.heartbeat
+        if heartbeat.available:
+            sql, args = heartbeat.write_statement()
+            try:
+                await node.pool.probe(sql, args, timeout)
+                heartbeat.written_now()
+                return
+            except SqlError as error:  # no table, or no right to write it: measure otherwise
+                heartbeat.available = False
+                log.warning("heartbeat on %s unavailable (%s): replica lag falls back to "
+                            "Seconds_Behind_Master, in whole seconds", heartbeat.table, error)
+        await node.pool.probe("SELECT 1", None, timeout)
+
+    async def _check_replica(self, node: NodeHealth, timeout: float) -> None:
+        try:
+            rows = await node.pool.probe(self.cluster.flavour.status_sql, None, timeout)
+            status = ReplicaStatus.from_row(rows[0] if rows else None)
+        except SqlError as error:  # no privilege to see it: the replica cannot be trusted
+            status = ReplicaStatus(False, False, f"cannot read replica status: {error.message}",
+                                   None)
+        lag_ms, source = None, None
+        if self.heartbeat.available:
+            sql, args = self.heartbeat.read_statement()
+            try:
+                lag_ms = self.heartbeat.lag_ms(await node.pool.probe(sql, args, timeout))
+                source = "heartbeat"
+            except SqlError:
+                pass  # the table has not reached this replica (yet): status decides
+        if source is None and status.seconds_behind is not None:
+            lag_ms, source = status.seconds_behind * 1000.0, "seconds_behind"
+        node.replication, node.lag_ms, node.lag_source = status, lag_ms, source
+        self._rotate(node, self._out_of_rotation_reason(status, lag_ms))
+
+    def _out_of_rotation_reason(self, status: ReplicaStatus, lag_ms: float | None) -> str | None:
+        """Why a replica may not serve reads now; None when it may.
+
+        While the primary is down, a replica's IO thread cannot connect and no new write
+        exists that it could miss: a replica that applied everything it received (its SQL
+        thread runs, its lag is under the limit) keeps serving reads then."""
+        io_matters = self.cluster.primary.up is not False
+        if (io_matters and not status.io_running) or not status.sql_running:
+            stopped = [name for name, running in (("IO", status.io_running or not io_matters),
+                                                   ("SQL", status.sql_running)) if not running]
+            error = f": {status.last_error}" if status.last_error else ""
+            return f"replication {' and '.join(stopped)} thread stopped{error}"
+        limit_ms = self._config.max_replica_lag * 1000.0
+        if lag_ms is None:
+            return "lag unknown"
+        if lag_ms > limit_ms:
+            return f"lag {lag_ms:.0f} ms over {limit_ms:.0f} ms"
+        return None
+
+    def _rotate(self, node: NodeHealth, problem: str | None) -> None:
+        """Out at once; back in after ``replica_recovery_checks`` good checks in a row."""
+        if problem is not None:
+            if node.in_rotation is not False:
+                log.warning("replica %s out of rotation: %s", node.name, problem)
+            node.in_rotation, node.rotation_reason, node.good_checks = False, problem, 0
+            return
+        node.good_checks += 1
+        needed = self._config.replica_recovery_checks
+        if node.in_rotation is None or node.good_checks >= needed:
+            if node.in_rotation is False:
+                log.info("replica %s back in rotation", node.name)
+            node.in_rotation, node.rotation_reason = True, None
+        elif node.in_rotation is False:
+            node.rotation_reason = (f"recovering: {node.good_checks} of {needed} good checks")
 
     async def mark_down(self, node: NodeHealth, reason: str) -> None:
         """Called by the monitor and by requests that found the node dead."""
         if node.up is not False:
             log.warning("node %s is down: %s", node.name, reason)
         node.up, node.last_error = False, reason
+        if node.role == "replica":
+            node.in_rotation, node.rotation_reason, node.good_checks = False, "down", 0
         await node.pool.drop_idle_connections()
 
     async def ping_replicas(self) -> None:

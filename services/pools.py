@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import asyncmy
-from asyncmy.cursors import SSCursor
+from asyncmy.cursors import DictCursor, SSCursor
 from asyncmy.errors import InterfaceError, InternalError, MySQLError
 
 from services import session
@@ -92,6 +92,17 @@ class QueryResult:
     rowcount: int
     last_insert_id: int | None
     truncated: bool
+    waited_ms: float | None = None  # waiting for a read-your-writes position first
+    position: str | None = None  # the primary's replication position after a write
+
+
+class NotCaughtUp(Exception):
+    """The replica had not applied the position a read must see within the wait."""
+
+    def __init__(self, node: str, waited_ms: float) -> None:
+        super().__init__(f"{node}: not caught up after {waited_ms:.0f} ms")
+        self.node = node
+        self.waited_ms = waited_ms
 
 
 def _error_code(error: BaseException) -> int:
@@ -228,21 +239,38 @@ class NodePool:
         return True
 
     async def execute(self, statement: Statement, max_rows: int, *,
-                      reset: bool = False) -> QueryResult:
+                      reset: bool = False, wait: Statement | None = None,
+                      position: Statement | None = None) -> QueryResult:
         """Run one statement (autocommit) and fetch at most ``max_rows`` rows.
 
         ``reset``: the statement may have left session state, so the connection is reset
-        (or closed) before another request can have it.
+        (or closed) before another request can have it. ``wait``: a statement answering 0
+        once this node has applied a replication position, run first on the same connection
+        (``NotCaughtUp`` otherwise). ``position``: a statement reading the replication
+        position, run after a write; its answer goes in ``result.position``.
         """
         conn = await self._acquire()
         keep = False
         try:
+            if wait is not None:
+                began = time.perf_counter()
+                answer = await self._run_on(conn, wait, 1, drain=True)
+                waited_ms = (time.perf_counter() - began) * 1000.0
+                if not answer.rows or answer.rows[0][0] is None or int(answer.rows[0][0]) != 0:
+                    keep = True
+                    raise NotCaughtUp(self.name, waited_ms)
+            else:
+                waited_ms = None
             result = await self._run_on(conn, statement, max_rows, drain=False)
+            result.waited_ms = waited_ms
             keep = not result.truncated  # rows left unread: closing is cheaper than draining
             if keep and session.in_transaction(conn):
                 reset = True  # the reset rolls it back
                 raise TransactionLeftOpen(f"{self.name}: the statement left a transaction open")
             reset = reset or session.autocommit_off(conn)
+            if position is not None and keep:
+                answer = await self._run_on(conn, position, 1, drain=True)
+                result.position = str(answer.rows[0][0]) if answer.rows else None
             return result
         except SqlError:
             keep = True
@@ -301,22 +329,31 @@ class NodePool:
             finally:
                 self._pool.release(helper)
 
-    async def ping(self, timeout: float) -> float:
-        """Round trip of ``SELECT 1`` in milliseconds on the monitor's own connection, so a
-        pool saturated by slow statements does not look like a dead node; raises
-        NodeUnavailable."""
-        begin = time.perf_counter()
+    async def probe(self, sql: str, args: tuple | None, timeout: float) -> list[dict[str, Any]]:
+        """Run one statement of the health monitor on its own connection, outside the pool,
+        so a pool saturated by slow statements does not look like a dead node.
+
+        Raises SqlError when the server refused the statement (the node is up) and
+        NodeUnavailable when it could not be reached.
+        """
         try:
             if self._probe is None:
                 self._probe = await asyncio.wait_for(asyncmy.connect(**self._connect_args),
                                                      timeout)
-            async with self._probe.cursor() as cursor:
-                await asyncio.wait_for(cursor.execute("SELECT 1"), timeout)
+            async with self._probe.cursor(DictCursor) as cursor:
+                await asyncio.wait_for(cursor.execute(sql, args), timeout)
+                return list(await cursor.fetchall()) if cursor.description else []
         except (TimeoutError, OSError, MySQLError) as error:
+            if isinstance(error, MySQLError) and not _is_connection_failure(error):
+                raise SqlError(_error_code(error), _error_message(error)) from None
             self._close_probe()
             reason = "timed out" if isinstance(error, TimeoutError) else _error_message(error)
             raise NodeUnavailable(self.name, reason, maybe_applied=False) from error
-        return (time.perf_counter() - begin) * 1000.0
+
+    @property
+    def server_version(self) -> str | None:
+        """The version the server announced on the monitor's connection, once it connected."""
+        return self._probe.get_server_info() if self._probe is not None else None
 
     def _close_probe(self) -> None:
         if self._probe is not None:

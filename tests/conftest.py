@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 
@@ -90,3 +92,21 @@ def query(gatekeeper, api_key):
         return http(gatekeeper.url + "/query", {"sql": sql, "mode": mode, **extra},
                     {"X-API-Key": api_key})
     return send
+
+
+@contextlib.contextmanager
+def scratch_tables(cluster: MariaDBCluster, prefix: str) -> Iterator[Callable[..., str]]:
+    """Make uniquely named tables in sqlgate_test (as root); all are dropped afterwards."""
+    made: list[str] = []
+
+    def make(columns: str = "id INT PRIMARY KEY, v VARCHAR(64)") -> str:
+        name = f"sqlgate_test.{prefix}_{uuid.uuid4().hex[:12]}"
+        cluster.primary.sql(f"CREATE TABLE {name} ({columns})")
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            cluster.primary.sql(f"DROP TABLE IF EXISTS {name}")

@@ -63,3 +63,22 @@ def test_service_refuses_to_start_with_a_bad_configuration():
                             text=True, env={"PATH": "/usr/bin:/bin"}, timeout=30)
     assert result.returncode != 0
     assert "bad configuration" in result.stderr and "API key" in result.stderr
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("PROXY_READ_FALLBACK", "replica", "PROXY_READ_FALLBACK: one of primary, error"),
+    ("PROXY_MAX_REPLICA_LAG", "0", "PROXY_MAX_REPLICA_LAG must be positive"),
+    ("PROXY_REPLICA_RECOVERY_CHECKS", "0", "PROXY_REPLICA_RECOVERY_CHECKS at least 1"),
+    ("PROXY_CAUSAL_WAIT", "60", "PROXY_CAUSAL_WAIT must be between 0 and PROXY_QUERY_TIMEOUT"),
+    ("PROXY_HEARTBEAT_TABLE", "heartbeat; DROP TABLE t", "PROXY_HEARTBEAT_TABLE: schema.table"),
+])
+def test_replication_settings_are_checked_at_start(variable, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        load_config(ProxyConfig, [], {variable: value})
+
+
+def test_replication_settings_read_fractions():
+    config = load_config(ProxyConfig, [], {"PROXY_MAX_REPLICA_LAG": "0.25",
+                                          "PROXY_READ_FALLBACK": "error"})
+    assert (config.max_replica_lag, config.read_fallback) == (0.25, "error")
+    assert config.health_interval == 0.25  # the lag's resolution

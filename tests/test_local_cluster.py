@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import socket
 import stat
 import subprocess
@@ -26,6 +27,10 @@ import pytest
 
 from cluster.local_hosts import RUNTIME_ROOT
 from cluster.state import PROJECT_ROOT
+from cluster.waiting import wait_until
+from loadtest.consistency import run_pairs
+from loadtest.workload import DEFAULT_TABLE, create_table_sql
+from services.client import Client
 
 pytestmark = pytest.mark.cluster
 
@@ -237,6 +242,39 @@ def test_a_transfer_in_a_transaction_through_the_gatekeeper(cluster):
     assert after["rows"] == [["74.50"], ["125.50"]]
     status, refused = post(url, key, "/query", {"sql": "SET autocommit = 0"})
     assert status == 400 and "POST /transactions" in refused["error"]
+
+
+def salt_sql(cluster: E2ECluster, host: str, sql: str) -> None:
+    """Run a statement as root on one database host, through the cluster's Salt master."""
+    done = subprocess.run([*cluster.record["salt_command"], "--out=json", "--static", host,
+                           "cmd.run", f"mariadb -e {shlex.quote(sql)}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_reads_see_their_writes_while_a_replica_sql_thread_is_stopped(cluster):
+    """The issue's measure: 1,000 write-then-read pairs through the Gatekeeper in random mode
+    with the write's token, while worker1's SQL thread is stopped: no stale read. worker1
+    leaves the rotation (shown by status), and comes back after START REPLICA."""
+    url, key = cluster.record["gatekeeper_url"], cluster.record["api_key"]
+    with Client(url, key) as client:
+        assert client.query(create_table_sql(DEFAULT_TABLE)).ok
+        salt_sql(cluster, "worker1", "STOP REPLICA SQL_THREAD")
+        try:
+            status = cluster.bootstrap("status", timeout=120)
+            assert "OUT of rotation: replication SQL thread stopped" in status.stdout, \
+                status.stdout
+            with_token = run_pairs(client, 1000, "random", with_token=True)
+            without = run_pairs(client, 1000, "random", with_token=False)
+        finally:
+            salt_sql(cluster, "worker1", "START REPLICA SQL_THREAD")
+    print(f"\n{with_token.line()}\n{without.line()}")
+    assert (with_token.failed, with_token.pairs, with_token.stale) == (0, 1000, 0), \
+        with_token.errors[:5]
+    assert without.failed == 0 and without.pairs == 1000
+    assert set(with_token.nodes) <= {"worker2", "manager"}  # never the stopped replica
+    wait_until(lambda: "OUT of rotation" not in cluster.bootstrap("status", timeout=120).stdout,
+               60, "worker1 back in rotation", interval=1)
 
 
 def test_second_up_reports_no_changes(cluster):

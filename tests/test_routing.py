@@ -1,30 +1,41 @@
-"""Routing strategies order the nodes for a read; the primary is always the last resort."""
+"""Routing strategies order the replicas in rotation for a read; the primary is the last resort
+unless reads are told to fail instead. Rotation itself (lag, threads, hysteresis) is decided
+by the health monitor, so every strategy gets it."""
 
+import logging
 from collections import Counter
 
 import pytest
 
 from services.config import NodeAddress, ProxyConfig
-from services.health import ClusterHealth, NodeHealth
+from services.health import ClusterHealth, HealthMonitor, NodeHealth
 from services.pools import NodePool
-from services.routing import STRATEGIES
+from services.replication import ReplicaStatus
+from services.routing import STRATEGIES, read_targets
 
 CONFIG = ProxyConfig()
 
 
-def node(name: str, role: str = "replica", *, up: bool | None = True,
-         rtt: float | None = None) -> NodeHealth:
+def node(name: str, role: str = "replica", *, up: bool | None = True, rtt: float | None = None,
+         in_rotation: bool | None = True, in_flight: int = 0,
+         latency: float | None = None) -> NodeHealth:
     pool = NodePool(NodeAddress(name, f"10.0.0.{len(name)}"), role, CONFIG)
-    return NodeHealth(pool, up=up, icmp_rtt_ms=rtt)
+    return NodeHealth(pool, up=up, icmp_rtt_ms=rtt, in_rotation=in_rotation,
+                      in_flight=in_flight, latency_ms=latency)
 
 
 def names(nodes: list[NodeHealth]) -> list[str]:
     return [n.name for n in nodes]
 
 
+def targets(mode: str, cluster: ClusterHealth, fallback: bool = True) -> list[str]:
+    return names(read_targets(STRATEGIES[mode], cluster, fallback))
+
+
 def test_direct_reads_only_from_the_primary():
     cluster = ClusterHealth(node("manager", "primary"), [node("worker1"), node("worker2")])
-    assert names(STRATEGIES["direct"].read_targets(cluster)) == ["manager"]
+    assert targets("direct", cluster) == ["manager"]
+    assert targets("direct", cluster, fallback=False) == ["manager"]
 
 
 def test_random_spreads_over_live_replicas_and_ends_on_the_primary():
@@ -32,7 +43,7 @@ def test_random_spreads_over_live_replicas_and_ends_on_the_primary():
                             [node("worker1"), node("worker2"), node("worker3", up=False)])
     firsts = Counter()
     for _ in range(400):
-        order = names(STRATEGIES["random"].read_targets(cluster))
+        order = targets("random", cluster)
         assert sorted(order[:2]) == ["worker1", "worker2"] and order[2:] == ["manager"]
         firsts[order[0]] += 1
     assert set(firsts) == {"worker1", "worker2"}
@@ -43,17 +54,104 @@ def test_ping_prefers_the_nearest_replica():
     cluster = ClusterHealth(node("manager", "primary"), [
         node("worker1", rtt=0.9), node("worker2", rtt=0.2), node("worker3", rtt=None),
         node("worker4", rtt=0.1, up=False)])
-    assert names(STRATEGIES["ping"].read_targets(cluster)) == [
-        "worker2", "worker1", "worker3", "manager"]
+    assert targets("ping", cluster) == ["worker2", "worker1", "worker3", "manager"]
+
+
+def test_least_prefers_fewer_statements_in_flight_then_lower_latency():
+    busy, idle_slow, idle_fast = (node("worker1", in_flight=5, latency=0.3),
+                                  node("worker2", in_flight=0, latency=2.0),
+                                  node("worker3", in_flight=0, latency=0.5))
+    cluster = ClusterHealth(node("manager", "primary"), [busy, idle_slow, idle_fast])
+    firsts = Counter(targets("least", cluster)[0] for _ in range(300))
+    # Two random candidates: the busy one never wins a comparison, so it never leads.
+    assert set(firsts) == {"worker2", "worker3"}
+    assert firsts["worker3"] > firsts["worker2"]  # wins whenever it is drawn
+    assert targets("least", cluster)[1:] in (["worker3", "worker1", "manager"],
+                                             ["worker2", "worker1", "manager"])
+
+
+def test_out_of_rotation_replicas_get_no_reads_in_any_mode():
+    cluster = ClusterHealth(node("manager", "primary"),
+                            [node("worker1", in_rotation=False), node("worker2")])
+    for mode in ("random", "ping", "least"):
+        assert targets(mode, cluster) == ["worker2", "manager"]
 
 
 def test_unchecked_nodes_count_as_usable():
     """Before the first health check a replica is tried rather than skipped."""
-    cluster = ClusterHealth(node("manager", "primary"), [node("worker1", up=None)])
-    assert names(STRATEGIES["random"].read_targets(cluster)) == ["worker1", "manager"]
+    cluster = ClusterHealth(node("manager", "primary"), [node("worker1", up=None,
+                                                              in_rotation=None)])
+    assert targets("random", cluster) == ["worker1", "manager"]
 
 
-@pytest.mark.parametrize("mode", ["random", "ping"])
-def test_without_replicas_reads_go_to_the_primary(mode):
-    cluster = ClusterHealth(node("manager", "primary"), [node("worker1", up=False)])
-    assert names(STRATEGIES[mode].read_targets(cluster)) == ["manager"]
+@pytest.mark.parametrize("mode", ["random", "ping", "least"])
+def test_without_replicas_reads_go_to_the_primary_or_nowhere(mode):
+    cluster = ClusterHealth(node("manager", "primary"), [node("worker1", up=False),
+                                                         node("worker2", in_rotation=False)])
+    assert targets(mode, cluster) == ["manager"]
+    assert targets(mode, cluster, fallback=False) == []
+
+
+RUNNING = ReplicaStatus(True, True, None, 0)
+
+
+@pytest.fixture(autouse=True)
+def quiet_monitor(caplog):
+    """The monitor logs every change of rotation; these tests read the state instead."""
+    with caplog.at_level(logging.CRITICAL, logger="services.health"):
+        yield
+
+
+def monitor(**settings) -> tuple[HealthMonitor, NodeHealth]:
+    replica = node("worker1", in_rotation=None)
+    config = ProxyConfig(**{"max_replica_lag": 1.0, "replica_recovery_checks": 3, **settings})
+    return HealthMonitor(ClusterHealth(node("manager", "primary"), [replica]), config), replica
+
+
+def check(health: HealthMonitor, replica: NodeHealth, status: ReplicaStatus,
+          lag_ms: float | None) -> bool | None:
+    health._rotate(replica, health._out_of_rotation_reason(status, lag_ms))
+    return replica.in_rotation
+
+
+def test_lag_over_the_limit_takes_a_replica_out_at_once_and_back_after_good_checks():
+    health, replica = monitor()
+    assert check(health, replica, RUNNING, 10.0) is True  # the first good check decides
+    assert check(health, replica, RUNNING, 1250.0) is False
+    assert replica.rotation_reason == "lag 1250 ms over 1000 ms"
+    # Hysteresis: one good sample is not enough, nor two; a bad one starts the count again.
+    assert check(health, replica, RUNNING, 20.0) is False
+    assert check(health, replica, RUNNING, 20.0) is False
+    assert replica.rotation_reason == "recovering: 2 of 3 good checks"
+    assert check(health, replica, RUNNING, 1001.0) is False
+    assert [check(health, replica, RUNNING, 5.0) for _ in range(3)] == [False, False, True]
+    assert replica.rotation_reason is None
+
+
+def test_a_stopped_thread_takes_a_replica_out_whatever_its_lag():
+    health, replica = monitor(replica_recovery_checks=1)
+    stopped = ReplicaStatus(True, False, "Duplicate entry '7' for key 'PRIMARY'", 0)
+    assert check(health, replica, stopped, 0.0) is False
+    assert replica.rotation_reason == ("replication SQL thread stopped: Duplicate entry '7' "
+                                       "for key 'PRIMARY'")
+    assert check(health, replica, ReplicaStatus(False, True, None, 0), 0.0) is False
+    assert "IO thread stopped" in replica.rotation_reason
+    assert check(health, replica, RUNNING, 0.0) is True
+
+
+def test_unknown_lag_keeps_a_replica_out():
+    health, replica = monitor()
+    assert check(health, replica, RUNNING, None) is False
+    assert replica.rotation_reason == "lag unknown"
+
+
+def test_replica_status_reads_both_servers_column_names():
+    mariadb = ReplicaStatus.from_row({"Slave_IO_Running": "Yes", "Slave_SQL_Running": "No",
+                                      "Last_IO_Error": "", "Last_SQL_Error": "boom",
+                                      "Seconds_Behind_Master": None})
+    mysql = ReplicaStatus.from_row({"Replica_IO_Running": "Yes", "Replica_SQL_Running": "Yes",
+                                    "Last_IO_Error": "", "Last_SQL_Error": "",
+                                    "Seconds_Behind_Source": 3})
+    assert mariadb == ReplicaStatus(True, False, "boom", None)
+    assert mysql == ReplicaStatus(True, True, None, 3) and mysql.running
+    assert ReplicaStatus.from_row(None).last_error == "replication is not configured"

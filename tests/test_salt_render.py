@@ -52,6 +52,7 @@ HOST_OF_SLS = {
     "sqlgate.db.service": "manager",
     "sqlgate.db.users": "manager",
     "sqlgate.db.sakila": "manager",
+    "sqlgate.db.heartbeat": "manager",
     "sqlgate.db.primary": "manager",
     "sqlgate.db.replica": "worker1",
     "sqlgate.db.replication": "worker1",
@@ -245,6 +246,23 @@ def test_app_user_gets_schema_privileges_only(renderer):
               if sid.startswith("application user app works in")]
     assert {g["database"] for g in grants} == {"sakila.*", "sqlgate.*"}
     assert all("ALL" not in g["grant"] and g["database"] != "*.*" for g in grants)
+
+
+def test_app_user_may_read_replica_status_with_the_flavours_privilege(renderer):
+    """The Proxy's monitor runs SHOW REPLICA STATUS: SLAVE MONITOR on MariaDB 10.5+,
+    REPLICATION CLIENT on MySQL; nothing else on *.*."""
+    states = renderer.show_sls("manager", ROLE_SLS["manager"])
+    grant = state_args(states, "application user app may watch replication")
+    expected = {"mariadb": "SLAVE MONITOR", "mysql": "REPLICATION CLIENT"}[renderer.flavour.name]
+    assert (grant["grant"], grant["database"]) == (expected, "*.*")
+
+
+def test_the_heartbeat_table_is_created_once_from_the_shared_file(renderer):
+    states = renderer.show_sls("manager", ROLE_SLS["manager"])
+    table = state_args(states, "heartbeat table exists")
+    shared = (SALT_TREE / "sqlgate" / "files" / "heartbeat.sql").read_text()
+    assert table["stdin"].strip() == shared.strip()  # the loopback stack runs the same file
+    assert table["name"].endswith(" sqlgate") and "information_schema.tables" in table["unless"]
 
 
 def test_services_use_the_hosts_service_manager(renderer):

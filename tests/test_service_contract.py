@@ -171,7 +171,7 @@ def test_bad_requests_get_400_with_a_json_error(gatekeeper, api_key, body, messa
 def test_the_proxy_validates_too(proxy):
     answer = http(proxy.url + "/query", b'{"sql": "SELECT 1", "mode": "fastest"}')
     assert answer.status == 400
-    assert answer.json["modes"] == ["direct", "ping", "random"]
+    assert answer.json["modes"] == ["direct", "least", "ping", "random"]
 
 
 def test_oversized_body_is_refused(gatekeeper, api_key):

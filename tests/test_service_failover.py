@@ -55,7 +55,8 @@ def test_a_stopped_replica_is_skipped_within_the_request(own_proxy, db_cluster, 
         assert answer.json["node"] == "worker2"
     assert node_up(own_proxy, "worker1") is False
     worker1.start()
-    wait_until(lambda: node_up(own_proxy, "worker1"), 15, "worker1 to be seen up again")
+    wait_until(lambda: own_proxy.health()[1]["nodes"]["worker1"]["in_rotation"], 15,
+               "worker1 to be back in rotation")
     nodes = {read(own_proxy).json["node"] for _ in range(30)}
     assert nodes == {"worker1", "worker2"}
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import Answer, http
+from tests.conftest import Answer, http, scratch_tables
 
 REPLICAS = {"worker1", "worker2"}
 
@@ -28,19 +28,9 @@ def post(gatekeeper, api_key) -> Callable[[str, dict | bytes], Answer]:
 
 
 @pytest.fixture(scope="module")
-def scratch(db_cluster) -> Iterator[Callable[[str], str]]:
-    """Make a uniquely named table in sqlgate_test (as root); all are dropped afterwards."""
-    made: list[str] = []
-
-    def make(columns: str) -> str:
-        name = f"sqlgate_test.pb_{uuid.uuid4().hex[:12]}"
-        db_cluster.primary.sql(f"CREATE TABLE {name} ({columns})")
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        db_cluster.primary.sql(f"DROP TABLE IF EXISTS {name}")
+def scratch(db_cluster) -> Iterator[Callable[..., str]]:
+    with scratch_tables(db_cluster, "pb") as make:
+        yield make
 
 
 def b64(data: bytes) -> dict:

@@ -19,7 +19,7 @@ import pytest
 
 from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
-from tests.conftest import Answer, http, proxy_env
+from tests.conftest import Answer, http, proxy_env, scratch_tables
 
 TRANSACTION_ID = re.compile(r"([A-Za-z0-9-]{1,63})\.([A-Za-z0-9_-]{24})")
 
@@ -64,19 +64,9 @@ def api(gatekeeper, api_key) -> Client:
 
 
 @pytest.fixture(scope="module")
-def scratch(db_cluster) -> Iterator[Callable[[str], str]]:
-    """Make a uniquely named table in sqlgate_test (as root); all are dropped afterwards."""
-    made: list[str] = []
-
-    def make(columns: str = "id INT PRIMARY KEY, v VARCHAR(64)") -> str:
-        name = f"sqlgate_test.tx_{uuid.uuid4().hex[:12]}"
-        db_cluster.primary.sql(f"CREATE TABLE {name} ({columns})")
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        db_cluster.primary.sql(f"DROP TABLE IF EXISTS {name}")
+def scratch(db_cluster) -> Iterator[Callable[..., str]]:
+    with scratch_tables(db_cluster, "tx") as make:
+        yield make
 
 
 def ids_on(node, table: str) -> list[int]:

@@ -22,7 +22,8 @@ from cluster.waiting import GiveUp, wait_until
 # The shared Sakila copy beside the checkout (../shared/datasets/sakila), unless told otherwise.
 SAKILA_DIR = Path(os.environ.get("SQLGATE_SAKILA_DIR") or
                   Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sakila")
-APP_SCHEMAS = ("sakila", "sqlgate_test")
+APP_SCHEMAS = ("sakila", "sqlgate", "sqlgate_test")
+HEARTBEAT_SQL = Path(__file__).resolve().parents[2] / "salt/sqlgate/files/heartbeat.sql"
 
 
 def mariadb_binaries() -> tuple[str, str]:
@@ -76,6 +77,13 @@ class MariaDBNode:
     def stop(self) -> None:
         terminate(self.process, grace=30)
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown (InnoDB recovers at the next start)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
 
     @property
     def running(self) -> bool:
@@ -160,6 +168,8 @@ class MariaDBCluster:
             primary.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, "
                         f"CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, SHOW VIEW "
                         f"ON {schema}.* TO '{self.app_user}'@'%'")
+        primary.sql(f"GRANT SLAVE MONITOR ON *.* TO '{self.app_user}'@'%'")
+        primary.source(HEARTBEAT_SQL)
         self._load_sample_data()
         self.wait_for_replicas()
 

@@ -19,6 +19,7 @@ from services.proxy.handlers import (
 )
 from services.proxy.router import QueryRouter
 from services.proxy.transactions import TransactionManager
+from services.tokens import TokenCodec, derive_secret
 
 TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
 
@@ -32,9 +33,13 @@ async def make_proxy_app(config: ProxyConfig):
     monitor = HealthMonitor(cluster, config)
     await monitor.check_nodes()  # know who is up before the first request
     monitor.start()
-    transactions = TransactionManager(primary, config)
+    transactions = TransactionManager(cluster, config)
     transactions.start()
-    router = QueryRouter(cluster, monitor, transactions, config.max_rows)
+    secret = (config.token_secret.encode() if config.token_secret
+              else derive_secret(config.db_password))
+    router = QueryRouter(cluster, monitor, transactions, TokenCodec(secret), config.max_rows,
+                         causal_wait=config.causal_wait,
+                         primary_fallback=config.read_fallback == "primary")
     handler_args = {"router": router, "max_body_bytes": config.max_body_bytes}
     app = tornado.web.Application(
         [

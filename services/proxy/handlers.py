@@ -112,6 +112,9 @@ class TransactionsHandler(ProxyHandler):
 
     async def _end(self, end: Any, transaction_id: str, action: str) -> dict[str, Any]:
         transaction = await end(transaction_id)
-        return {"request_id": self.request_id, "transaction_id": transaction.id,
-                "status": "committed" if action == "commit" else "rolled back",
-                "statements": transaction.statements}
+        answer = {"request_id": self.request_id, "transaction_id": transaction.id,
+                  "status": "committed" if action == "commit" else "rolled back",
+                  "statements": transaction.statements}
+        if action == "commit":
+            answer["token"] = self.router.issue_token(transaction.position)
+        return answer

@@ -19,14 +19,21 @@ from services.pools import (
     Lease,
     NodeBusy,
     NodeUnavailable,
+    NotCaughtUp,
     QueryResult,
     QueryTimeout,
     SqlError,
     TransactionLeftOpen,
 )
-from services.proxy.transactions import Transaction, TransactionManager, refuse_inside
-from services.routing import STRATEGIES
+from services.proxy.transactions import (
+    Transaction,
+    TransactionManager,
+    position_after_commit,
+    refuse_inside,
+)
+from services.routing import STRATEGIES, read_targets
 from services.statements import Statement
+from services.tokens import TokenCodec
 
 
 def classified(statement: Statement) -> Classification:
@@ -65,11 +72,34 @@ def sql_error(error: SqlError, **details: Any) -> ApiError:
 
 
 @dataclass
+class Executed:
+    """One statement run outside a transaction: where, how, and what it answered."""
+
+    node: NodeHealth
+    result: QueryResult
+    attempts: int
+    waited_ms: float | None  # time spent waiting for read-your-writes positions
+    token: str | None  # a write's read-your-writes token
+
+    def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.waited_ms is not None:
+            extra["waited_ms"] = round(self.waited_ms, 3)
+        if self.token is not None:
+            extra["token"] = self.token
+        return {"node": self.node.name, "node_role": self.node.role,
+                "attempts": self.attempts, **result_json(self.result), **extra}
+
+
+@dataclass
 class QueryRouter:
     cluster: ClusterHealth
     monitor: HealthMonitor
     transactions: TransactionManager
+    tokens: TokenCodec
     max_rows: int
+    causal_wait: float = 0.5
+    primary_fallback: bool = True  # reads with no replica in rotation: primary, or 503
 
     # --- POST /query --------------------------------------------------------------------------
 
@@ -77,31 +107,35 @@ class QueryRouter:
         """Answer a query request, or raise ApiError with the right status."""
         began = time.perf_counter()
         classification = classified(request.statement)
+        after = self._position(request.after)
         if request.transaction_id is not None:
             async with self.transactions.using(request.transaction_id) as transaction:
                 result = await self._in_transaction(transaction, request.statement,
                                                     classification)
-            node, attempts, extra = self.cluster.primary, 1, {
-                "transaction_id": transaction.id}
+            primary = self.cluster.primary
+            answer = {"node": primary.name, "node_role": primary.role, "attempts": 1,
+                      **result_json(result), "transaction_id": transaction.id}
             ended = self.transactions.ending(transaction.id)
             if ended:  # the statement itself ended it (a procedure's COMMIT, say)
-                extra["transaction_ended"] = ended
+                answer["transaction_ended"] = ended
         else:
             refuse_outside(classification)
-            node, result, attempts = await self._execute(request.statement, classification,
-                                                         request.mode)
-            extra = {}
+            answer = (await self._execute(request.statement, classification, request.mode,
+                                          after)).to_json()
         return {
             "request_id": request_id,
             "mode": request.mode,
             "query_type": classification.query_type,
-            "node": node.name,
-            "node_role": node.role,
-            "attempts": attempts,
-            **result_json(result),
-            **extra,
+            **answer,
             "elapsed_ms": round((time.perf_counter() - began) * 1000.0, 3),
         }
+
+    def _position(self, tokens: tuple[str, ...]) -> str | None:
+        """The replication position a read must see: the tokens' merged position."""
+        return self.tokens.position(list(tokens), self.cluster.flavour) if tokens else None
+
+    def issue_token(self, position: str | None) -> str | None:
+        return self.tokens.issue(self.cluster.flavour, position) if position else None
 
     async def _in_transaction(self, transaction: Transaction, statement: Statement,
                               classification: Classification) -> QueryResult:
@@ -118,16 +152,44 @@ class QueryRouter:
             raise ApiError(503, f"lost the primary: the transaction was rolled back: "
                            f"{error.reason}", transaction_id=transaction.id) from None
 
+    def _targets(self, classification: Classification, mode: str) -> list[NodeHealth]:
+        if not classification.is_read:
+            return [self.cluster.primary]
+        targets = read_targets(STRATEGIES[mode], self.cluster, self.primary_fallback)
+        if not targets:
+            raise ApiError(503, "no replica is in rotation for this read, and reads do not "
+                           "fall back to the primary (PROXY_READ_FALLBACK=error)",
+                           replicas={node.name: node.rotation_reason or "down"
+                                     for node in self.cluster.replicas})
+        return targets
+
     async def _execute(self, statement: Statement, classification: Classification,
-                       mode: str) -> tuple[NodeHealth, QueryResult, int]:
-        targets = (STRATEGIES[mode].read_targets(self.cluster)
-                   if classification.is_read else [self.cluster.primary])
+                       mode: str, after: str | None = None) -> Executed:
+        """Run outside a transaction: a read on its targets in turn (waiting on each replica
+        for ``after``, the position it must see), a write on the primary, once."""
+        flavour = self.cluster.flavour
+        primary = self.cluster.primary
+        position = None if classification.is_read else flavour.position_statement()
         failures: list[str] = []
-        for attempt, node in enumerate(targets, 1):
+        waited_ms = 0.0 if after is not None else None
+        for attempt, node in enumerate(self._targets(classification, mode), 1):
+            wait = (flavour.wait_statement(after, self.causal_wait)
+                    if after is not None and node is not primary else None)
+            node.in_flight += 1
+            began = time.perf_counter()
             try:
                 result = await node.pool.execute(statement, self.max_rows,
-                                                 reset=classification.leaves_state)
-                return node, result, attempt
+                                                 reset=classification.leaves_state,
+                                                 wait=wait, position=position)
+                node.observe((time.perf_counter() - began) * 1000.0)
+                if result.waited_ms is not None:
+                    waited_ms += result.waited_ms
+                return Executed(node, result, attempt, waited_ms,
+                                self.issue_token(result.position))
+            except NotCaughtUp as error:  # the next candidate may be further along
+                node.observe((time.perf_counter() - began) * 1000.0)  # `least` learns of it
+                waited_ms += error.waited_ms
+                failures.append(str(error))
             except SqlError as error:
                 raise sql_error(error, node=node.name) from None
             except QueryTimeout as error:
@@ -146,6 +208,8 @@ class QueryRouter:
                     raise ApiError(
                         503, f"lost the primary during the write; it may or may not have "
                         f"been applied: {error.reason}", node=node.name) from None
+            finally:
+                node.in_flight -= 1
         what = "read" if classification.is_read else "write"
         raise ApiError(503, f"no database node could serve this {what}", failures=failures)
 
@@ -153,6 +217,7 @@ class QueryRouter:
 
     async def run_batch(self, request: BatchRequest, request_id: str) -> dict[str, Any]:
         began = time.perf_counter()
+        after = self._position(request.after)  # a bad token is refused before anything runs
         classifications = []
         for index, statement in enumerate(request.statements):
             try:
@@ -173,7 +238,7 @@ class QueryRouter:
         elif request.transaction:
             answer = await self._atomic_batch(request, classifications)
         else:
-            answer = await self._independent_batch(request, classifications)
+            answer = await self._independent_batch(request, classifications, after)
         return {"request_id": request_id, "mode": request.mode,
                 "transaction": request.transaction, **answer,
                 "elapsed_ms": round((time.perf_counter() - began) * 1000.0, 3)}
@@ -202,6 +267,7 @@ class QueryRouter:
                     raise ImplicitCommit(index)
             committing = True
             await lease.run(_COMMIT, 0)
+            token = self.issue_token(await position_after_commit(lease, self.cluster.flavour))
         except SqlError as error:
             await _rollback(lease)
             raise sql_error(error, node=primary.name, rolled_back=True,
@@ -223,7 +289,7 @@ class QueryRouter:
                            rolled_back=True, **_failed(index)) from None
         finally:
             await lease.release()
-        return {"node": primary.name, "node_role": primary.role,
+        return {"node": primary.name, "node_role": primary.role, "token": token,
                 "results": [_statement_json(c, r) for c, r in zip(classifications, results,
                                                                   strict=True)]}
 
@@ -261,19 +327,22 @@ class QueryRouter:
             raise sql_error(error, transaction_id=transaction.id) from None
 
     async def _independent_batch(self, request: BatchRequest,
-                                 classifications: list[Classification]) -> dict[str, Any]:
-        """Each statement on its own, as separate /query requests would run."""
+                                 classifications: list[Classification],
+                                 after: str | None) -> dict[str, Any]:
+        """Each statement on its own, as separate /query requests would run; the answer's
+        token is the last write's, which covers the earlier ones."""
         results = []
+        token = None
         for statement, classification in zip(request.statements, classifications, strict=True):
             try:
                 refuse_outside(classification)
-                node, result, attempts = await self._execute(statement, classification,
-                                                             request.mode)
-                results.append({"status": 200, "node": node.name, "node_role": node.role,
-                                "attempts": attempts, **_statement_json(classification, result)})
+                executed = await self._execute(statement, classification, request.mode, after)
+                token = executed.token or token
+                results.append({"status": 200, "query_type": classification.query_type,
+                                **executed.to_json()})
             except ApiError as error:
                 results.append({"status": error.status, **error.to_json()})
-        return {"results": results}
+        return {"token": token, "results": results}
 
 
 class ImplicitCommit(Exception):

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from services.classify import Classification, Kind
 from services.config import ProxyConfig
 from services.contract import TRANSACTION_ID_PATTERN, ApiError, TransactionRequest
-from services.health import NodeHealth
+from services.health import ClusterHealth
 from services.pools import Lease, NodeBusy, NodeUnavailable, QueryResult, QueryTimeout, SqlError
+from services.replication import Flavour
 from services.statements import Statement
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Transaction:
     last_used: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     statements: int = 0
+    position: str | None = None  # the primary's replication position after the commit
 
     @property
     def node(self) -> str:
@@ -47,8 +49,9 @@ class Transaction:
 
 
 class TransactionManager:
-    def __init__(self, primary: NodeHealth, config: ProxyConfig) -> None:
-        self.primary = primary
+    def __init__(self, cluster: ClusterHealth, config: ProxyConfig) -> None:
+        self.cluster = cluster
+        self.primary = cluster.primary
         self.instance = config.instance_name
         self.max_open = config.max_transactions
         self.idle_timeout = config.transaction_idle_timeout
@@ -193,6 +196,9 @@ class TransactionManager:
                 await self._end(transaction, f"lost during {sql}: {outcome}")
                 raise ApiError(503, f"lost the primary during {sql}: {outcome}",
                                transaction_id=transaction_id, node=transaction.node) from error
+            if sql == "COMMIT":
+                transaction.position = await position_after_commit(transaction.lease,
+                                                                   self.cluster.flavour)
             await self._end(transaction, ending)
             return transaction
 
@@ -228,6 +234,15 @@ class TransactionManager:
                 continue
             log.info("transaction %s %s", transaction.id, reason)
             await self._end(transaction, reason)
+
+
+async def position_after_commit(lease: Lease, flavour: Flavour) -> str | None:
+    """Where the primary is once a commit returned, for the read-your-writes token; None if
+    that cannot be read (the commit stands: its answer just carries no token)."""
+    with contextlib.suppress(NodeUnavailable, QueryTimeout, SqlError):
+        answer = await lease.run(flavour.position_statement(), 1)
+        return str(answer.rows[0][0]) if answer.rows and answer.rows[0][0] else None
+    return None
 
 
 def refuse_inside(classification: Classification) -> None:

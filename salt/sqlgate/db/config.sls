@@ -39,6 +39,7 @@ database server is configured for GTID replication:
         port: {{ sqlgate.ports.mysql }}
         socket: {{ db.socket }}
         datadir: {{ db.datadir }}
+        binlog_expire_seconds: {{ db.binlog_expire_seconds }}
         options: {{ db.server_options | json }}
         replica_options: {{ (db.replica_options if host.role == 'worker' else {}) | json }}
     - require:

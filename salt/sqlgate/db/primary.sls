@@ -1,5 +1,7 @@
-# The primary ("manager"): the server, its users and the Sakila sample database.
+# The primary ("manager"): the server, its users, the Sakila sample database and the Proxy's
+# heartbeat table.
 include:
   - sqlgate.db
   - sqlgate.db.users
   - sqlgate.db.sakila
+  - sqlgate.db.heartbeat

@@ -57,6 +57,16 @@ application user app works in schema {{ schema }} only:
       - mysql_database: schema {{ schema }} exists
 {%- endfor %}
 
+application user app may watch replication:
+  mysql_grants.present:
+    - connection_unix_socket: {{ db.socket }}
+    - grant: {{ db.monitor_privilege }}
+    - database: '*.*'
+    - user: app
+    - host: '%'
+    - require:
+      - mysql_user: application user app exists
+
 benchmark user sb exists on localhost:
   mysql_user.present:
     - connection_unix_socket: {{ db.socket }}
