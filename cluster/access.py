@@ -1,5 +1,6 @@
 """Reaching a cluster once it is up, the same way for every provider: waiting for the
-Gatekeeper's health, and reading the seed's replication check under one set of names."""
+Gatekeeper's health, and reading the replication check (both threads, seconds behind) under
+one set of names."""
 
 from __future__ import annotations
 
@@ -14,11 +15,27 @@ from cluster.topology import PROXY_PORT
 # Run on the Proxy's host (through Salt): its own /health, with every replica's rotation.
 PROXY_HEALTH_COMMAND = f"curl -s --max-time 5 http://127.0.0.1:{PROXY_PORT}/health"
 
-# The seed's replication check, under MySQL 8's names; MariaDB still says Slave/Master.
+# The replication check, under MySQL 8's names; MariaDB still says Slave/Master.
 REPLICA_FIELDS = ("Replica_IO_Running", "Replica_SQL_Running", "Seconds_Behind_Source")
 OLD_REPLICA_NAMES = {"Slave_IO_Running": "Replica_IO_Running",
                      "Slave_SQL_Running": "Replica_SQL_Running",
                      "Seconds_Behind_Master": "Seconds_Behind_Source"}
+
+
+# The request every provider suggests trying once the cluster is up.
+TRY_BODY = '{"sql": "SELECT COUNT(*) FROM sakila.actor", "mode": "random"}'
+
+
+def key_from_json(path: object) -> str:
+    """A shell expression printing the ``api_key`` of a cluster file (the key stays off the
+    screen and out of the shell history)."""
+    return f"$(python3 -c 'import json; print(json.load(open(\"{path}\"))[\"api_key\"])')"
+
+
+def curl_line(url: str, key_expression: str) -> str:
+    """A working curl of ``POST /query``; ``key_expression`` is shell that prints the key."""
+    return (f"curl -s -X POST {url}/query -H 'Content-Type: application/json' "
+            f"-H \"X-API-Key: {key_expression}\" -d '{TRY_BODY}'")
 
 
 def health_ok(url: str, timeout_s: float = 5) -> bool:

@@ -1,4 +1,4 @@
-"""The AWS provider: the seed's EC2 deployment (section 3.4), configured by the same Salt tree.
+"""The AWS provider: EC2 hosts in the default VPC, configured by the same Salt tree.
 
 ``up`` launches a Salt master and one instance per host of ``plan_hosts``; the master's
 cloud-init runs the orchestration once every minion answers, and ``up`` waits for the

@@ -48,17 +48,10 @@ def wait_for_health(url: str, deadline_s: float, say: Callable[[str], None]) -> 
     return True
 
 
-def curl_line(url: str, cluster_file: Path) -> str:
-    key = (f"$(python3 -c 'import json; print(json.load(open(\"{cluster_file}\"))[\"api_key\"])')")
-    body = '{"sql": "SELECT COUNT(*) FROM sakila.actor;", "mode": "random"}'
-    return (f"curl -s -X POST {url}/query -H 'Content-Type: application/json' "
-            f"-H \"X-API-Key: {key}\" -d '{body}'")
-
-
 def print_access(url: str, cluster_file: Path, say: Callable[[str], None]) -> None:
     say(f"Gatekeeper: {url}")
     say(f"API key:    \"api_key\" in {cluster_file}")
-    say(f"Try:        {curl_line(url, cluster_file)}")
+    say(f"Try:        {access.curl_line(url, access.key_from_json(cluster_file))}")
 
 
 # --- Salt on the master ------------------------------------------------------------------
@@ -86,7 +79,7 @@ def salt_json(recorded: dict, address: str, target: list[str], *fun: str) -> dic
 
 
 def parse_replica_status(text: str) -> dict[str, str]:
-    """The seed's three fields from ``SHOW REPLICA STATUS\\G`` (MySQL 8 or MariaDB names)."""
+    """The replication check's fields from ``SHOW REPLICA STATUS\\G`` (MySQL 8 or MariaDB names)."""
     raw = dict(line.strip().partition(":")[::2] for line in text.splitlines() if ":" in line)
     return access.replica_fields({key: value.strip() for key, value in raw.items()})
 

@@ -12,26 +12,21 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 from cluster.state import read_cluster_file
-from services.routing import MODES
+from services.client import Client
+from services.contract import MODES
 
 SCHEMA_TABLE = "sakila.sqlgate_demo_accounts"
 
 
 def post(url: str, key: str | None, sql: str, mode: str, path: str = "/query",
          **fields) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
     body = {"sql": sql, "mode": mode, **fields} if sql else fields
-    request = urllib.request.Request(url + path, json.dumps(body).encode(), headers)
-    try:
-        with urllib.request.urlopen(request, timeout=15) as answer:
-            return answer.status, json.load(answer)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+    with Client(url, key or "", timeout=15) as client:
+        answer = client.post(path, body)
+    return answer.status, answer.json
 
 
 def show(step: str, status: int, body: dict) -> None:

@@ -26,6 +26,7 @@ import yaml
 from cluster import local_firewall
 from cluster.access import (
     PROXY_HEALTH_COMMAND,
+    curl_line,
     proxy_view,
     replica_fields,
     replication_running,
@@ -412,12 +413,9 @@ def _print_summary(cluster: LocalCluster, result: OrchestrationResult, path: Pat
             print(f"  {minion}: {len(states)} state(s) changed")
     else:
         print("  no changes: every host was already in its configured state")
-    body = '{"sql": "SELECT COUNT(*) FROM sakila.actor", "mode": "random"}'
     print(f"\nGatekeeper: {cluster.gatekeeper_url}")
     print(f"API key:    in {cluster.api_key_file} (and in {path}, mode 0600)")
-    print(f"Try:\n  curl -s -X POST {cluster.gatekeeper_url}/query "
-          f"-H 'Content-Type: application/json' -H \"X-API-Key: $(cat {cluster.api_key_file})\" "
-          f"-d '{body}'")
+    print(f"Try:\n  {curl_line(cluster.gatekeeper_url, f'$(cat {cluster.api_key_file})')}")
 
 
 # --- commands ------------------------------------------------------------------------------

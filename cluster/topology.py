@@ -17,7 +17,7 @@ SSH_PORT = 22
 
 Role = Literal["saltmaster", "gatekeeper", "proxy", "manager", "worker"]
 
-# Each role sits in one firewall group; the two database roles share one, as in the seed.
+# Each role sits in one firewall group; the two database roles share one.
 GROUP_OF_ROLE: dict[str, str] = {
     "saltmaster": "saltmaster",
     "gatekeeper": "gatekeeper",
@@ -85,7 +85,7 @@ def rules_for(group: str) -> list[IngressRule]:
 
 
 def plan_hosts(replicas: int = 2) -> list[Host]:
-    """The seed's five hosts (more workers with ``replicas``), without the Salt master."""
+    """The five hosts (more workers with ``replicas``), without the Salt master."""
     if replicas < 1:
         raise ValueError("a cluster needs at least one replica")
     return [

@@ -1,1 +1,1 @@
-"""Load tests and the benchmark report: Locust scenarios, the seed's latency table, sysbench."""
+"""Load tests and the benchmark report: Locust scenarios, the latency table per mode, sysbench."""

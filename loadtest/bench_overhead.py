@@ -31,6 +31,7 @@ import numpy as np
 
 from cluster.loopback import LoopbackStack
 from cluster.loopback.services import PROJECT_ROOT, ServiceProcess
+from services.client import Client
 
 POINT_SELECT = "SELECT actor_id, first_name, last_name FROM sakila.actor WHERE actor_id = 17"
 INSERT_PREFIX = "INSERT INTO sqlgate_test.bench (k, v) VALUES ("
@@ -151,18 +152,14 @@ def measure_http(target: str, url: str, key: str, operation: str, clients: int,
 
 def check_answers(stack: LoopbackStack) -> None:
     """Before timing anything, make sure every request really works end to end."""
-    import urllib.request
-
     insert = json.dumps({"sql": f"{INSERT_PREFIX}0, 'check')", "mode": "random"})
-    for path, body in (request_body("point select"), ("/query", insert), request_body("batch")):
-        request = urllib.request.Request(
-            stack.gatekeeper.url + path, body.encode(),
-            {"Content-Type": "application/json", "X-API-Key": stack.api_key})
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            answered = json.load(answer)
-            results = answered.get("results", [answered])
-            assert answer.status == 200, answered
-            assert all(result.get("rowcount") == 1 for result in results), answered
+    with Client(stack.gatekeeper.url, stack.api_key, timeout=10) as client:
+        for path, body in (request_body("point select"), ("/query", insert),
+                           request_body("batch")):
+            answer = client.post(path, body.encode())
+            results = answer.json.get("results", [answer.json])
+            assert answer.ok, answer.json
+            assert all(result.get("rowcount") == 1 for result in results), answer.json
 
 
 def render(measurements: list[Measurement]) -> str:

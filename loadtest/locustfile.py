@@ -9,11 +9,8 @@ table of the load test's own, created if missing, so a run can be repeated at wi
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import urllib.error
-import urllib.request
 from collections import deque
 
 from locust import FastHttpUser, constant, events, task
@@ -28,6 +25,8 @@ from loadtest.workload import (
     read_statement,
     write_statement,
 )
+from services.client import Client
+from services.contract import API_KEY_HEADER
 
 log = logging.getLogger("sqlgate.locust")
 ALL_MODES = "all"
@@ -71,18 +70,14 @@ def _create_table(environment: Environment, **_) -> None:
     """Once per test, before the users start: the write table, through the Gatekeeper."""
     if not environment.host:
         return
-    body = json.dumps({"sql": create_table_sql(environment.parsed_options.table),
-                       "mode": "direct"}).encode()
-    request = urllib.request.Request(
-        environment.host.rstrip("/") + "/query", data=body, method="POST",
-        headers={"Content-Type": "application/json", "X-API-Key": environment.sqlgate_api_key})
     try:
-        with urllib.request.urlopen(request, timeout=30):
-            pass
-    except (urllib.error.URLError, OSError) as error:
-        detail = error.read().decode(errors="replace") if isinstance(
-            error, urllib.error.HTTPError) else ""
-        log.error("cannot create the write table: %s %s", error, detail)
+        with Client(environment.host.rstrip("/"), environment.sqlgate_api_key) as client:
+            answer = client.query(create_table_sql(environment.parsed_options.table))
+    except (OSError, ValueError) as error:
+        log.error("cannot create the write table: %s", error)
+        return
+    if not answer.ok:
+        log.error("cannot create the write table: %s %s", answer.status, answer.json)
 
 
 class GatekeeperUser(FastHttpUser):
@@ -109,7 +104,7 @@ class GatekeeperUser(FastHttpUser):
         request_id = f"{self.run_id}-{self.seq}"
         with self.client.post("/query", json={**statement, "mode": mode,
                                               "request_id": request_id},
-                              headers={"X-API-Key": self.environment.sqlgate_api_key},
+                              headers={API_KEY_HEADER: self.environment.sqlgate_api_key},
                               name=f"{mode} {kind}", catch_response=True) as answer:
             try:
                 data = answer.json()

@@ -1,8 +1,9 @@
 """Which DB nodes the sysbench baseline runs on, and how it reaches each one's local server.
 
-The seed ran sysbench on each worker against its local server as ``sb@localhost``, i.e. over the
-server's socket; we do the same: on the loopback stack with each node's socket, on the namespace
-and AWS clusters on each minion through Salt (or inside the host's network namespace).
+sysbench runs on each node against its local server as ``sb@localhost``, over the server's
+socket, so the figure is the server's and not the network's: on the loopback stack with each
+node's socket, on the namespace and AWS clusters on each minion through Salt (or inside the
+host's network namespace).
 """
 
 from __future__ import annotations

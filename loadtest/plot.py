@@ -1,4 +1,4 @@
-"""Figure 1 of the seed, with p95 beside the average: bars per mode and type, values on top."""
+"""The report's latency figure, p95 beside the average: bars per mode and type, values on top."""
 
 from __future__ import annotations
 

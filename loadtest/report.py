@@ -1,7 +1,7 @@
-"""``python -m loadtest.report``: the seed's benchmark, repeatable, written under ``results/``.
+"""``python -m loadtest.report``: the latency benchmark per mode, written under ``results/``.
 
 For each routing mode, exactly N writes then N reads through the Gatekeeper (default 1,000, one
-sequential client, as in the seed); the table (avg, p50, p95, p99, max per mode and type) as
+sequential client); the table (avg, p50, p95, p99, max per mode and type) as
 Markdown and CSV, every request as CSV, a PNG, and with ``--sysbench`` the OLTP baseline per DB
 node. The exit code is 1 when any request failed, so a run with errors never passes quietly.
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-n", "--requests", type=int, default=1000,
                       help="writes and reads each, per mode (default: 1000)")
     load.add_argument("--concurrency", type=int, default=1,
-                      help="concurrent clients (default: 1, sequential as in the seed)")
+                      help="concurrent clients (default: 1, sequential)")
     load.add_argument("--modes", default=",".join(MODES), help="comma-separated routing modes")
     load.add_argument("--table", default=DEFAULT_TABLE, help="write table, created if missing")
     load.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")

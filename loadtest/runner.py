@@ -1,7 +1,7 @@
 """Send exactly N writes then N reads per routing mode through the Gatekeeper, timing each one.
 
 One aiohttp session with keep-alive connections, ``concurrency`` clients pulling from one
-counter (1 = sequential, as in the seed). Every request is accounted for: an answer that is not
+counter (1 = sequential). Every request is accounted for: an answer that is not
 a 200 with the request id we sent, a timeout, or a request left unsent at the deadline is a
 failure with its reason, never dropped from the counts.
 """
@@ -24,6 +24,7 @@ from loadtest.workload import (
     read_statement,
     write_statement,
 )
+from services.contract import API_KEY_HEADER
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Client:
 
     def __init__(self, session: aiohttp.ClientSession, target: Target) -> None:
         self.session, self.url = session, target.gatekeeper_url + "/query"
-        self.headers = {"X-API-Key": target.api_key}
+        self.headers = {API_KEY_HEADER: target.api_key}
 
     async def query(self, statement: dict, mode: str, kind: str, seq: int,
                     request_id: str) -> Sample:

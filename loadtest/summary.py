@@ -1,4 +1,4 @@
-"""The seed's Table 1 from a run: avg, p50, p95, p99 and max per mode and type, with failures.
+"""The latency table of a run: avg, p50, p95, p99 and max per mode and type, with failures.
 
 Latency statistics cover the successful requests only; the failures are counted beside them,
 so a fast error never makes a mode look quick and a failure is never hidden.

@@ -1,4 +1,4 @@
-"""The seed's sysbench OLTP baseline on each DB node, against the node's own server.
+"""The sysbench OLTP baseline on each DB node, against the node's own server.
 
 Replicas are read-only (and writing to one would break GTID replication), so the tables are
 prepared once on the primary and reach the replicas by replication; the primary then runs
@@ -37,7 +37,7 @@ class Node:
 
     name: str
     role: str  # "manager" (the primary) or "worker"
-    socket: str | None = None  # preferred: sb@localhost, as in the seed
+    socket: str | None = None  # preferred: sb@localhost, no network in the figure
     host: str = "127.0.0.1"
     port: int = 3306
 

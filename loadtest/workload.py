@@ -13,7 +13,7 @@ import re
 import secrets
 
 # Every routing strategy the Proxy offers, re-exported for the load tests.
-from services.routing import MODES as MODES
+from services.contract import MODES as MODES
 
 KINDS = ("write", "read")
 DEFAULT_TABLE = "sakila.sqlgate_load"

@@ -1,8 +1,11 @@
 """A small synchronous client of the sqlgate HTTP API, on one keep-alive connection.
 
-For tools and tests that talk to a Gatekeeper (or a Proxy, without a key): every answer comes
-back as ``Answer(status, json)``, errors included, so callers check statuses rather than catch
-exceptions. Not thread-safe: one client per thread.
+For the tools and tests that talk to a Gatekeeper (or to a Proxy, without a key): the demo,
+the consistency check, the bench and the tests. Every answer comes back as an ``Answer``,
+errors included, so callers check statuses rather than catch exceptions; an answer that is not
+JSON raises, since the API never sends one. Not thread-safe: one
+client per thread. (The load generators keep their own: aiohttp for the report's concurrent
+clients, Locust's FastHttpUser for Locust.)
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 
-API_KEY_HEADER = "X-API-Key"
+from services.contract import API_KEY_HEADER
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
-    json: dict[str, Any]
+    json: Any
+    headers: Message = field(default_factory=Message, repr=False)  # case-insensitive names
 
     @property
     def ok(self) -> bool:
@@ -38,11 +43,12 @@ class Client:
         self._timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Answer:
-        return self._send("POST", path, json.dumps(body or {}).encode())
+    def post(self, path: str, body: dict[str, Any] | bytes | None = None,
+             headers: dict[str, str] | None = None) -> Answer:
+        return self.request("POST", path, {} if body is None else body, headers)
 
     def get(self, path: str) -> Answer:
-        return self._send("GET", path, None)
+        return self.request("GET", path)
 
     def query(self, sql: str, params: list | dict | None = None, **fields: Any) -> Answer:
         body = {"sql": sql, **fields}
@@ -64,20 +70,35 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, method: str, path: str, body: bytes | None) -> Answer:
-        """One request. A failure closes the connection (the next request opens a new one)
-        and is raised: a POST is never sent twice, since the first may have been applied."""
+    def request(self, method: str, path: str, body: dict[str, Any] | bytes | None = None,
+                headers: dict[str, str] | None = None) -> Answer:
+        """One request (a dict body is sent as JSON, bytes as they are). A failure closes
+        the connection (the next request opens a new one) and is raised: a POST is never
+        sent twice, since the first may have been applied."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
         if self._connection is None:
             self._connection = http.client.HTTPConnection(*self._address, timeout=self._timeout)
         try:
-            self._connection.request(method, path, body=body, headers=self._headers)
+            self._connection.request(method, path, body=data,
+                                     headers={**self._headers, **(headers or {})})
             response = self._connection.getresponse()
-            data = response.read()
+            raw = response.read()
         except BaseException:
             self.close()
             raise
         try:
-            payload = json.loads(data) if data else {}
-        except ValueError:
-            payload = {"error": data[:200].decode(errors="replace")}
-        return Answer(response.status, payload)
+            payload = json.loads(raw)
+        except ValueError:  # every answer of the API is JSON, errors included
+            raise ValueError(f"{method} {path}: answer {response.status} is not JSON: "
+                             f"{raw[:200]!r}") from None
+        return Answer(response.status, payload, response.headers)
+
+
+def request(url: str, body: dict[str, Any] | bytes | None = None,
+            headers: dict[str, str] | None = None, method: str | None = None,
+            timeout: float = 20.0) -> Answer:
+    """One request to a full URL on a connection of its own (POST when there is a body)."""
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    with Client(f"{parts.scheme}://{parts.netloc}", timeout=timeout) as client:
+        return client.request(method or ("GET" if body is None else "POST"), path, body, headers)

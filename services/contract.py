@@ -20,14 +20,18 @@ from services.statements import Statement, parse_statement
 __all__ = ["ApiError"]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+API_KEY_HEADER = "X-API-Key"  # the Gatekeeper's credential
 # Request ids are echoed in a response header, so only header-safe characters are accepted.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MODE = "direct"
+# The routing modes (services.proxy.routing has one strategy per name): named here, so that the
+# Gatekeeper and the clients know them without importing the Proxy's database code.
+MODES = ("direct", "random", "ping", "least")
 MAX_BATCH_STATEMENTS = 100
 # "<proxy instance>.<random>": the instance part lets a front route to the Proxy that holds
 # the transaction; the random part (144 bits) makes ids unguessable.
 TRANSACTION_ID_PATTERN = re.compile(r"([A-Za-z0-9-]{1,63})\.([A-Za-z0-9_-]{24})")
-# A read-your-writes token as a write's answer carries it (services.tokens makes and checks them).
+# A read-your-writes token as a write's answer carries it (services.proxy.tokens makes them).
 TOKEN_PATTERN = re.compile(r"v1\.[A-Za-z0-9_-]{4,1400}\.[A-Za-z0-9_-]{22}")
 MAX_TOKENS = 16
 ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")

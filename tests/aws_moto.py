@@ -1,7 +1,8 @@
 """A moto server in a subprocess on a free 127.0.0.1 port, and an environment that can only reach
 it: fake credentials, no profile files, no instance metadata, ``AWS_ENDPOINT_URL`` set.
 
-Import the fixtures into a test module (``from tests.aws_moto import aws_env, moto_server``).
+A pytest plugin (``tests/conftest.py`` registers it): any test may ask for ``aws_env`` or
+``moto_server``; the server starts once, the first time one does.
 """
 
 from __future__ import annotations

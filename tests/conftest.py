@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from email.message import Message
 
 import pytest
 
 from cluster.loopback import proxy_settings_for
 from cluster.loopback.mariadb import MariaDBCluster
 from cluster.loopback.services import ServiceProcess
+from services.client import Answer, request
+
+pytest_plugins = ["tests.aws_moto"]  # the moto server fixtures, for the AWS provider's tests
 
 
 @pytest.fixture(scope="session")
@@ -65,24 +63,10 @@ def gatekeeper(proxy, api_key, tmp_path_factory) -> Iterator[ServiceProcess]:
         yield service
 
 
-@dataclass
-class Answer:
-    status: int
-    json: dict
-    headers: Message  # case-insensitive, as HTTP header names are
-
-
 def http(url: str, body: bytes | dict | None = None, headers: dict[str, str] | None = None,
          method: str | None = None, timeout: float = 20) -> Answer:
     """One real HTTP request; the answer's body must be JSON, whatever the status."""
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    headers = {"Content-Type": "application/json", **(headers or {})}
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return Answer(answer.status, json.load(answer), answer.headers)
-    except urllib.error.HTTPError as error:
-        return Answer(error.code, json.load(error), error.headers)
+    return request(url, body, headers, method, timeout)
 
 
 @pytest.fixture

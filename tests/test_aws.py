@@ -33,9 +33,7 @@ from cluster.topology import (
     SALT_MASTER,
     plan_hosts,
 )
-from tests.aws_moto import ADMIN_CIDR, NEWEST_JAMMY, REGION, REPO, aws_env, moto_server
-
-__all__ = ["aws_env", "moto_server"]  # fixtures used by name below
+from tests.aws_moto import ADMIN_CIDR, NEWEST_JAMMY, REGION, REPO
 
 CLUSTER_NAME = "sqlgate"
 HOSTS = [SALT_MASTER, *plan_hosts(2)]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.classify import Kind, StatementError, classify
+from services.proxy.classify import Kind, StatementError, classify
 
 READS = [
     "SELECT 1",

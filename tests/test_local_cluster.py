@@ -17,8 +17,6 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +81,9 @@ def cluster() -> Iterator[E2ECluster]:
 
 
 def post(url: str, api_key: str, path: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{url}{path}", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "X-API-Key": api_key}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    with Client(url, api_key, timeout=10) as client:
+        answer = client.post(path, body)
+    return answer.status, answer.json
 
 
 def query(url: str, api_key: str, sql: str, mode: str) -> dict:

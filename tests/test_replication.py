@@ -7,8 +7,8 @@ positions it parses; MariaDB's SQL also runs for real in tests/test_service_repl
 import pytest
 
 from services.errors import ApiError
-from services.replication import FLAVOURS, PositionError, flavour_of
-from services.tokens import TokenCodec, derive_secret
+from services.proxy.replication import FLAVOURS, PositionError, flavour_of
+from services.proxy.tokens import TokenCodec, derive_secret
 
 MARIADB, MYSQL = FLAVOURS["mariadb"], FLAVOURS["mysql"]
 UUID_A = "3e11fa47-71ca-11e1-9e33-c80aa9429562"

@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from services.config import NodeAddress, ProxyConfig
-from services.health import ClusterHealth, HealthMonitor, NodeHealth
-from services.pools import NodePool
-from services.replication import ReplicaStatus
-from services.routing import STRATEGIES, read_targets
+from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
+from services.proxy.pools import NodePool
+from services.proxy.replication import ReplicaStatus
+from services.proxy.routing import STRATEGIES, read_targets
 
 CONFIG = ProxyConfig()
 
@@ -98,7 +98,7 @@ RUNNING = ReplicaStatus(True, True, None, 0)
 @pytest.fixture(autouse=True)
 def quiet_monitor(caplog):
     """The monitor logs every change of rotation; these tests read the state instead."""
-    with caplog.at_level(logging.CRITICAL, logger="services.health"):
+    with caplog.at_level(logging.CRITICAL, logger="services.proxy.health"):
         yield
 
 

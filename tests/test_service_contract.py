@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from http.client import HTTPConnection
 from urllib.parse import urlsplit
 
 import pytest
 
+from cluster.loopback.services import PROJECT_ROOT
 from tests.conftest import http
 
 REPLICAS = {"worker1", "worker2"}
@@ -256,3 +259,20 @@ def test_the_gatekeeper_reuses_its_connections_to_the_proxy(query, proxy):
     listing = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{proxy.port} )"],
                              capture_output=True, text=True, check=True).stdout
     assert 1 <= len(listing.splitlines()) <= 2, listing
+
+
+def test_the_gatekeeper_imports_no_database_code():
+    """The public service knows the contract (modes, fields, tokens' shape) without the
+    Proxy's driver, parser or pinger: a smaller attack surface and a lighter process."""
+    code = ("import sys, services.gatekeeper.__main__; "
+            "print(sorted(m for m in ('asyncmy', 'icmplib', 'sqlglot', 'services.proxy') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=PROJECT_ROOT)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_contract_names_every_routing_strategy():
+    from services.contract import MODES
+    from services.proxy.routing import STRATEGIES
+    assert tuple(STRATEGIES) == MODES

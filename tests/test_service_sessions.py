@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cluster.loopback.services import ServiceProcess
-from services import session
 from services.config import NodeAddress, ProxyConfig
-from services.pools import NodePool, SqlError
+from services.proxy import session
+from services.proxy.pools import NodePool, SqlError
 from services.statements import Statement
 from tests.conftest import http, proxy_env
 

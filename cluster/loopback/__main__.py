@@ -6,6 +6,7 @@ import argparse
 import signal
 import threading
 
+from cluster.access import curl_line, key_from_json
 from cluster.loopback import LoopbackStack
 from cluster.state import remove_cluster_file, write_cluster_file
 
@@ -21,9 +22,7 @@ def main() -> None:
     with LoopbackStack(replicas=args.replicas, gatekeeper_port=args.port) as stack:
         path = write_cluster_file("loopback", stack.describe())
         print(f"Gatekeeper: {stack.gatekeeper.url}  (API key in {path})")
-        print(f"  curl -s -X POST {stack.gatekeeper.url}/query -H 'Content-Type: application/json'"
-              f" -H 'X-API-Key: {stack.api_key}'"
-              " -d '{\"sql\": \"SELECT COUNT(*) FROM sakila.actor\", \"mode\": \"random\"}'")
+        print(f"  {curl_line(stack.gatekeeper.url, key_from_json(path))}")
         print("Ctrl-C stops everything.", flush=True)
         try:
             stopping.wait()

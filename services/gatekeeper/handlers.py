@@ -7,7 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from services.contract import (
+    API_KEY_HEADER,
     ENDPOINTS,
+    MODES,
     REQUEST_ID_HEADER,
     ApiError,
     checked_request_id,
@@ -19,9 +21,6 @@ from services.contract import (
 )
 from services.gatekeeper.forwarder import ProxyAnswer, ProxyForwarder
 from services.http import JsonHandler
-from services.routing import MODES
-
-API_KEY_HEADER = "X-API-Key"
 
 
 class GatekeeperHandler(JsonHandler):

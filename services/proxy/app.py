@@ -7,9 +7,7 @@ import asyncio
 import tornado.web
 
 from services.config import ProxyConfig
-from services.health import ClusterHealth, HealthMonitor, NodeHealth
 from services.http import NotFoundHandler, log_failed_requests
-from services.pools import NodePool
 from services.proxy.handlers import (
     BatchHandler,
     HealthHandler,
@@ -17,9 +15,11 @@ from services.proxy.handlers import (
     QueryHandler,
     TransactionsHandler,
 )
+from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
+from services.proxy.pools import NodePool
 from services.proxy.router import QueryRouter
+from services.proxy.tokens import TokenCodec, derive_secret
 from services.proxy.transactions import TransactionManager
-from services.tokens import TokenCodec, derive_secret
 
 TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
 

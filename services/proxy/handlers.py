@@ -6,6 +6,7 @@ from typing import Any
 
 from services.contract import (
     ENDPOINTS,
+    MODES,
     REQUEST_ID_HEADER,
     ApiError,
     checked_request_id,
@@ -15,11 +16,10 @@ from services.contract import (
     parse_query_request,
     parse_transaction_request,
 )
-from services.health import ClusterHealth
 from services.http import JsonHandler
+from services.proxy.health import ClusterHealth
 from services.proxy.router import QueryRouter
 from services.proxy.transactions import TransactionManager
-from services.routing import MODES
 
 
 class IndexHandler(JsonHandler):

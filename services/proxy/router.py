@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.classify import Classification, Kind, StatementError, classify
 from services.contract import ApiError, BatchRequest, QueryRequest
-from services.health import ClusterHealth, HealthMonitor, NodeHealth
-from services.pools import (
+from services.proxy.classify import Classification, Kind, StatementError, classify
+from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
+from services.proxy.pools import (
     Lease,
     NodeBusy,
     NodeUnavailable,
@@ -25,15 +25,15 @@ from services.pools import (
     SqlError,
     TransactionLeftOpen,
 )
+from services.proxy.routing import STRATEGIES, read_targets
+from services.proxy.tokens import TokenCodec
 from services.proxy.transactions import (
     Transaction,
     TransactionManager,
     position_after_commit,
     refuse_inside,
 )
-from services.routing import STRATEGIES, read_targets
 from services.statements import Statement
-from services.tokens import TokenCodec
 
 
 def classified(statement: Statement) -> Classification:

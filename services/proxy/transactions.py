@@ -18,12 +18,19 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from services.classify import Classification, Kind
 from services.config import ProxyConfig
 from services.contract import TRANSACTION_ID_PATTERN, ApiError, TransactionRequest
-from services.health import ClusterHealth
-from services.pools import Lease, NodeBusy, NodeUnavailable, QueryResult, QueryTimeout, SqlError
-from services.replication import Flavour
+from services.proxy.classify import Classification, Kind
+from services.proxy.health import ClusterHealth
+from services.proxy.pools import (
+    Lease,
+    NodeBusy,
+    NodeUnavailable,
+    QueryResult,
+    QueryTimeout,
+    SqlError,
+)
+from services.proxy.replication import Flavour
 from services.statements import Statement
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from icmplib import async_multiping
 from icmplib.exceptions import ICMPLibError
 
 from services.config import ProxyConfig
-from services.pools import NodePool, NodeUnavailable, SqlError
-from services.replication import FLAVOURS, Flavour, ReplicaStatus, flavour_of
+from services.proxy.pools import NodePool, NodeUnavailable, SqlError
+from services.proxy.replication import FLAVOURS, Flavour, ReplicaStatus, flavour_of
 
 log = logging.getLogger(__name__)
 

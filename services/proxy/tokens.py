@@ -15,7 +15,7 @@ import hashlib
 import hmac
 
 from services.errors import ApiError
-from services.replication import FLAVOURS, Flavour, PositionError
+from services.proxy.replication import FLAVOURS, Flavour, PositionError
 
 VERSION = "v1"
 MAC_BYTES = 16

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from typing import ClassVar, Protocol
 
-from services.health import ClusterHealth, NodeHealth
+from services.contract import MODES
+from services.proxy.health import ClusterHealth, NodeHealth
 
 
 class RoutingStrategy(Protocol):
@@ -81,7 +82,9 @@ STRATEGIES: dict[str, RoutingStrategy] = {
     strategy.name: strategy
     for strategy in (DirectStrategy(), RandomStrategy(), PingStrategy(), LeastStrategy())
 }
-MODES = tuple(STRATEGIES)
+if tuple(STRATEGIES) != MODES:  # the contract names the modes clients may ask for
+    raise ImportError(f"routing strategies {tuple(STRATEGIES)} differ from the contract's "
+                      f"modes {MODES}")
 
 
 def read_targets(strategy: RoutingStrategy, cluster: ClusterHealth,

@@ -18,8 +18,8 @@ import asyncmy
 from asyncmy.cursors import DictCursor, SSCursor
 from asyncmy.errors import InterfaceError, InternalError, MySQLError
 
-from services import session
 from services.config import NodeAddress, ProxyConfig
+from services.proxy import session
 from services.statements import Statement
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class NodePool:
         self._pool.release(conn)
 
     async def _clean(self, conn: Any, schema_changed: bool = False) -> bool:
-        """Reset the session (see ``services.session``); False when that failed, or when the
+        """Reset the session (see ``services.proxy.session``); False when that failed, or when the
         session's default schema was changed and there is none to go back to (a connection
         cannot be made to have no default schema again: it is closed instead)."""
         if schema_changed and not self._connect_args["db"]:
