@@ -19,6 +19,7 @@ import yaml
 from cluster import access
 from cluster.aws_keys import ClusterKeys, known_hosts_line
 from cluster.state import PROJECT_ROOT
+from cluster.topology import DATABASE_SERVICE, ROLES
 
 MASTER_ALIAS = "sqlgate-saltmaster"  # known_hosts name of the master, whatever its address
 HEALTH_POLL_S = 10
@@ -29,8 +30,8 @@ def role_services() -> dict[str, str]:
     """The service each role runs on AWS; the database's name comes from the Salt tree."""
     flavours = yaml.safe_load((PROJECT_ROOT / "salt/sqlgate/flavours.yaml").read_text())
     database = flavours[AWS_DB_FLAVOUR]["service"]
-    return {"gatekeeper": "sqlgate-gatekeeper", "proxy": "sqlgate-proxy",
-            "manager": database, "worker": database}
+    return {role: database if spec.service == DATABASE_SERVICE else spec.service
+            for role, spec in ROLES.items() if spec.service}
 
 
 def write_known_hosts(path: Path, keys: ClusterKeys) -> None:

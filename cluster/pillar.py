@@ -18,19 +18,14 @@ import yaml
 
 from cluster.secrets import ClusterSecrets
 from cluster.state import write_private
-from cluster.topology import Host
+from cluster.topology import MINION_ROLES, PORTS, ROLES, Host
 
 # Where the local provider's master serves the wheels the hosts install from (no PyPI there).
 LOCAL_WHEELHOUSE = "salt://sqlgate-wheelhouse"
 ADDRESS_MINE_FUNCTION = "sqlgate_address"
 
-# Which secrets each role gets; the users live on the primary and replicate to the replicas.
-SECRETS_OF_ROLE: dict[str, tuple[str, ...]] = {
-    "manager": ("repl_password", "app_password", "sb_password"),
-    "worker": ("repl_password",),
-    "proxy": ("app_password",),
-    "gatekeeper": ("api_key",),
-}
+# Which secrets each role gets (the role table in cluster/topology.py says).
+SECRETS_OF_ROLE: dict[str, tuple[str, ...]] = {role: ROLES[role].secrets for role in MINION_ROLES}
 
 
 def host_entries(hosts: list[Host]) -> dict[str, dict]:
@@ -55,6 +50,12 @@ def build_pillar(cluster_name: str, hosts: list[Host], secrets: ClusterSecrets, 
             "cluster_name": cluster_name,
             "provider": provider,
             "hosts": host_entries(minions),
+            # The role table and the ports, so that top.sls, the orchestration and the services
+            # follow cluster/topology.py, as the firewall does.
+            "roles": {role: {"states": ROLES[role].states, "step": ROLES[role].step}
+                      for role in MINION_ROLES},
+            "role_order": list(MINION_ROLES),
+            "ports": dict(PORTS),
             "sakila": {"source": sakila_source},
             "app": {"wheelhouse": LOCAL_WHEELHOUSE if provider == "local" else ""},
             "secrets": {

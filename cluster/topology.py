@@ -16,16 +16,42 @@ SALT_PORTS = (4505, 4506)
 SSH_PORT = 22
 
 Role = Literal["saltmaster", "gatekeeper", "proxy", "manager", "worker"]
+# The database roles' service name depends on the flavour (salt/sqlgate/flavours.yaml).
+DATABASE_SERVICE = "database"
 
-# Each role sits in one firewall group; the two database roles share one.
-GROUP_OF_ROLE: dict[str, str] = {
-    "saltmaster": "saltmaster",
-    "gatekeeper": "gatekeeper",
-    "proxy": "proxy",
-    "manager": "database",
-    "worker": "database",
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """What a role is, once for every part that needs it: the firewall group it sits in, the
+    SLS its minions get (top.sls), its orchestration step, the secrets its pillar holds, the
+    service it runs (status)."""
+
+    group: str
+    states: str | None = None  # None: not a minion (the Salt master)
+    step: str | None = None
+    secrets: tuple[str, ...] = ()
+    service: str | None = None
+
+
+# The roles in orchestration order: the primary, then the replicas (which read the primary's
+# address from the mine), then the Proxy, then the Gatekeeper. Users live on the primary and
+# replicate to the replicas, so only the primary needs the application's passwords.
+ROLES: dict[str, RoleSpec] = {
+    "saltmaster": RoleSpec("saltmaster"),
+    "manager": RoleSpec("database", "sqlgate.db.primary", "the primary is configured",
+                        ("repl_password", "app_password", "sb_password"), DATABASE_SERVICE),
+    "worker": RoleSpec("database", "sqlgate.db.replica", "the replicas follow the primary",
+                       ("repl_password",), DATABASE_SERVICE),
+    "proxy": RoleSpec("proxy", "sqlgate.proxy", "the proxy is serving", ("app_password",),
+                      "sqlgate-proxy"),
+    "gatekeeper": RoleSpec("gatekeeper", "sqlgate.gatekeeper", "the gatekeeper is serving",
+                           ("api_key",), "sqlgate-gatekeeper"),
 }
-GROUPS = ("saltmaster", "gatekeeper", "proxy", "database")
+MINION_ROLES = tuple(role for role, spec in ROLES.items() if spec.states)
+DB_ROLES = tuple(role for role, spec in ROLES.items() if spec.group == "database")
+GROUP_OF_ROLE: dict[str, str] = {role: spec.group for role, spec in ROLES.items()}
+GROUPS = tuple(dict.fromkeys(GROUP_OF_ROLE.values()))
+PORTS = {"gatekeeper": GATEKEEPER_PORT, "proxy": PROXY_PORT, "mysql": MYSQL_PORT}
 
 # Special sources of traffic besides the groups themselves.
 INTERNET = "internet"  # anywhere: on AWS 0.0.0.0/0, locally the machine itself

@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 
 from cluster.state import cluster_file, read_cluster_file
+from cluster.topology import DB_ROLES
 
 PROVIDER_ENV = "SQLGATE_PROVIDER"
 PREFERRED_PROVIDERS = ("local", "aws", "loopback")
-DB_ROLES = ("manager", "worker")
 
 
 @dataclass(frozen=True)

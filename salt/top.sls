@@ -1,8 +1,8 @@
-{#- Each minion gets the states of its role; minion ids and roles come from the pillar. #}
-{%- set role_states = {'manager': 'sqlgate.db.primary', 'worker': 'sqlgate.db.replica',
-                       'proxy': 'sqlgate.proxy', 'gatekeeper': 'sqlgate.gatekeeper'} %}
+{#- Each minion gets the states of its role: the role table (cluster/topology.py) and the
+    hosts come from the pillar. #}
+{%- set roles = salt['pillar.get']('sqlgate:roles', {}) %}
 base:
 {%- for name, host in salt['pillar.get']('sqlgate:hosts', {}) | dictsort %}
   '{{ name }}':
-    - {{ role_states[host.role] }}
+    - {{ roles[host.role].states }}
 {%- endfor %}

@@ -16,7 +16,7 @@ from cluster.local import LocalCluster, LocalError
 from cluster.local_firewall import ruleset
 from cluster.pillar import SECRETS_OF_ROLE, build_pillar, write_pillar_tree
 from cluster.secrets import ClusterSecrets, load_or_create
-from cluster.state import write_private
+from cluster.state import PROJECT_ROOT, write_private
 from cluster.topology import plan_hosts
 
 
@@ -153,3 +153,22 @@ def test_cluster_directory_under_tmp_is_fine(monkeypatch):
     """Each host has its own /tmp but keeps seeing the machine's paths it reads there."""
     monkeypatch.setenv("SQLGATE_CLUSTER_DIR", "/tmp/somewhere")
     assert LocalCluster.plan(_args()).state_dir == Path("/tmp/somewhere/local/sqlgate")
+
+
+def test_the_pillar_carries_the_role_table_and_the_ports_of_the_firewall():
+    """top.sls, the orchestration and the services read roles and ports from the pillar, made
+    from cluster/topology.py like the firewall rules, so no role can lack its states, step or
+    secrets, and no service can listen where the firewall does not let traffic in."""
+    from cluster.topology import INGRESS_RULES, MINION_ROLES, ROLES
+    pillar = build_pillar("c", plan_hosts(2), ClusterSecrets.generate(), provider="local",
+                          sakila_source="/data/sakila")["sqlgate"]
+    assert pillar["role_order"] == ["manager", "worker", "proxy", "gatekeeper"]
+    for role in MINION_ROLES:
+        assert pillar["roles"][role] == {"states": ROLES[role].states, "step": ROLES[role].step}
+        assert ROLES[role].secrets and ROLES[role].service
+    assert set(SECRETS_OF_ROLE) == set(MINION_ROLES)
+    opened = {(rule.group, rule.ports[0]) for rule in INGRESS_RULES if rule.ports}
+    assert {("gatekeeper", pillar["ports"]["gatekeeper"]), ("proxy", pillar["ports"]["proxy"]),
+            ("database", pillar["ports"]["mysql"])} <= opened
+    defaults = yaml.safe_load((PROJECT_ROOT / "salt/sqlgate/defaults.yaml").read_text())
+    assert defaults["sqlgate"]["ports"] == pillar["ports"]

@@ -1,11 +1,20 @@
-{#- The whole cluster in order: the primary, then the replicas (which read the primary's address
+{#- The whole cluster, one role after the other in the role table's order (cluster/topology.py,
+    carried by the pillar): the primary, then the replicas (which read the primary's address
     from the mine), then the Proxy, then the Gatekeeper. The mine is refreshed before any state
     reads it. Run with `salt-run state.orchestrate orch`. #}
-{%- set roles = {'manager': [], 'worker': [], 'proxy': [], 'gatekeeper': []} %}
-{%- for name, host in salt['pillar.get']('sqlgate:hosts', {}) | dictsort %}
-{%-   do roles[host.role].append(name) %}
+{%- set order = salt['pillar.get']('sqlgate:role_order', []) %}
+{%- set steps = salt['pillar.get']('sqlgate:roles', {}) %}
+{%- set members = {} %}
+{%- for role in order %}
+{%-   do members.update({role: []}) %}
 {%- endfor %}
-{%- set everyone = roles.manager + roles.worker + roles.proxy + roles.gatekeeper %}
+{%- for name, host in salt['pillar.get']('sqlgate:hosts', {}) | dictsort %}
+{%-   do members[host.role].append(name) %}
+{%- endfor %}
+{%- set everyone = [] %}
+{%- for role in order %}
+{%-   do everyone.extend(members[role]) %}
+{%- endfor %}
 
 every minion has fresh pillar data:
   salt.function:
@@ -22,35 +31,15 @@ every minion publishes its private address to the mine:
     - tgt_type: list
     - require:
       - salt: every minion has fresh pillar data
+{%- set previous = namespace(step='every minion publishes its private address to the mine') %}
+{%- for role in order if members[role] %}
 
-the primary is configured:
+{{ steps[role].step }}:
   salt.state:
-    - tgt: {{ roles.manager | join(',') }}
+    - tgt: {{ members[role] | join(',') }}
     - tgt_type: list
     - highstate: True
     - require:
-      - salt: every minion publishes its private address to the mine
-
-the replicas follow the primary:
-  salt.state:
-    - tgt: {{ roles.worker | join(',') }}
-    - tgt_type: list
-    - highstate: True
-    - require:
-      - salt: the primary is configured
-
-the proxy is serving:
-  salt.state:
-    - tgt: {{ roles.proxy | join(',') }}
-    - tgt_type: list
-    - highstate: True
-    - require:
-      - salt: the replicas follow the primary
-
-the gatekeeper is serving:
-  salt.state:
-    - tgt: {{ roles.gatekeeper | join(',') }}
-    - tgt_type: list
-    - highstate: True
-    - require:
-      - salt: the proxy is serving
+      - salt: {{ previous.step }}
+{%-   set previous.step = steps[role].step %}
+{%- endfor %}
