@@ -155,3 +155,16 @@ def test_replica_status_reads_both_servers_column_names():
     assert mariadb == ReplicaStatus(True, False, "boom", None)
     assert mysql == ReplicaStatus(True, True, None, 3) and mysql.running
     assert ReplicaStatus.from_row(None).last_error == "replication is not configured"
+
+
+def test_heartbeat_lag_is_the_age_of_the_oldest_heartbeat_a_replica_lacks(monkeypatch):
+    from services.proxy.health import Heartbeat
+    heartbeat = Heartbeat(CONFIG)
+    heartbeat.written.extend([(1, 100.0), (2, 100.25), (4, 100.75), (5, 101.0)])  # 3 failed
+    monkeypatch.setattr("services.proxy.health.time.monotonic", lambda: 102.0)
+    row = {"epoch": heartbeat.epoch}
+    assert heartbeat.lag_ms([{**row, "seq": 5}]) == 0.0  # has them all
+    assert heartbeat.lag_ms([{**row, "seq": 2}]) == 1250.0  # lacks 4, written at 100.75
+    assert heartbeat.lag_ms([{**row, "seq": 3}]) == 1250.0
+    assert heartbeat.lag_ms([{"epoch": heartbeat.epoch + 1, "seq": 9}]) == 2000.0  # none of ours
+    assert heartbeat.lag_ms([]) == 2000.0

@@ -110,11 +110,7 @@ class MariaDB(Flavour):
         return domains
 
     def merge(self, positions: list[str]) -> str:
-        merged: dict[int, tuple[int, int]] = {}
-        for position in positions:
-            for domain, (server, seqno) in self.parse(position).items():
-                if domain not in merged or merged[domain][1] < seqno:
-                    merged[domain] = (server, seqno)
+        merged = self.parse(",".join(positions))  # parsing keeps the newest per domain
         return ",".join(f"{domain}-{server}-{seqno}"
                         for domain, (server, seqno) in sorted(merged.items()))
 
@@ -148,13 +144,10 @@ class MySQL(Flavour):
         return {uuid: _union(intervals) for uuid, intervals in sources.items()}
 
     def merge(self, positions: list[str]) -> str:
-        merged: dict[str, list[tuple[int, int]]] = {}
-        for position in positions:
-            for uuid, intervals in self.parse(position).items():
-                merged.setdefault(uuid, []).extend(intervals)
+        merged = self.parse(",".join(positions))  # parsing unites the intervals per source
         return ",".join(
             uuid + "".join(f":{low}" if low == high else f":{low}-{high}"
-                           for low, high in _union(intervals))
+                           for low, high in intervals)
             for uuid, intervals in sorted(merged.items()))
 
 

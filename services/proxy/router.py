@@ -112,9 +112,8 @@ class QueryRouter:
             async with self.transactions.using(request.transaction_id) as transaction:
                 result = await self._in_transaction(transaction, request.statement,
                                                     classification)
-            primary = self.cluster.primary
-            answer = {"node": primary.name, "node_role": primary.role, "attempts": 1,
-                      **result_json(result), "transaction_id": transaction.id}
+            answer = {**Executed(self.cluster.primary, result, 1, None, None).to_json(),
+                      "transaction_id": transaction.id}
             ended = self.transactions.ending(transaction.id)
             if ended:  # the statement itself ended it (a procedure's COMMIT, say)
                 answer["transaction_ended"] = ended
