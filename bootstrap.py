@@ -5,48 +5,41 @@
     python bootstrap.py status [--provider aws|local]
     python bootstrap.py down   [--provider aws|local]
 
-Each provider lives in its own module of the ``cluster`` package and offers ``up``, ``status``
-and ``down`` taking the parsed arguments and returning an exit code.
+Each provider is a subpackage of ``cluster.providers`` offering ``up``, ``status`` and ``down``;
+their errors reach the user as one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-PROVIDERS = {"aws": "cluster.aws", "local": "cluster.local"}
+from cluster.errors import run_command
+from cluster.providers import Provider, providers
+
+DEFAULT_PROVIDER = "aws"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.ArgumentParser:
+    known = known or providers()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "status", "down"))
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="aws",
-                        help="where the hosts run (default: aws)")
+    parser.add_argument("--provider", choices=sorted(known), default=DEFAULT_PROVIDER,
+                        help=f"where the hosts run (default: {DEFAULT_PROVIDER})")
     parser.add_argument("--cluster-name", default="sqlgate",
                         help="name used for tags, namespaces and the cluster file")
     parser.add_argument("--replicas", type=int, default=2, help="number of DB replicas")
-
-    local = parser.add_argument_group("local provider")
-    local.add_argument("--subnet", default="10.213.0.0/24",
-                       help="private subnet of the local 'VPC' bridge")
-
-    aws = parser.add_argument_group("aws provider")
-    aws.add_argument("--region", help="AWS region (default: the profile's or AWS_DEFAULT_REGION)")
-    aws.add_argument("--profile", help="AWS credentials profile")
-    aws.add_argument("--instance-type", default="t3.micro")
-    aws.add_argument("--key-name", help="EC2 key pair for SSH (optional)")
-    aws.add_argument("--admin-cidr", help="address allowed to SSH (default: detected public IP)")
-    aws.add_argument("--dry-run", action="store_true", help="print what would be created")
-    aws.add_argument("--wait-minutes", type=int, default=40,
-                     help="how long up waits for the Gatekeeper's /health (default: 40)")
+    for name, provider in known.items():
+        provider.add_arguments(parser.add_argument_group(f"{name} provider",
+                                                         provider.description))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    provider = importlib.import_module(PROVIDERS[args.provider])
-    return getattr(provider, args.command)(args)
+    known = providers()
+    args = build_parser(known).parse_args(argv)
+    provider = known[args.provider]()
+    return run_command(getattr(provider, args.command), args)
 
 
 if __name__ == "__main__":

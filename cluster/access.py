@@ -1,6 +1,7 @@
 """Reaching a cluster once it is up, the same way for every provider: waiting for the
-Gatekeeper's health, and reading the replication check (both threads, seconds behind) under
-one set of names."""
+Gatekeeper's health, the request to try, and what ``status`` asks Salt about replication (the
+replica's own threads and delay, and whether the Proxy keeps it in rotation) under one set of
+names."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def curl_line(url: str, key_expression: str) -> str:
             f"-H \"X-API-Key: {key_expression}\" -d '{TRY_BODY}'")
 
 
+def access_lines(url: str, key_where: str, key_expression: str) -> list[str]:
+    """What ``up`` prints last on every provider: the endpoint, where the key is, a curl."""
+    return [f"Gatekeeper: {url}", f"API key:    {key_where}",
+            f"Try:\n  {curl_line(url, key_expression)}"]
+
+
 def health_ok(url: str, timeout_s: float = 5) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
@@ -59,6 +66,30 @@ def wait_for_health(url: str, deadline_s: float, poll_s: float = 0.5,
             last_report = time.monotonic()
         time.sleep(poll_s)
     return False
+
+
+# The one replica-status reader: the formula's execution module (salt/_modules/sqlgate_db.py),
+# run on the replicas through Salt by every provider's ``status``.
+REPLICA_STATUS_FUNCTION = ("sqlgate_db.replica_status",)
+
+# Asks Salt on the master: ``ask(minion ids, function and arguments)`` -> returns by minion id.
+SaltAsk = Callable[[list[str], tuple[str, ...]], Mapping[str, object]]
+
+
+def replication_report(ask: SaltAsk, replicas: list[str],
+                       proxies: list[str]) -> dict[str, tuple[dict[str, str], str]]:
+    """Per replica: its replication fields (as ``replica_fields`` names them) and the Proxy's
+    one-line view of it (threads, lag, rotation)."""
+    status = ask(replicas, REPLICA_STATUS_FUNCTION) if replicas else {}
+    rotation: dict[str, str] = {}
+    for answer in (ask(proxies, ("cmd.run", PROXY_HEALTH_COMMAND)) if proxies else {}).values():
+        rotation.update(proxy_view(answer))
+    report = {}
+    for name in replicas:
+        answer = status.get(name)
+        report[name] = (replica_fields(answer if isinstance(answer, Mapping) else {}),
+                        rotation.get(name, "Proxy: no answer"))
+    return report
 
 
 def replica_fields(status: Mapping[str, object]) -> dict[str, str]:

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 
-from cluster.state import read_cluster_file
+from cluster.record import read_record
 from services.client import Client
 from services.contract import MODES
 
@@ -106,13 +106,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--provider", default="local")
     args = parser.parse_args()
-    cluster = read_cluster_file(args.provider)
-    if cluster is None:
+    cluster = read_record(args.provider)
+    if cluster is None or not cluster.gatekeeper_url:
         print(f"demo: no {args.provider} cluster: run `python bootstrap.py up --provider "
               f"{args.provider}` first", file=sys.stderr)
         return 2
-    replicas = sum(1 for host in cluster.get("hosts", []) if host.get("role") == "worker")
-    return 0 if demo(cluster["gatekeeper_url"].rstrip("/"), cluster["api_key"], replicas) else 1
+    replicas = sum(1 for host in cluster.hosts if host.role == "replica")
+    return 0 if demo(cluster.gatekeeper_url.rstrip("/"), cluster.api_key, replicas) else 1
 
 
 if __name__ == "__main__":

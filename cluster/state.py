@@ -1,9 +1,8 @@
-"""The cluster file ``.cluster/<provider>.json``: what ``up`` made, for ``status``, ``down`` and
-the load tests. It holds the API key, so it is written with mode 0600."""
+"""Where the deployment tools keep their files: the checkout, what the hosts install from, the
+private ``.cluster/`` directory, and the one way of writing a private file."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -37,24 +36,3 @@ def write_private(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def cluster_file(provider: str, directory: Path | None = None) -> Path:
-    return (directory or default_cluster_dir()) / f"{provider}.json"
-
-
-def write_cluster_file(provider: str, data: dict, directory: Path | None = None) -> Path:
-    """Write atomically with mode 0600; the directory is private too."""
-    return write_private(cluster_file(provider, directory),
-                         json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_cluster_file(provider: str, directory: Path | None = None) -> dict | None:
-    path = cluster_file(provider, directory)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
-
-
-def remove_cluster_file(provider: str, directory: Path | None = None) -> None:
-    cluster_file(provider, directory).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ MYSQL_PORT = 3306
 SALT_PORTS = (4505, 4506)
 SSH_PORT = 22
 
-Role = Literal["saltmaster", "gatekeeper", "proxy", "manager", "worker"]
+Role = Literal["saltmaster", "gatekeeper", "proxy", "primary", "replica"]
 # The database roles' service name depends on the flavour (salt/sqlgate/flavours.yaml).
 DATABASE_SERVICE = "database"
 
@@ -38,9 +38,9 @@ class RoleSpec:
 # replicate to the replicas, so only the primary needs the application's passwords.
 ROLES: dict[str, RoleSpec] = {
     "saltmaster": RoleSpec("saltmaster"),
-    "manager": RoleSpec("database", "sqlgate.db.primary", "the primary is configured",
+    "primary": RoleSpec("database", "sqlgate.db.primary", "the primary is configured",
                         ("repl_password", "app_password", "sb_password"), DATABASE_SERVICE),
-    "worker": RoleSpec("database", "sqlgate.db.replica", "the replicas follow the primary",
+    "replica": RoleSpec("database", "sqlgate.db.replica", "the replicas follow the primary",
                        ("repl_password",), DATABASE_SERVICE),
     "proxy": RoleSpec("proxy", "sqlgate.proxy", "the proxy is serving", ("app_password",),
                       "sqlgate-proxy"),
@@ -111,14 +111,14 @@ def rules_for(group: str) -> list[IngressRule]:
 
 
 def plan_hosts(replicas: int = 2) -> list[Host]:
-    """The five hosts (more workers with ``replicas``), without the Salt master."""
+    """The five hosts (more replicas with ``replicas``), without the Salt master."""
     if replicas < 1:
         raise ValueError("a cluster needs at least one replica")
     return [
         Host("gatekeeper", "gatekeeper"),
         Host("proxy", "proxy"),
-        Host("manager", "manager"),
-        *(Host(f"worker{i}", "worker") for i in range(1, replicas + 1)),
+        Host("primary", "primary"),
+        *(Host(f"replica{i}", "replica") for i in range(1, replicas + 1)),
     ]
 
 

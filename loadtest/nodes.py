@@ -25,9 +25,11 @@ def loopback_nodes(db: MariaDBCluster, options: Options) -> tuple[list[Node], Ru
     password = options.password.replace("'", "''")
     db.primary.sql(f"CREATE USER IF NOT EXISTS '{options.user}'@'localhost' "
                    f"IDENTIFIED BY '{password}'")
+    # The stack makes `sb` as the Salt states do; the run's password is the one that counts.
+    db.primary.sql(f"ALTER USER '{options.user}'@'localhost' IDENTIFIED BY '{password}'")
     db.primary.sql(f"GRANT ALL ON {options.schema}.* TO '{options.user}'@'localhost'")
     db.wait_for_replicas()
-    nodes = [Node(node.name, "manager" if node is db.primary else "worker",
+    nodes = [Node(node.name, "primary" if node is db.primary else "replica",
                   socket=str(node.socket)) for node in db.nodes]
     return nodes, run_here
 
@@ -35,24 +37,24 @@ def loopback_nodes(db: MariaDBCluster, options: Options) -> tuple[list[Node], Ru
 def cluster_nodes(target: Target, via: str = "salt",
                   socket: str = DEFAULT_SOCKET) -> tuple[list[Node], Runner]:
     """The cluster file's DB hosts, reached through Salt (``via="salt"``) or their namespace."""
-    nodes = [Node(h["name"], h["role"], socket=socket) for h in target.db_hosts]
+    nodes = [Node(h.name, h.role, socket=socket) for h in target.db_hosts]
     if not nodes:
         raise LookupError(f"the {target.provider} cluster file lists no DB hosts")
     if via == "netns":
-        missing = [h["name"] for h in target.db_hosts if not h.get("namespace")]
+        missing = [h.name for h in target.db_hosts if not h.namespace]
         if missing:
             raise LookupError(f"no network namespace for {missing} in the cluster file")
-        return nodes, InNamespace({h["name"]: h["namespace"] for h in target.db_hosts})
-    salt = (os.environ.get(SALT_COMMAND_ENV) or target.raw.get("salt_command") or "salt")
-    return nodes, ThroughSalt(shlex.split(salt) if isinstance(salt, str) else list(salt))
+        return nodes, InNamespace({h.name: h.namespace for h in target.db_hosts})
+    given = os.environ.get(SALT_COMMAND_ENV)
+    salt = shlex.split(given) if given else list(target.salt_command) or ["salt"]
+    return nodes, ThroughSalt(salt)
 
 
 def sb_password(target: Target | None, given: str | None) -> str:
     """``--sb-password``, else ``$SQLGATE_SB_PASSWORD``, else the cluster file's ``sb_password``."""
     password = given or os.environ.get(SB_PASSWORD_ENV)
     if not password and target is not None:
-        password = target.raw.get("sb_password") or target.raw.get("secrets", {}).get(
-            "sb_password")
+        password = target.sb_password
     if not password:
         raise LookupError(f"no password for the sysbench user: give --sb-password or "
                           f"${SB_PASSWORD_ENV}")

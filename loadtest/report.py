@@ -142,7 +142,7 @@ def _target(args: argparse.Namespace, options: sysbench.Options) -> Iterator[tup
         yield target, cluster
         return
     with LoopbackStack() as stack:
-        target = Target.from_cluster_file("loopback", stack.describe())
+        target = stack.describe()
         with_password = replace(options, password=args.sb_password or "sysbench-loopback")
         yield target, lambda: (*db_nodes.loopback_nodes(stack.db, with_password), with_password)
 

@@ -29,7 +29,7 @@ class Row:
     max_ms: float
     req_per_s: float
     waited: int  # reads whose replica had to catch up with their write first (>= 1 ms)
-    nodes: str  # which DB nodes answered, e.g. "worker1:503 worker2:497"
+    nodes: str  # which DB nodes answered, e.g. "replica1:503 replica2:497"
 
     @classmethod
     def from_phase(cls, phase: Phase) -> Row:

@@ -36,14 +36,14 @@ class Node:
     """Where a DB node's server is, seen from where its commands run."""
 
     name: str
-    role: str  # "manager" (the primary) or "worker"
+    role: str  # "primary" (the primary) or "replica"
     socket: str | None = None  # preferred: sb@localhost, no network in the figure
     host: str = "127.0.0.1"
     port: int = 3306
 
     @property
     def is_primary(self) -> bool:
-        return self.role == "manager"
+        return self.role == "primary"
 
     def connection_args(self) -> list[str]:
         if self.socket:

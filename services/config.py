@@ -51,7 +51,7 @@ def _parse_nodes(text: str) -> tuple[NodeAddress, ...]:
 class ProxyConfig:
     listen_address: str = "0.0.0.0"
     port: int = 5000
-    primary: NodeAddress = field(default_factory=lambda: NodeAddress("manager", "127.0.0.1"))
+    primary: NodeAddress = field(default_factory=lambda: NodeAddress("primary", "127.0.0.1"))
     replicas: tuple[NodeAddress, ...] = ()
     db_user: str = "app"
     db_password: str = ""

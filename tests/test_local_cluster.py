@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local_hosts import RUNTIME_ROOT
+from cluster.providers.local.hosts import RUNTIME_ROOT
+from cluster.record import ClusterRecord, HostRecord, read_record
 from cluster.state import PROJECT_ROOT
 from cluster.waiting import wait_until
 from loadtest.consistency import run_pairs
@@ -41,17 +42,17 @@ ACTOR_COUNT = "SELECT COUNT(*) FROM sakila.actor"
 class E2ECluster:
     directory: Path
     first_up: subprocess.CompletedProcess[str]
-    record: dict
+    record: ClusterRecord
 
     def bootstrap(self, command: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
         return run_bootstrap(command, self.directory, timeout)
 
-    def host(self, name: str) -> dict:
-        return next(h for h in self.record["hosts"] if h["name"] == name)
+    def host(self, name: str) -> HostRecord:
+        return self.record.host(name)
 
     @property
     def namespaces(self) -> list[str]:
-        return [h["namespace"] for h in self.record["hosts"]]
+        return [h.namespace for h in self.record.hosts]
 
 
 def run_bootstrap(command: str, directory: Path,
@@ -71,7 +72,7 @@ def cluster() -> Iterator[E2ECluster]:
     try:
         first_up = run_bootstrap("up", directory)
         assert first_up.returncode == 0, first_up.stdout + first_up.stderr
-        record = json.loads((directory / "local.json").read_text())
+        record = read_record("local", directory)
         yield E2ECluster(directory, first_up, record)
     finally:
         # Idempotent: test_down_leaves_nothing normally did it already.
@@ -119,8 +120,8 @@ def running(pid: int) -> bool:
 
 def test_up_prints_the_url_the_key_file_and_a_working_curl_line(cluster):
     out = cluster.first_up.stdout
-    assert f"Gatekeeper: {cluster.record['gatekeeper_url']}" in out
-    assert cluster.record["api_key_file"] in out
+    assert f"Gatekeeper: {cluster.record.gatekeeper_url}" in out
+    assert cluster.record.provider_data["api_key_file"] in out
     curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl "))
     reply = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30,
                            check=True)
@@ -130,36 +131,36 @@ def test_up_prints_the_url_the_key_file_and_a_working_curl_line(cluster):
 def test_cluster_file_is_private_and_complete(cluster):
     path = cluster.directory / "local.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert cluster.record["api_key"]
-    roles = {h["name"]: h["role"] for h in cluster.record["hosts"]}
+    assert cluster.record.api_key
+    roles = {h.name: h.role for h in cluster.record.hosts}
     assert roles == {"saltmaster": "saltmaster", "gatekeeper": "gatekeeper", "proxy": "proxy",
-                     "manager": "manager", "worker1": "worker", "worker2": "worker"}
-    for host in cluster.record["hosts"]:
-        assert host["namespace"] in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                     "primary": "primary", "replica1": "replica", "replica2": "replica"}
+    for host in cluster.record.hosts:
+        assert host.namespace in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                    text=True, check=True).stdout
-        assert host["address"].startswith("10.213.251.")
+        assert host.address.startswith("10.213.251.")
 
 
-@pytest.mark.parametrize(("mode", "nodes"), [("direct", {"manager"}),
-                                             ("random", {"worker1", "worker2"}),
-                                             ("ping", {"worker1", "worker2"})])
+@pytest.mark.parametrize(("mode", "nodes"), [("direct", {"primary"}),
+                                             ("random", {"replica1", "replica2"}),
+                                             ("ping", {"replica1", "replica2"})])
 def test_sakila_actor_count_in_every_mode(cluster, mode, nodes):
-    answer = query(cluster.record["gatekeeper_url"], cluster.record["api_key"], ACTOR_COUNT, mode)
+    answer = query(cluster.record.gatekeeper_url, cluster.record.api_key, ACTOR_COUNT, mode)
     assert answer["rows"] == [[200]]
     assert answer["node"] in nodes
 
 
 def test_from_the_machine_only_the_gatekeeper_answers(cluster):
-    assert tcp_answers(cluster.host("gatekeeper")["address"], 80)
-    assert not tcp_answers(cluster.host("proxy")["address"], 5000)
-    for name in ("manager", "worker1", "worker2"):
-        assert not tcp_answers(cluster.host(name)["address"], 3306), name
+    assert tcp_answers(cluster.host("gatekeeper").address, 80)
+    assert not tcp_answers(cluster.host("proxy").address, 5000)
+    for name in ("primary", "replica1", "replica2"):
+        assert not tcp_answers(cluster.host(name).address, 3306), name
 
 
 def test_database_port_is_closed_to_the_gatekeeper_and_open_to_the_proxy(cluster):
-    manager = cluster.host("manager")["address"]
-    assert not tcp_answers_from(cluster.host("gatekeeper")["namespace"], manager, 3306)
-    assert tcp_answers_from(cluster.host("proxy")["namespace"], manager, 3306)
+    primary = cluster.host("primary").address
+    assert not tcp_answers_from(cluster.host("gatekeeper").namespace, primary, 3306)
+    assert tcp_answers_from(cluster.host("proxy").namespace, primary, 3306)
 
 
 def proxy_service_uid(pid: str) -> str | None:
@@ -178,14 +179,14 @@ def test_proxy_pings_the_replicas_without_root(cluster):
     deadline = time.monotonic() + 30
     while True:
         health = subprocess.run(
-            ["ip", "netns", "exec", proxy["namespace"], "curl", "-fsS",
+            ["ip", "netns", "exec", proxy.namespace, "curl", "-fsS",
              "http://127.0.0.1:5000/health"], capture_output=True, text=True, check=True)
         nodes = json.loads(health.stdout)["nodes"]
-        if all(nodes[name]["icmp_rtt_ms"] is not None for name in ("worker1", "worker2")):
+        if all(nodes[name]["icmp_rtt_ms"] is not None for name in ("replica1", "replica2")):
             break
         assert time.monotonic() < deadline, health.stdout
         time.sleep(1)
-    pids = subprocess.run(["ip", "netns", "pids", proxy["namespace"]], capture_output=True,
+    pids = subprocess.run(["ip", "netns", "pids", proxy.namespace], capture_output=True,
                           text=True, check=True).stdout.split()
     service_uids = {uid for pid in pids if (uid := proxy_service_uid(pid)) is not None}
     assert service_uids and "0" not in service_uids  # the Proxy does not run as root
@@ -208,7 +209,7 @@ def test_status_shows_both_replicas_running_without_lag(cluster):
 def test_a_transfer_in_a_transaction_through_the_gatekeeper(cluster):
     """Parameters, a transaction and its commit across the real hosts and firewall; a lone
     session statement is refused rather than leaked into the pool."""
-    url, key = cluster.record["gatekeeper_url"], cluster.record["api_key"]
+    url, key = cluster.record.gatekeeper_url, cluster.record.api_key
     table = "sakila.sqlgate_e2e_accounts"
     assert post(url, key, "/batch", {"statements": [
         {"sql": f"CREATE TABLE IF NOT EXISTS {table} (id INT PRIMARY KEY, "
@@ -239,7 +240,7 @@ def test_a_transfer_in_a_transaction_through_the_gatekeeper(cluster):
 
 def salt_sql(cluster: E2ECluster, host: str, sql: str) -> None:
     """Run a statement as root on one database host, through the cluster's Salt master."""
-    done = subprocess.run([*cluster.record["salt_command"], "--out=json", "--static", host,
+    done = subprocess.run([*cluster.record.salt_command, "--out=json", "--static", host,
                            "cmd.run", f"mariadb -e {shlex.quote(sql)}"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -247,12 +248,12 @@ def salt_sql(cluster: E2ECluster, host: str, sql: str) -> None:
 
 def test_reads_see_their_writes_while_a_replica_sql_thread_is_stopped(cluster):
     """The issue's measure: 1,000 write-then-read pairs through the Gatekeeper in random mode
-    with the write's token, while worker1's SQL thread is stopped: no stale read. worker1
+    with the write's token, while replica1's SQL thread is stopped: no stale read. replica1
     leaves the rotation (shown by status), and comes back after START REPLICA."""
-    url, key = cluster.record["gatekeeper_url"], cluster.record["api_key"]
+    url, key = cluster.record.gatekeeper_url, cluster.record.api_key
     with Client(url, key) as client:
         assert client.query(create_table_sql(DEFAULT_TABLE)).ok
-        salt_sql(cluster, "worker1", "STOP REPLICA SQL_THREAD")
+        salt_sql(cluster, "replica1", "STOP REPLICA SQL_THREAD")
         try:
             status = cluster.bootstrap("status", timeout=120)
             assert "OUT of rotation: replication SQL thread stopped" in status.stdout, \
@@ -260,14 +261,14 @@ def test_reads_see_their_writes_while_a_replica_sql_thread_is_stopped(cluster):
             with_token = run_pairs(client, 1000, "random", with_token=True)
             without = run_pairs(client, 1000, "random", with_token=False)
         finally:
-            salt_sql(cluster, "worker1", "START REPLICA SQL_THREAD")
+            salt_sql(cluster, "replica1", "START REPLICA SQL_THREAD")
     print(f"\n{with_token.line()}\n{without.line()}")
     assert (with_token.failed, with_token.pairs, with_token.stale) == (0, 1000, 0), \
         with_token.errors[:5]
     assert without.failed == 0 and without.pairs == 1000
-    assert set(with_token.nodes) <= {"worker2", "manager"}  # never the stopped replica
+    assert set(with_token.nodes) <= {"replica2", "primary"}  # never the stopped replica
     wait_until(lambda: "OUT of rotation" not in cluster.bootstrap("status", timeout=120).stdout,
-               60, "worker1 back in rotation", interval=1)
+               60, "replica1 back in rotation", interval=1)
 
 
 def test_second_up_reports_no_changes(cluster):
@@ -290,7 +291,8 @@ def test_down_leaves_nothing(cluster):
                                 check=True).stdout
     assert not any(ns in namespaces for ns in cluster.namespaces)
     links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
-    assert cluster.record["bridge"] not in {link["ifname"] for link in json.loads(links.stdout)}
+    bridge = cluster.record.provider_data["bridge"]
+    assert bridge not in {link["ifname"] for link in json.loads(links.stdout)}
     mounts = Path("/proc/self/mountinfo").read_text()
     for marker in (str(RUNTIME_ROOT / CLUSTER_NAME), str(cluster.directory)):
         assert marker not in mounts

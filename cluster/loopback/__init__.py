@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cluster.loopback.mariadb import MariaDBCluster
 from cluster.loopback.services import ServiceProcess
+from cluster.record import ClusterRecord, HostRecord
 
 
 def proxy_settings_for(db: MariaDBCluster, **overrides: str) -> dict[str, str]:
@@ -60,21 +61,17 @@ class LoopbackStack:
         self.proxy.stop()
         self.db.destroy()
 
-    def describe(self) -> dict:
-        """The cluster file's content, as the real providers write it."""
-        return {
-            "provider": "loopback",
-            "gatekeeper_url": self.gatekeeper.url,
-            "api_key": self.api_key,
-            "hosts": [
-                {"name": "gatekeeper", "role": "gatekeeper", "address": "127.0.0.1",
-                 "port": self.gatekeeper.port},
-                {"name": "proxy", "role": "proxy", "address": "127.0.0.1",
-                 "port": self.proxy.port},
-                *({"name": node.name, "role": "manager" if node is self.db.primary else "worker",
-                   "address": "127.0.0.1", "port": node.port} for node in self.db.nodes),
-            ],
-        }
+    def describe(self) -> ClusterRecord:
+        """The cluster record, as the real providers write it."""
+        return ClusterRecord(
+            provider="loopback", cluster_name="loopback", gatekeeper_url=self.gatekeeper.url,
+            api_key=self.api_key,
+            hosts=(
+                HostRecord("gatekeeper", "gatekeeper", "127.0.0.1", port=self.gatekeeper.port),
+                HostRecord("proxy", "proxy", "127.0.0.1", port=self.proxy.port),
+                *(HostRecord(node.name, "primary" if node is self.db.primary else "replica",
+                             "127.0.0.1", port=node.port) for node in self.db.nodes),
+            ))
 
     def __enter__(self) -> LoopbackStack:
         self.start()

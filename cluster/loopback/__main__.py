@@ -8,7 +8,7 @@ import threading
 
 from cluster.access import curl_line, key_from_json
 from cluster.loopback import LoopbackStack
-from cluster.state import remove_cluster_file, write_cluster_file
+from cluster.record import remove_record, write_record
 
 
 def main() -> None:
@@ -20,14 +20,14 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     with LoopbackStack(replicas=args.replicas, gatekeeper_port=args.port) as stack:
-        path = write_cluster_file("loopback", stack.describe())
+        path = write_record(stack.describe())
         print(f"Gatekeeper: {stack.gatekeeper.url}  (API key in {path})")
         print(f"  {curl_line(stack.gatekeeper.url, key_from_json(path))}")
         print("Ctrl-C stops everything.", flush=True)
         try:
             stopping.wait()
         finally:
-            remove_cluster_file("loopback")
+            remove_record("loopback")
 
 
 if __name__ == "__main__":

@@ -1,37 +1,103 @@
 """A MariaDB primary and GTID replicas on loopback ports, each in its own temporary directory.
 
-The same server settings as the Salt states apply (ROW binlog, GTID strict mode, replica
-updates logged, read-only replicas), so the services are tested against real replication.
+The database set-up is the Salt formula's, read through ``cluster.formula``: each server's
+option file is rendered from the formula's ``server.cnf.jinja`` with its server options (and its
+replica options on replicas), replicas follow the primary with the flavour's ``change_source``
+statement, and the primary gets the users, grants and schemas of ``db/users.sls`` and the
+heartbeat table of ``files/heartbeat.sql``. So the services are tested against the replication
+and the privileges they get when deployed. What only makes sense on one machine (ports, sockets,
+memory, the connect retry) is set here, in ``LOOPBACK_SERVER_FLAGS`` and beside it.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import jinja2
 import pymysql
 
+from cluster.formula import FORMULA_FILES, db_settings
 from cluster.loopback.processes import free_port, terminate
 from cluster.waiting import GiveUp, wait_until
 
+FLAVOUR = "mariadb"
 # The shared Sakila copy beside the checkout (../shared/datasets/sakila), unless told otherwise.
 SAKILA_DIR = Path(os.environ.get("SQLGATE_SAKILA_DIR") or
                   Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sakila")
-APP_SCHEMAS = ("sakila", "sqlgate", "sqlgate_test")
-HEARTBEAT_SQL = Path(__file__).resolve().parents[2] / "salt/sqlgate/files/heartbeat.sql"
+HEARTBEAT_SQL = FORMULA_FILES / "heartbeat.sql"
+SERVER_CNF_TEMPLATE = "server.cnf.jinja"
+
+# Loopback-only: the tests' own scratch schema (tests/conftest.py), beside the formula's
+# application schemas and with the same grants for `app`.
+TEST_SCHEMAS = ("sqlgate_test",)
+# Loopback-only server flags, given after the option file so they win over it: listen on
+# loopback only (the template binds every address, for the VPC), and stay small, since a test
+# run starts several trios on one machine; max_connections covers the Proxy's pools and the
+# load tests' clients.
+LOOPBACK_SERVER_FLAGS = ("--bind-address=127.0.0.1", "--innodb-buffer-pool-size=64M",
+                         "--max-connections=300")
+# The fault tests stop, kill and restart the primary and wait for the replicas to come back
+# into rotation; the formula's retry interval (5 s, fine for a real network) would add up to
+# 5 s to each of those waits, so the replicas here retry every second.
+CONNECT_RETRY_SECONDS = 1
 
 
 def mariadb_binaries() -> tuple[str, str]:
-    server = shutil.which("mariadbd") or shutil.which("mysqld") or "/usr/sbin/mariadbd"
-    installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    db = db_settings(FLAVOUR)
+    server = (shutil.which(Path(db["server_binary"]).name) or shutil.which("mysqld")
+              or db["server_binary"])
+    installer = shutil.which(shlex.split(db["initialise"])[0]) or shutil.which("mysql_install_db")
     if not Path(server).exists() or installer is None:
         raise RuntimeError("MariaDB is not installed: run `make system-packages` (as root)")
     return server, installer
+
+
+def install_command(installer: str, datadir: Path) -> list[str]:
+    """The formula's ``initialise`` command for ``datadir``, with this machine's installer, no
+    option files read (``--no-defaults`` must come first), and ``--user`` only when root."""
+    args = shlex.split(db_settings(FLAVOUR)["initialise"].format(datadir=datadir))
+    if os.geteuid() != 0:
+        args = [arg for arg in args if not arg.startswith("--user=")]
+    return [installer, "--no-defaults", *args[1:]]
+
+
+def change_source_sql(source: str, port: int, user: str, password: str) -> str:
+    """The flavour's ``change_source`` statement, with the loopback's connect retry."""
+    statement = db_settings(FLAVOUR)["change_source"].format(
+        source=source, port=port, user=user, password=password)
+    statement, count = re.subn(r"\b((?:MASTER|SOURCE)_CONNECT_RETRY)\s*=\s*\d+",
+                               rf"\g<1>={CONNECT_RETRY_SECONDS}", statement)
+    if count != 1:
+        raise ValueError(f"no single connect retry to override in {statement!r}")
+    return statement
+
+
+def server_option_file(*, server_id: int, port: int, socket: Path, datadir: Path,
+                       replica: bool) -> str:
+    """The formula's option file (``files/server.cnf.jinja``) for one loopback server, rendered
+    with the context db/config.sls gives it."""
+    db = db_settings(FLAVOUR)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(FORMULA_FILES),
+                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                     autoescape=False)
+    return environment.get_template(SERVER_CNF_TEMPLATE).render(
+        server_id=server_id, port=port, socket=socket, datadir=datadir,
+        binlog_expire_seconds=db["binlog_expire_seconds"], options=db["server_options"],
+        replica_options=db["replica_options"] if replica else {}) + "\n"
+
+
+def quoted(value: str) -> str:
+    """An SQL string literal's body."""
+    return value.replace("\\", "\\\\").replace("'", "''")
 
 
 @dataclass
@@ -40,22 +106,30 @@ class MariaDBNode:
     server_id: int
     datadir: Path
     port: int = field(default_factory=free_port)
-    read_only: bool = False
+    # A replica gets the formula's replica options (read-only) on top of its server options.
+    replica: bool = False
     process: subprocess.Popen | None = None
 
     @property
     def socket(self) -> Path:
         return self.datadir / "mysqld.sock"
 
+    @property
+    def option_file(self) -> Path:
+        """The rendered server.cnf, beside the data directory so that this stays the server's
+        own; rewritten at each start."""
+        return self.datadir.with_name(f"{self.datadir.name}.cnf")
+
     def start(self) -> None:
         server, _ = mariadb_binaries()
+        self.option_file.write_text(server_option_file(
+            server_id=self.server_id, port=self.port, socket=self.socket, datadir=self.datadir,
+            replica=self.replica))
+        self.option_file.chmod(0o644)  # the server ignores world-writable option files
         args = [
-            server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-            f"--port={self.port}", "--bind-address=127.0.0.1", f"--server-id={self.server_id}",
+            server, f"--defaults-file={self.option_file}",  # must come first
             f"--pid-file={self.datadir}/mysqld.pid", f"--log-error={self.datadir}/error.log",
-            f"--log-bin={self.datadir}/binlog", "--binlog-format=ROW", "--log-slave-updates=ON",
-            "--gtid-strict-mode=ON", "--skip-name-resolve", "--innodb-buffer-pool-size=64M",
-            "--max-connections=300", f"--read-only={'ON' if self.read_only else 'OFF'}",
+            *LOOPBACK_SERVER_FLAGS,
         ]
         if os.geteuid() == 0:
             args.append("--user=mysql")
@@ -106,20 +180,29 @@ class MariaDBNode:
     def source(self, path: Path) -> None:
         """Load an SQL file with the client, which understands DELIMITER."""
         with path.open("rb") as script:
-            subprocess.run(["mariadb", f"--socket={self.socket}", "-uroot"], stdin=script,
-                           check=True, capture_output=True)
+            subprocess.run([db_settings(FLAVOUR)["client"], f"--socket={self.socket}", "-uroot"],
+                           stdin=script, check=True, capture_output=True)
 
 
 class MariaDBCluster:
-    """One primary and ``replicas`` replicas replicating with GTID, plus the app users."""
+    """One primary and ``replicas`` replicas replicating with GTID, with the formula's users:
+    ``repl``, ``app`` and sysbench's ``sb@localhost``."""
 
-    def __init__(self, replicas: int = 2, app_password: str = "app-test-password") -> None:
+    def __init__(self, replicas: int = 2, app_password: str = "app-test-password",
+                 sb_password: str = "sysbench-loopback") -> None:
+        self.settings: dict[str, Any] = db_settings(FLAVOUR)
         self.root = Path(tempfile.mkdtemp(prefix="sqlgate-mariadb-"))
         self.app_user, self.app_password = "app", app_password
-        self.repl_password = "repl-test-password"
-        self.primary = MariaDBNode("manager", 1, self.root / "manager")
-        self.replicas = [MariaDBNode(f"worker{i}", i + 1, self.root / f"worker{i}", read_only=True)
+        self.repl_user, self.repl_password = "repl", "repl-test-password"
+        self.sb_user, self.sb_password = "sb", sb_password
+        self.primary = MariaDBNode("primary", 1, self.root / "primary")
+        self.replicas = [MariaDBNode(f"replica{i}", i + 1, self.root / f"replica{i}", replica=True)
                          for i in range(1, replicas + 1)]
+
+    @property
+    def app_schemas(self) -> tuple[str, ...]:
+        """The formula's application schemas, then the tests' own."""
+        return (*self.settings["app_schemas"], *TEST_SCHEMAS)
 
     @property
     def nodes(self) -> list[MariaDBNode]:
@@ -133,10 +216,7 @@ class MariaDBCluster:
             owner = pwd.getpwnam("mysql")
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
             os.chown(template, owner.pw_uid, owner.pw_gid)
-        subprocess.run([installer, "--no-defaults", f"--datadir={template}", "--skip-test-db",
-                        "--auth-root-authentication-method=socket",
-                        *(["--user=mysql"] if os.geteuid() == 0 else [])],
-                       check=True, capture_output=True)
+        subprocess.run(install_command(installer, template), check=True, capture_output=True)
         for node in self.nodes:  # a copied data directory starts faster than a fresh install
             shutil.copytree(template, node.datadir, symlinks=True)
             if os.geteuid() == 0:
@@ -152,23 +232,27 @@ class MariaDBCluster:
             raise
 
     def _configure(self) -> None:
-        primary = self.primary
-        primary.sql(f"CREATE USER 'repl'@'%' IDENTIFIED BY '{self.repl_password}'")
-        primary.sql("GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'")
+        """db/users.sls, db/replication.sls and db/heartbeat.sls, in SQL."""
+        primary, db = self.primary, self.settings
+        primary.sql(f"CREATE USER '{self.repl_user}'@'%' "
+                    f"IDENTIFIED BY '{quoted(self.repl_password)}'")
+        primary.sql(f"GRANT REPLICATION SLAVE ON *.* TO '{self.repl_user}'@'%'")
         for replica in self.replicas:
-            replica.sql(
-                f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, "
-                f"MASTER_USER='repl', MASTER_PASSWORD='{self.repl_password}', "
-                "MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos")
+            replica.sql(change_source_sql("127.0.0.1", primary.port, self.repl_user,
+                                          quoted(self.repl_password)))
             replica.sql("START SLAVE")
         # Everything below is replicated: users, schemas and data reach the replicas by GTID.
-        primary.sql(f"CREATE USER '{self.app_user}'@'%' IDENTIFIED BY '{self.app_password}'")
-        for schema in APP_SCHEMAS:
+        for schema in (*self.app_schemas, db["bench_schema"]):
             primary.sql(f"CREATE DATABASE IF NOT EXISTS {schema}")
-            primary.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, "
-                        f"CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, SHOW VIEW "
-                        f"ON {schema}.* TO '{self.app_user}'@'%'")
-        primary.sql(f"GRANT SLAVE MONITOR ON *.* TO '{self.app_user}'@'%'")
+        primary.sql(f"CREATE USER '{self.app_user}'@'%' "
+                    f"IDENTIFIED BY '{quoted(self.app_password)}'")
+        for schema in self.app_schemas:
+            primary.sql(f"GRANT {db['app_privileges']} ON {schema}.* TO '{self.app_user}'@'%'")
+        primary.sql(f"GRANT {db['monitor_privilege']} ON *.* TO '{self.app_user}'@'%'")
+        primary.sql(f"CREATE USER '{self.sb_user}'@'localhost' "
+                    f"IDENTIFIED BY '{quoted(self.sb_password)}'")
+        primary.sql(f"GRANT ALL PRIVILEGES ON {db['bench_schema']}.* "
+                    f"TO '{self.sb_user}'@'localhost'")
         primary.source(HEARTBEAT_SQL)
         self._load_sample_data()
         self.wait_for_replicas()

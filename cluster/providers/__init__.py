@@ -1,0 +1,48 @@
+"""Where the cluster's hosts run. Each subpackage is one provider: its ``__init__`` defines a
+``Provider`` subclass named ``PROVIDER`` (light imports only: ``bootstrap.py`` loads every
+provider to build its command line), and its other modules do the work.
+
+Adding a provider means adding one subpackage here; ``bootstrap.py`` finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+
+class Provider(ABC):
+    """``up``, ``status`` and ``down`` of one kind of host, each taking the parsed arguments and
+    returning an exit code (0: done and healthy). A provider raises ``ClusterError`` for what
+    the user can act on; ``bootstrap.py`` prints it as one line. ``up`` writes the cluster
+    record (``cluster.record``) that ``status``, ``down``, the demo and the load tests read."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """The provider's own options (the common ones are ``bootstrap.py``'s)."""
+
+    @abstractmethod
+    def up(self, args: argparse.Namespace) -> int: ...
+
+    @abstractmethod
+    def status(self, args: argparse.Namespace) -> int: ...
+
+    @abstractmethod
+    def down(self, args: argparse.Namespace) -> int: ...
+
+
+def providers() -> dict[str, type[Provider]]:
+    """Every provider of this package, by name."""
+    found: dict[str, type[Provider]] = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.ispkg:
+            provider = importlib.import_module(f"{__name__}.{module.name}").PROVIDER
+            found[provider.name] = provider
+    return dict(sorted(found.items()))

@@ -1,0 +1,117 @@
+"""Talking to the running cluster: the Gatekeeper over HTTP, Salt on the master over SSH.
+
+``status`` runs ``salt`` on the master through SSH as ``ubuntu`` with the admin key that ``up``
+imported, against a known_hosts line for the master's pre-generated host key (no
+trust-on-first-use). SSH is open to the admin CIDR only.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cluster import access
+from cluster.formula import db_settings
+from cluster.providers.aws.keys import ClusterKeys, known_hosts_line
+from cluster.record import ClusterRecord
+from cluster.topology import DATABASE_SERVICE, ROLES
+
+MASTER_ALIAS = "sqlgate-saltmaster"  # known_hosts name of the master, whatever its address
+HEALTH_POLL_S = 10
+AWS_DB_FLAVOUR = "mysql"  # Ubuntu's, as in salt/sqlgate/osmap.yaml
+
+
+def role_services() -> dict[str, str]:
+    """The service each role runs on AWS; the database's name comes from the formula."""
+    database = db_settings(AWS_DB_FLAVOUR)["service"]
+    return {role: database if spec.service == DATABASE_SERVICE else spec.service
+            for role, spec in ROLES.items() if spec.service}
+
+
+def write_known_hosts(path: Path, keys: ClusterKeys) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(known_hosts_line(MASTER_ALIAS, keys.ssh_host))
+
+
+def wait_for_health(url: str, deadline_s: float, say: Callable[[str], None]) -> bool:
+    """Poll ``url/health`` until it answers 200 or ``deadline_s`` passes; progress each minute."""
+    say(f"waiting up to {deadline_s / 60:.0f} min for {url}/health")
+    start = time.monotonic()
+    if not access.wait_for_health(url, deadline_s, poll_s=HEALTH_POLL_S, progress=say):
+        return False
+    say(f"{url}/health answered after {(time.monotonic() - start) / 60:.1f} min")
+    return True
+
+
+def print_access(url: str, cluster_file: Path, say: Callable[[str], None]) -> None:
+    for line in access.access_lines(url, f'"api_key" in {cluster_file}',
+                                    access.key_from_json(cluster_file)):
+        say(line)
+
+
+# --- Salt on the master ------------------------------------------------------------------
+
+def ssh_command(recorded: ClusterRecord, address: str, remote: list[str]) -> list[str]:
+    """``ssh`` to the master, host key pinned; the remote command quoted for its shell."""
+    ssh = recorded.provider_data
+    command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+               "-o", "StrictHostKeyChecking=yes", "-o", f"HostKeyAlias={MASTER_ALIAS}",
+               "-o", f"UserKnownHostsFile={ssh['known_hosts_file']}"]
+    if ssh.get("ssh_key_file"):
+        command += ["-i", ssh["ssh_key_file"], "-o", "IdentitiesOnly=yes"]
+    return [*command, f"{ssh.get('ssh_user', 'ubuntu')}@{address}", shlex.join(remote)]
+
+
+def salt_json(recorded: ClusterRecord, address: str, target: list[str], *fun: str) -> dict:
+    """``salt -L target fun...`` on the master; the minions' returns by id."""
+    remote = ["sudo", "salt", "--out=json", "--static", "--timeout=20", "-L", ",".join(target),
+              *fun]
+    done = subprocess.run(ssh_command(recorded, address, remote), capture_output=True, text=True,
+                          timeout=120, check=False)
+    if done.returncode not in (0, 1, 2) or not done.stdout.strip():
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
+                           else f"ssh exited {done.returncode}")
+    return json.loads(done.stdout)
+
+
+def print_remote_status(recorded: ClusterRecord, instances: dict[str, dict],
+                        say: Callable[[str], None]) -> int:
+    """Health, each host's service (through Salt: no answer = minion down) and replication."""
+    url = recorded.gatekeeper_url
+    healthy = bool(url) and access.health_ok(url)
+    say(f"gatekeeper {url}/health: {'ok' if healthy else 'NOT answering'}")
+    master = instances.get("saltmaster", {}).get("PublicIpAddress")
+    if not master:
+        say("the Salt master has no public address: cannot ask Salt")
+        return 1
+    roles = {h.name: h.role for h in recorded.hosts if h.role != "saltmaster"}
+    services = role_services()
+    say(f"through Salt on the master (ssh ubuntu@{master}):")
+
+    def ask(targets: list[str], call: tuple[str, ...]) -> dict:
+        return salt_json(recorded, master, targets, *call)
+
+    try:
+        running: dict[str, object] = {}
+        for service in sorted(set(services.values())):
+            targets = [name for name, role in roles.items() if services[role] == service]
+            running.update(ask(targets, ("service.status", service)))
+        replication = access.replication_report(
+            ask, sorted(name for name, role in roles.items() if role == "replica"),
+            sorted(name for name, role in roles.items() if role == "proxy"))
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+        say(f"  cannot reach Salt on the master: {error}")
+        return 1
+    for name, role in sorted(roles.items()):
+        state = {True: "running", False: "STOPPED"}.get(running.get(name), "no answer")
+        say(f"  {name:<12} {services[role]:<20} {state}")
+    all_ok = healthy and all(running.get(name) is True for name in roles)
+    for replica, (fields, rotation) in replication.items():
+        say(f"  {replica:<12} " + "  ".join(f"{k}={v}" for k, v in fields.items()))
+        say(f"  {'':<12} {rotation}")
+        all_ok = all_ok and access.replication_running(fields)
+    return 0 if all_ok else 1

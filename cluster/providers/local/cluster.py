@@ -1,0 +1,145 @@
+"""One local cluster: names, addresses and paths derived from the arguments, and the checks
+that the machine can hold it."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import ClusterError
+from cluster.providers.local.hosts import PRIVATE_DIRS, RUNTIME_ROOT, NamespaceHost, run, short_name
+from cluster.state import CLUSTER_DIR_ENV, PROJECT_ROOT, default_cluster_dir
+from cluster.topology import GATEKEEPER_PORT, SALT_MASTER, plan_hosts
+
+PROVIDER = "local"
+VENV_BIN = Path(sys.executable).parent
+# Resolved: the hosts must see the files where the path points, even through a symlink.
+SAKILA_DIR = (PROJECT_ROOT.parent / "shared" / "datasets" / "sakila").resolve()
+NEEDED_COMMANDS = ("ip", "nft", "nsenter", "unshare", "mount", "mariadbd", "supervisord", "curl")
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """Names, addresses and paths of one local cluster, all derived from the arguments."""
+
+    name: str
+    subnet: ipaddress.IPv4Network
+    hosts: list[NamespaceHost]  # the Salt master first, then the plan's hosts
+    state_dir: Path
+
+    @classmethod
+    def plan(cls, args: argparse.Namespace) -> LocalCluster:
+        try:
+            subnet = ipaddress.IPv4Network(args.subnet)
+        except ValueError as error:
+            raise ClusterError(f"--subnet {args.subnet}: {error}") from None
+        try:
+            planned = [SALT_MASTER, *plan_hosts(args.replicas)]
+        except ValueError as error:
+            raise ClusterError(f"--replicas {args.replicas}: {error}") from None
+        if subnet.num_addresses < len(planned) + 3:
+            raise ClusterError(f"--subnet {subnet} is too small for {len(planned)} hosts")
+        state_dir = (default_cluster_dir() / PROVIDER / args.cluster_name).resolve()
+        # /tmp is fine (the hosts keep seeing it there); the other private mounts hide it.
+        hidden = [m for m in (*PRIVATE_DIRS, "/run")
+                  if m != "/tmp" and state_dir.is_relative_to(m)]
+        if hidden:
+            raise ClusterError(f"the cluster directory {state_dir} is under {hidden[0]}, which "
+                               f"each host replaces with its own: choose another "
+                               f"{CLUSTER_DIR_ENV}")
+        hosts = [
+            NamespaceHost(cluster=args.cluster_name, name=host.name, role=host.role,
+                          address=str(subnet[index + 2]), prefix_len=subnet.prefixlen,
+                          index=index, state_dir=state_dir)
+            for index, host in enumerate(planned)
+        ]
+        return cls(args.cluster_name, subnet, hosts, state_dir)
+
+    @property
+    def bridge(self) -> str:
+        return short_name("sg", self.name, "br")
+
+    @property
+    def machine_address(self) -> str:
+        """The bridge's address: the machine, which plays the Internet and the admin."""
+        return str(self.subnet[1])
+
+    @property
+    def master(self) -> NamespaceHost:
+        return self.hosts[0]
+
+    @property
+    def minions(self) -> list[NamespaceHost]:
+        return self.hosts[1:]
+
+    def host(self, name: str) -> NamespaceHost:
+        return next(host for host in self.hosts if host.name == name)
+
+    def with_recorded_hosts(self, recorded: list[dict]) -> None:
+        """Add the hosts a record names that this plan lacks (``--replicas`` may have changed
+        since ``up``), so that ``down`` removes the cluster as it was made."""
+        known = {host.name for host in self.hosts}
+        for entry in recorded:
+            if entry["name"] not in known:
+                self.hosts.append(NamespaceHost(
+                    cluster=self.name, name=entry["name"], role=entry["role"],
+                    address=entry["address"], prefix_len=self.subnet.prefixlen,
+                    index=len(self.hosts), state_dir=self.state_dir))
+
+    @property
+    def gatekeeper_url(self) -> str:
+        return f"http://{self.host('gatekeeper').address}:{GATEKEEPER_PORT}"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return RUNTIME_ROOT / self.name
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state_dir / "secrets.json"
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.state_dir / "api_key"
+
+    def paths_hosts_read(self) -> list[Path]:
+        """The machine's directories the hosts use in place: the checkout (Salt tree, code),
+        the virtualenv running Salt, the cluster's state and the Sakila files."""
+        return [PROJECT_ROOT, Path(sys.prefix), self.state_dir, SAKILA_DIR]
+
+
+# --- checks ------------------------------------------------------------------------------
+
+def require_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise ClusterError(f"'{command} --provider local' needs root (namespaces, bridge, "
+                           "mounts): run it with sudo")
+
+
+def require_commands() -> None:
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = [name for name in NEEDED_COMMANDS if shutil.which(name, path=search) is None]
+    if missing:
+        raise ClusterError(f"missing {', '.join(missing)}: run 'make system-packages' as root")
+
+
+def require_free_subnet(cluster: LocalCluster) -> None:
+    """The subnet must not overlap a route of the machine, except our own bridge's."""
+    routes = json.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]")
+    for route in routes:
+        destination, device = route.get("dst", ""), route.get("dev", "")
+        if destination in ("default", "") or device == cluster.bridge:
+            continue
+        try:
+            network = ipaddress.IPv4Network(destination, strict=False)
+        except ValueError:
+            continue
+        if network.overlaps(cluster.subnet) and network.prefixlen > 0:
+            raise ClusterError(f"--subnet {cluster.subnet} overlaps the route {destination} "
+                               f"via {device}: pick another --subnet")

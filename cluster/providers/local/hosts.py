@@ -1,0 +1,260 @@
+"""Namespace "hosts" on one machine: the local provider's stand-in for VMs.
+
+A host is a network namespace (``ip netns``) with a veth on the cluster's bridge, plus a
+persistent mount and UTS namespace (bind-mounted files under ``/run/sqlgate/<cluster>``) in
+which it has its own hostname and private directories: ``/etc`` is an overlay over the
+machine's (so packages installed on the machine are the "image", and what Salt writes there,
+users included, stays in the host), and the data, log, cache and runtime directories are
+bind mounts of directories kept under the cluster's state directory. Everything a host runs is
+started inside all three namespaces, so ``ip netns pids`` lists all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import ClusterError
+
+NETNS_DIR = Path("/run/netns")
+RUNTIME_ROOT = Path("/run/sqlgate")
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Private directories of every host: mount point -> name of its directory in the state dir.
+PRIVATE_DIRS: dict[str, str] = {
+    "/var/lib/mysql": "var-lib-mysql",
+    "/var/log": "var-log",
+    "/var/cache/salt": "var-cache-salt",
+    "/var/cache/sqlgate": "var-cache-sqlgate",
+    "/opt/sqlgate": "opt-sqlgate",
+    "/tmp": "tmp",
+}
+
+
+def run(args: list[str], *, check: bool = True, input_data: bytes | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command on the machine, capturing its output as text."""
+    result = subprocess.run(args, input=input_data, capture_output=True, timeout=timeout,
+                            check=False)
+    completed = subprocess.CompletedProcess(result.args, result.returncode,
+                                            result.stdout.decode(errors="replace"),
+                                            result.stderr.decode(errors="replace"))
+    if check and completed.returncode != 0:
+        raise ClusterError(f"{shlex.join(args)} failed ({completed.returncode}): "
+                        f"{completed.stderr.strip() or completed.stdout.strip()}")
+    return completed
+
+
+def short_name(prefix: str, cluster: str, suffix: str = "") -> str:
+    """An interface name (at most 15 characters) unique to the cluster."""
+    digest = hashlib.sha1(cluster.encode()).hexdigest()[:6]
+    name = f"{prefix}{digest}{suffix}"
+    if len(name) > 15:
+        raise ValueError(f"interface name {name} is too long")
+    return name
+
+
+@dataclass(frozen=True)
+class NamespaceHost:
+    """One host of the local cluster and where its namespaces and files live."""
+
+    cluster: str
+    name: str
+    role: str
+    address: str
+    prefix_len: int
+    index: int
+    state_dir: Path
+
+    @property
+    def namespace(self) -> str:
+        return f"{self.cluster}-{self.name}"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return RUNTIME_ROOT / self.cluster
+
+    @property
+    def mount_ns(self) -> Path:
+        return self.runtime_dir / f"{self.name}.mnt"
+
+    @property
+    def uts_ns(self) -> Path:
+        return self.runtime_dir / f"{self.name}.uts"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.state_dir / "hosts" / self.name
+
+    @property
+    def veth(self) -> str:
+        return short_name("sg", self.cluster, f"h{self.index}")
+
+    # --- creation --------------------------------------------------------------------------
+
+    def network_exists(self) -> bool:
+        return (NETNS_DIR / self.namespace).exists()
+
+    def create_network(self, bridge: str) -> None:
+        """The namespace, its veth on the bridge and its address; no route off the subnet."""
+        run(["ip", "netns", "add", self.namespace])
+        peer = f"{self.veth}p"
+        run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", peer])
+        run(["ip", "link", "set", peer, "netns", self.namespace])
+        run(["ip", "link", "set", self.veth, "master", bridge, "up"])
+        inside = ["ip", "-n", self.namespace]
+        run([*inside, "link", "set", peer, "name", "eth0"])
+        run([*inside, "addr", "add", f"{self.address}/{self.prefix_len}", "dev", "eth0"])
+        run([*inside, "link", "set", "eth0", "up"])
+        run([*inside, "link", "set", "lo", "up"])
+
+    def system_exists(self) -> bool:
+        return self.mount_ns.exists() and _is_mount_point(self.mount_ns)
+
+    def create_system(self, keep_visible: Sequence[Path] = ()) -> None:
+        """The persistent mount and UTS namespaces: hostname, overlay ``/etc``, private dirs."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.mount_ns, self.uts_ns):
+            path.touch()
+        etc_upper, etc_work = self.files_dir / "etc-upper", self.files_dir / "etc-work"
+        for directory in (etc_upper, etc_work, *(self.files_dir / d
+                                                  for d in PRIVATE_DIRS.values())):
+            directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.files_dir / "tmp", 0o1777)
+        steps = [
+            f"hostname {shlex.quote(self.name)}",
+            "mount -t overlay overlay -o "
+            + shlex.quote(f"lowerdir=/etc,upperdir={etc_upper},workdir={etc_work}") + " /etc",
+            "mount -t tmpfs -o mode=0755 tmpfs /run",
+        ]
+        # /tmp last: the sources of the other mounts may live under the machine's /tmp.
+        for mount_point, directory in sorted(PRIVATE_DIRS.items(), key=lambda i: i[0] == "/tmp"):
+            if mount_point == "/tmp":
+                steps.extend(self._private_tmp_steps(keep_visible))
+                continue
+            source = shlex.quote(str(self.files_dir / directory))
+            steps.append(f"mkdir -p {mount_point} && mount --bind {source} {mount_point}")
+        run(["nsenter", f"--net={NETNS_DIR / self.namespace}", "unshare",
+             f"--mount={self.mount_ns}", f"--uts={self.uts_ns}", "--propagation", "private",
+             "sh", "-ec", " && ".join(steps)])
+
+    def _private_tmp_steps(self, keep_visible: Sequence[Path]) -> list[str]:
+        """Mount the host's own /tmp, keeping the machine's paths the host reads (the checkout,
+        the virtualenv, the cluster's state) where they were when they live under /tmp."""
+        under_tmp = [path.resolve() for path in keep_visible
+                     if path.resolve().is_relative_to("/tmp")]
+        stage = "/run/.sqlgate-keep"
+        steps = [f"mkdir -p {stage}"] if under_tmp else []
+        for number, path in enumerate(under_tmp):
+            steps.append(f"mkdir -p {stage}/{number} && "
+                         f"mount --bind {shlex.quote(str(path))} {stage}/{number}")
+        steps.append(f"mount --bind {shlex.quote(str(self.files_dir / PRIVATE_DIRS['/tmp']))}"
+                     " /tmp")
+        for number, path in enumerate(under_tmp):
+            target = shlex.quote(str(path))
+            steps.append(f"mkdir -p {target} && mount --bind {stage}/{number} {target}")
+        return steps
+
+    # --- use -------------------------------------------------------------------------------
+
+    def enter(self, args: list[str], env: dict[str, str] | None = None) -> list[str]:
+        """``args`` as a command line that runs inside this host, with a clean environment."""
+        environment = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8", **(env or {})}
+        return ["nsenter", f"--net={NETNS_DIR / self.namespace}", f"--mount={self.mount_ns}",
+                f"--uts={self.uts_ns}", "--", "env", "-i",
+                *(f"{k}={v}" for k, v in environment.items()), *args]
+
+    def run(self, args: list[str], *, check: bool = True, input_data: bytes | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return run(self.enter(args), check=check, input_data=input_data, timeout=timeout)
+
+    def start_daemon(self, args: list[str]) -> None:
+        """Start a self-daemonizing program in the host, detached from our terminal."""
+        subprocess.run(self.enter(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True, check=True,
+                       timeout=60)
+
+    def write_file(self, path: str, content: str, mode: int = 0o644) -> None:
+        """Write a file inside the host (through its own mounts, never the machine's)."""
+        script = 'umask 077; mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
+        self.run(["sh", "-c", script, "sh", path, f"{mode:o}"], input_data=content.encode())
+
+    def pids(self) -> list[int]:
+        if not self.network_exists():
+            return []
+        listed = run(["ip", "netns", "pids", self.namespace], check=False).stdout.split()
+        return [int(pid) for pid in listed if pid.isdigit()]
+
+    def command_lines(self) -> list[str]:
+        lines = []
+        for pid in self.pids():
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            lines.append(raw.replace(b"\0", b" ").decode(errors="replace").strip())
+        return lines
+
+    # --- removal ---------------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Namespaces and the veth (which goes with its namespace), once no process is left."""
+        stop_processes([self])
+        for path in (self.mount_ns, self.uts_ns):
+            if _is_mount_point(path):
+                run(["umount", str(path)])
+            path.unlink(missing_ok=True)
+        if self.network_exists():
+            run(["ip", "netns", "delete", self.namespace])
+
+
+def stop_processes(hosts: list[NamespaceHost], grace_s: float = 10) -> None:
+    """SIGTERM every process of the hosts at once, SIGKILL what is left after ``grace_s``.
+
+    Only the pids ``ip netns pids`` lists for these hosts are signalled, never by name.
+    """
+    deadline = time.monotonic() + grace_s
+    while pids := [pid for host in hosts for pid in host.pids()]:
+        now = time.monotonic()
+        if now >= deadline + 10:
+            raise ClusterError(f"processes {pids} survive SIGKILL")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if now >= deadline else signal.SIGTERM)
+        time.sleep(0.2)
+
+
+def _is_mount_point(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4] == target for line in mounts)
+
+
+def mount_points_under(directory: Path) -> list[str]:
+    prefix = str(directory)
+    with open("/proc/self/mountinfo") as mounts:
+        points = [line.split()[4] for line in mounts]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def make_private_mount(directory: Path) -> None:
+    """Bind ``directory`` on itself with private propagation, to hold namespace files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not _is_mount_point(directory):
+        run(["mount", "--bind", str(directory), str(directory)])
+        run(["mount", "--make-private", str(directory)])
+
+
+def release_private_mount(directory: Path) -> None:
+    if _is_mount_point(directory):
+        run(["umount", str(directory)])
+    if directory.exists():
+        directory.rmdir()

@@ -1,0 +1,103 @@
+"""Salt on the local cluster: the master and minions of ``cluster.salt_setup`` written into
+their namespace hosts, started from this machine's virtualenv, and the ``salt`` commands that
+``up`` and ``status`` run on the master."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cluster import salt_setup
+from cluster.errors import ClusterError
+from cluster.providers.local.cluster import VENV_BIN, LocalCluster
+from cluster.providers.local.hosts import NamespaceHost
+from cluster.state import PROJECT_ROOT, write_private
+from cluster.waiting import wait_until
+
+MINION_DEADLINE_S = 120
+ORCHESTRATION_TIMEOUT_S = 1200
+
+
+def hosts_file(cluster: LocalCluster) -> str:
+    lines = ["127.0.0.1 localhost", *(f"{h.address} {h.name}" for h in cluster.hosts)]
+    return "\n".join(lines) + "\n"
+
+
+def configure_salt(cluster: LocalCluster, fileserver: Path, pillar_dir: Path) -> None:
+    """Configs and pre-seeded keys: the master accepts exactly our minions, they trust it."""
+    master = cluster.master
+    keys = salt_setup.SaltKeys.load_or_create(cluster.state_dir / "salt-pki",
+                                              [m.name for m in cluster.minions])
+    master_config = salt_setup.master_config(
+        [str(PROJECT_ROOT / "salt"), str(fileserver)], str(pillar_dir),
+        interface=master.address, worker_threads=4, log_level_logfile="info")
+    for item in salt_setup.master_files(keys, master_config):
+        master.write_file(item.path, item.content, item.mode)
+    text = hosts_file(cluster)
+    for host in cluster.hosts:
+        host.write_file("/etc/hosts", text)
+    for minion in cluster.minions:
+        config = salt_setup.minion_config(
+            minion.name, master.address, enable_fqdns_grains=False, acceptance_wait_time=1,
+            random_reauth_delay=0, log_level_logfile="info")
+        for item in salt_setup.minion_files(keys, minion.name, config):
+            minion.write_file(item.path, item.content, item.mode)
+
+
+def runs(host: NamespaceHost, program: str) -> bool:
+    return any(program in line for line in host.command_lines())
+
+
+def start_salt(cluster: LocalCluster) -> None:
+    if not runs(cluster.master, "salt-master"):
+        cluster.master.start_daemon([str(VENV_BIN / "salt-master"), "-d"])
+    for minion in cluster.minions:
+        if not runs(minion, "salt-minion"):
+            minion.start_daemon([str(VENV_BIN / "salt-minion"), "-d"])
+
+
+def salt_command(cluster: LocalCluster) -> list[str]:
+    """``salt`` on the master, as a command line that runs from this machine."""
+    return cluster.master.enter([str(VENV_BIN / "salt")])
+
+
+def salt(cluster: LocalCluster, *args: str, timeout: float = 120) -> object:
+    """Run a ``salt`` command on the master; its JSON output."""
+    result = cluster.master.run([str(VENV_BIN / "salt"), "--out=json", "--static", *args],
+                                check=False, timeout=timeout)
+    try:
+        return json.loads(result.stdout or "{}")
+    except json.JSONDecodeError:
+        raise ClusterError(f"salt {' '.join(args)}: {result.stderr.strip()[-300:]}") from None
+
+
+def wait_for_minions(cluster: LocalCluster) -> None:
+    names = ",".join(m.name for m in cluster.minions)
+    answered: dict = {}
+
+    def all_answer() -> bool:
+        nonlocal answered
+        reply = salt(cluster, "-L", names, "test.ping", "-t", "5")
+        answered = reply if isinstance(reply, dict) else {}
+        return all(answered.get(m.name) is True for m in cluster.minions)
+
+    try:  # a master not answering yet raises ClusterError: tolerated until the deadline
+        wait_until(all_answer, MINION_DEADLINE_S, "the minions", interval=1,
+                   tolerate=(ClusterError,))
+    except TimeoutError:
+        missing = [m.name for m in cluster.minions if answered.get(m.name) is not True]
+        raise ClusterError(f"minions not answering after {MINION_DEADLINE_S}s: "
+                           f"{', '.join(missing)}") from None
+
+
+def orchestrate(cluster: LocalCluster) -> salt_setup.OrchestrationResult:
+    cluster.master.run([str(VENV_BIN / "salt-run"), "fileserver.update"], check=False)
+    result = cluster.master.run([str(VENV_BIN / "salt-run"), "state.orchestrate", "orch",
+                                 "--out=json"], check=False, timeout=ORCHESTRATION_TIMEOUT_S)
+    write_private(cluster.state_dir / "orchestrate.json", result.stdout)
+    try:
+        output = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise ClusterError("the orchestration printed no result: "
+                           f"{(result.stderr or result.stdout).strip()[-500:]}") from None
+    return salt_setup.summarize_orchestration(output)

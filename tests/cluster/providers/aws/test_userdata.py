@@ -1,0 +1,150 @@
+"""The user data the AWS provider renders: valid cloud-config, valid shell, within EC2's limit,
+and the master's wait-for-minions loop run for real against a stand-in ``salt`` command."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import textwrap
+
+import pytest
+import yaml
+
+from cluster.providers.aws.keys import ClusterKeys
+from cluster.providers.aws.userdata import (
+    TEMPLATES,
+    USER_DATA_LIMIT,
+    MasterBoot,
+    deploy_pins,
+    master_user_data,
+    minion_user_data,
+)
+from cluster.topology import plan_hosts
+
+MINIONS = [h.name for h in plan_hosts(20)]  # the largest cluster we promise to fit
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> ClusterKeys:
+    return ClusterKeys.load_or_create(tmp_path_factory.mktemp("keys"), MINIONS, "sqlgate")
+
+
+@pytest.fixture(scope="module")
+def rendered(keys) -> dict[str, str]:
+    url = "https://bucket.s3.amazonaws.com/bundle.tar.gz?X-Amz-Signature=a&b='c'"
+    master = master_user_data(MasterBoot(url, url + "&delete", "0" * 64, MINIONS), keys)
+    return {"saltmaster": master,
+            **{m: minion_user_data(m, "172.31.0.4", keys) for m in MINIONS}}
+
+
+def test_templates_are_valid_shell():
+    for script in TEMPLATES.glob("aws-*.sh"):
+        checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert checked.returncode == 0, (script.name, checked.stderr)
+
+
+def test_user_data_is_cloud_config_within_the_limit(rendered):
+    for host, text in rendered.items():
+        assert text.startswith("#cloud-config\n"), host
+        assert len(text.encode()) < USER_DATA_LIMIT, host
+        config = yaml.safe_load(text)
+        assert config["hostname"] == host
+        assert config["runcmd"] == [["/usr/local/sbin/sqlgate-bootstrap"]]
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
+def test_user_data_passes_cloud_init_schema(rendered, tmp_path):
+    for host in ("saltmaster", "replica1"):
+        path = tmp_path / f"{host}.yaml"
+        path.write_text(rendered[host])
+        checked = subprocess.run(["cloud-init", "schema", "--config-file", str(path)],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0 and "Valid cloud-config" in checked.stdout, checked.stderr
+
+
+def env_of(text: str) -> str:
+    files = {f["path"]: f["content"] for f in yaml.safe_load(text)["write_files"]}
+    return files["/etc/sqlgate/bootstrap.env"]
+
+
+def test_settings_survive_shell_quoting(rendered, tmp_path):
+    env_file = tmp_path / "bootstrap.env"
+    env_file.write_text(env_of(rendered["saltmaster"]))
+    shown = subprocess.run(["bash", "-c", f'. {env_file}; printf "%s\\n" "$BUNDLE_URL" '
+                            '"$SALT_VERSION" "$SALT_PIP_REQUIREMENTS" "$MINION_IDS"'],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    pins = deploy_pins()
+    assert shown == [
+        "https://bucket.s3.amazonaws.com/bundle.tar.gz?X-Amz-Signature=a&b='c'",
+        pins["salt"],
+        f"saltext.mysql=={pins['saltext.mysql']} PyMySQL=={pins['PyMySQL']}",
+        ",".join(MINIONS),
+    ]
+
+
+def run_wait_for_minions(tmp_path, answers_after: int, wait_seconds: int):
+    """Source the master's script with a fake ``salt`` that answers from call ``answers_after``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_salt = bin_dir / "salt"
+    fake_salt.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        calls=$(( $(cat {tmp_path}/calls 2>/dev/null || echo 0) + 1 ))
+        echo $calls > {tmp_path}/calls
+        for id in gatekeeper proxy; do
+            if [ $calls -ge {answers_after} ]; then echo "$id: True"; fi
+        done
+        echo "primary: Minion did not return. [No response]"
+        """))
+    fake_salt.chmod(0o755)
+    env_file = tmp_path / "bootstrap.env"
+    env_file.write_text(f"MINION_IDS=gatekeeper,proxy\nMINION_WAIT_SECONDS={wait_seconds}\n"
+                        "MINION_POLL_SECONDS=0.1\n")
+    script = TEMPLATES / "aws-master.sh"
+    return subprocess.run(
+        ["bash", "-c", f". {script}; wait_for_minions"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SQLGATE_ENV": str(env_file),
+             "SQLGATE_COMMON": str(TEMPLATES / "aws-common.sh")},
+        capture_output=True, text=True, timeout=60)
+
+
+def test_master_waits_until_every_minion_answers(tmp_path):
+    done = run_wait_for_minions(tmp_path, answers_after=3, wait_seconds=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "sqlgate-bootstrap: minions answering: 2/2"
+    assert (tmp_path / "calls").read_text().strip() == "3"
+
+
+def test_master_gives_up_after_its_deadline(tmp_path):
+    done = run_wait_for_minions(tmp_path, answers_after=10**6, wait_seconds=1)
+    assert done.returncode == 1
+    assert "timed out waiting for the minions (0/2 answered)" in done.stdout
+
+
+def run_wait_for_master(tmp_path, port: int, wait_seconds: int):
+    env_file = tmp_path / "minion.env"
+    env_file.write_text(f"MASTER_ADDRESS=127.0.0.1\nMASTER_PORT={port}\n"
+                        f"MASTER_WAIT_SECONDS={wait_seconds}\nMASTER_POLL_SECONDS=0.1\n")
+    return subprocess.run(
+        ["bash", "-c", f". {TEMPLATES / 'aws-minion.sh'}; wait_for_master"],
+        env={"PATH": "/usr/bin:/bin", "SQLGATE_ENV": str(env_file),
+             "SQLGATE_COMMON": str(TEMPLATES / "aws-common.sh")},
+        capture_output=True, text=True, timeout=60)
+
+
+def test_minion_waits_for_the_master_to_listen(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        done = run_wait_for_master(tmp_path, listener.getsockname()[1], wait_seconds=20)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_minion_gives_up_when_the_master_never_listens(tmp_path):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: connections are refused
+        done = run_wait_for_master(tmp_path, port, wait_seconds=1)
+    assert done.returncode == 1
+    assert f"the master 127.0.0.1:{port} did not answer in 1s" in done.stdout

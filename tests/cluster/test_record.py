@@ -1,0 +1,41 @@
+"""The cluster record: one typed shape for every provider, private on disk, and read back as
+written (provider-only details included)."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+from cluster.record import ClusterRecord, HostRecord, read_record, remove_record, write_record
+
+
+def sample() -> ClusterRecord:
+    return ClusterRecord(
+        provider="local", cluster_name="c", gatekeeper_url="http://10.0.0.3:80", api_key="k",
+        hosts=(HostRecord("replica1", "replica", "10.0.0.6", namespace="c-replica1"),
+               HostRecord("proxy", "proxy", "10.0.0.4", namespace="c-proxy"),
+               HostRecord("primary", "primary", "10.0.0.5", namespace="c-primary")),
+        salt_command=("nsenter", "salt"), sb_password="sb",
+        provider_data={"bridge": "sgabc123br"})
+
+
+def test_a_record_is_read_back_as_written_and_private(tmp_path):
+    record = sample()
+    path = write_record(record, tmp_path)
+    assert path == tmp_path / "local.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_record("local", tmp_path) == record
+    on_disk = json.loads(path.read_text())
+    assert "port" not in on_disk["hosts"][0]  # unset host fields stay out of the file
+    remove_record("local", tmp_path)
+    assert read_record("local", tmp_path) is None
+
+
+def test_database_hosts_come_primary_first():
+    assert [h.name for h in sample().db_hosts] == ["primary", "replica1"]
+
+
+def test_unknown_host_fields_of_a_newer_record_are_ignored():
+    data = sample().to_json()
+    data["hosts"][0]["zone"] = "eu-west-1a"
+    assert ClusterRecord.from_json(data).hosts[0].name == "replica1"

@@ -1,0 +1,185 @@
+"""Dead and silent backends: a clear 503/504 in bounded time, never a 500 or a hang.
+
+These tests stop real MariaDB servers, so they run their own Proxy and Gatekeeper and restart
+every server they stopped.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from cluster.loopback.processes import free_port
+from cluster.loopback.services import ServiceProcess
+from cluster.waiting import wait_until
+from tests.conftest import http, proxy_env
+
+
+@pytest.fixture
+def own_proxy(db_cluster, tmp_path) -> Iterator[ServiceProcess]:
+    service = ServiceProcess("services.proxy", proxy_env(db_cluster),
+                             log_path=tmp_path / "proxy.log")
+    with service.running():
+        yield service
+
+
+def read(proxy: ServiceProcess, mode: str = "random",
+         sql: str = "SELECT COUNT(*) FROM sakila.actor"):
+    return http(proxy.url + "/query", {"sql": sql, "mode": mode})
+
+
+def node_up(proxy: ServiceProcess, name: str) -> bool | None:
+    return proxy.health()[1]["nodes"][name]["up"]
+
+
+@pytest.fixture
+def restart_stopped(db_cluster):
+    """Whatever a test stops is started again, and caught up, before the next test."""
+    yield
+    for node in db_cluster.nodes:
+        if not node.running:
+            node.start()
+    db_cluster.wait_for_replicas()
+
+
+def test_a_stopped_replica_is_skipped_within_the_request(own_proxy, db_cluster, restart_stopped):
+    replica1 = db_cluster.replicas[0]
+    replica1.stop()
+    for _ in range(20):  # the very first ones may still pick replica1 and retry
+        answer = read(own_proxy)
+        assert answer.status == 200, answer.json
+        assert answer.json["node"] == "replica2"
+    assert node_up(own_proxy, "replica1") is False
+    replica1.start()
+    wait_until(lambda: own_proxy.health()[1]["nodes"]["replica1"]["in_rotation"], 15,
+               "replica1 to be back in rotation")
+    nodes = {read(own_proxy).json["node"] for _ in range(30)}
+    assert nodes == {"replica1", "replica2"}
+
+
+def test_reads_fall_back_to_the_primary_without_replicas(own_proxy, db_cluster, restart_stopped):
+    for replica in db_cluster.replicas:
+        replica.stop()
+    for mode in ("random", "ping"):
+        answer = read(own_proxy, mode)
+        assert answer.status == 200, answer.json
+        assert answer.json["node"] == "primary"
+    status, health = own_proxy.health()
+    assert status == 200 and health["status"] == "ok"
+
+
+def test_a_dead_primary_makes_writes_503_and_reads_go_on(own_proxy, db_cluster, restart_stopped):
+    db_cluster.primary.stop()
+    began = time.monotonic()
+    write = http(own_proxy.url + "/query",
+                 {"sql": "INSERT INTO sqlgate_test.items (name) VALUES ('lost')"})
+    assert write.status == 503, write.json
+    assert "primary" in str(write.json)
+    assert time.monotonic() - began < 5
+    assert read(own_proxy, "random").status == 200
+    direct = read(own_proxy, "direct")
+    assert direct.status == 503
+    wait_until(lambda: own_proxy.health()[1]["status"] == "degraded", 10, "degraded health")
+
+
+def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
+    """Slow statements filling the pool shed load with a 503; the node stays up for others."""
+    env = proxy_env(db_cluster, PROXY_POOL_MAX_SIZE="2", PROXY_CONNECT_TIMEOUT="1")
+    service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
+    with service.running():
+        slow = [threading.Thread(target=read, args=(service, "direct", "SELECT SLEEP(3)"))
+                for _ in range(2)]
+        for thread in slow:
+            thread.start()
+        wait_until(lambda: db_cluster.primary.sql(
+            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
+            "WHERE INFO = 'SELECT SLEEP(3)'")[0]["n"] == 2, 5, "both slow statements running")
+        busy = read(service, "direct")
+        assert busy.status == 503, busy.json
+        assert "busy" in str(busy.json["failures"])
+        assert read(service, "random").json["node"] in {"replica1", "replica2"}
+        assert node_up(service, "primary") is True  # busy, not down
+        for thread in slow:
+            thread.join(10)
+        assert read(service, "direct").status == 200
+
+
+def test_no_node_at_all_is_503_everywhere(db_cluster, tmp_path):
+    closed = [free_port() for _ in range(3)]
+    env = proxy_env(db_cluster, PROXY_PRIMARY=f"primary=127.0.0.1:{closed[0]}",
+                    PROXY_REPLICAS=f"replica1=127.0.0.1:{closed[1]},replica2=127.0.0.1:{closed[2]}")
+    service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
+    with service.running(expect_healthy=False):
+        status, health = service.health()
+        assert status == 503 and health["status"] == "unavailable"
+        answer = read(service)
+        assert answer.status == 503
+        assert answer.json["error"] == "no database node could serve this read"
+        # Replicas the monitor knows are down are not even tried; the primary is the last resort.
+        assert answer.json["failures"][-1].startswith("primary: ")
+        assert all(not node["up"] for node in health["nodes"].values())
+
+
+class SilentServer:
+    """Accepts TCP connections and never says a word: a hung MySQL server, on loopback."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_silent_node_costs_a_timeout_not_a_hang(db_cluster, tmp_path):
+    silent = SilentServer()
+    env = proxy_env(db_cluster, PROXY_PRIMARY=f"primary=127.0.0.1:{silent.port}",
+                    PROXY_CONNECT_TIMEOUT="1")
+    service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
+    try:
+        service.start()  # healthy: the replicas answer
+        began = time.monotonic()
+        answer = read(service, "direct")
+        assert answer.status == 503, answer.json
+        assert time.monotonic() - began < 4
+        assert read(service, "random").status == 200
+    finally:
+        service.stop()
+        silent.close()
+
+
+def test_the_gatekeeper_without_its_proxy_answers_503(api_key, tmp_path):
+    service = ServiceProcess("services.gatekeeper", {
+        "GATEKEEPER_LISTEN_ADDRESS": "127.0.0.1",
+        "GATEKEEPER_PROXY_URL": f"http://127.0.0.1:{free_port()}",
+        "GATEKEEPER_API_KEY": api_key,
+    }, log_path=tmp_path / "gatekeeper.log")
+    with service.running(expect_healthy=False):
+        answer = http(service.url + "/query", {"sql": "SELECT 1"}, {"X-API-Key": api_key})
+        assert answer.status == 503
+        assert "proxy is unreachable" in answer.json["error"]
+        status, health = service.health()
+        assert status == 503 and health["status"] == "unavailable"
+
+
+def test_the_services_stop_cleanly_on_sigterm(own_proxy):
+    process = own_proxy.process
+    own_proxy.stop()
+    assert process.returncode == 0
