@@ -52,7 +52,7 @@ def build_pillar(cluster_name: str, hosts: list[Host], secrets: ClusterSecrets, 
             "hosts": host_entries(minions),
             # The role table and the ports, so that top.sls, the orchestration and the services
             # follow cluster/topology.py, as the firewall does.
-            "roles": {role: {"states": ROLES[role].states, "step": ROLES[role].step}
+            "roles": {role: {"states": ROLES[role].states}
                       for role in MINION_ROLES},
             "role_order": list(MINION_ROLES),
             "ports": dict(PORTS),

@@ -23,12 +23,12 @@ DATABASE_SERVICE = "database"
 @dataclass(frozen=True)
 class RoleSpec:
     """What a role is, once for every part that needs it: the firewall group it sits in, the
-    SLS its minions get (top.sls), its orchestration step, the secrets its pillar holds, the
-    service it runs (status)."""
+    SLS its minions get (top.sls; the orchestration runs the roles in this table's order, one
+    step ``sqlgate-orch-<role>`` each), the secrets its pillar holds, the service it runs
+    (status)."""
 
     group: str
     states: str | None = None  # None: not a minion (the Salt master)
-    step: str | None = None
     secrets: tuple[str, ...] = ()
     service: str | None = None
 
@@ -38,14 +38,12 @@ class RoleSpec:
 # replicate to the replicas, so only the primary needs the application's passwords.
 ROLES: dict[str, RoleSpec] = {
     "saltmaster": RoleSpec("saltmaster"),
-    "primary": RoleSpec("database", "sqlgate.db.primary", "the primary is configured",
+    "primary": RoleSpec("database", "sqlgate.db.primary",
                         ("repl_password", "app_password", "sb_password"), DATABASE_SERVICE),
-    "replica": RoleSpec("database", "sqlgate.db.replica", "the replicas follow the primary",
-                       ("repl_password",), DATABASE_SERVICE),
-    "proxy": RoleSpec("proxy", "sqlgate.proxy", "the proxy is serving", ("app_password",),
-                      "sqlgate-proxy"),
-    "gatekeeper": RoleSpec("gatekeeper", "sqlgate.gatekeeper", "the gatekeeper is serving",
-                           ("api_key",), "sqlgate-gatekeeper"),
+    "replica": RoleSpec("database", "sqlgate.db.replica", ("repl_password",), DATABASE_SERVICE),
+    "proxy": RoleSpec("proxy", "sqlgate.proxy", ("app_password",), "sqlgate-proxy"),
+    "gatekeeper": RoleSpec("gatekeeper", "sqlgate.gatekeeper", ("api_key",),
+                           "sqlgate-gatekeeper"),
 }
 MINION_ROLES = tuple(role for role, spec in ROLES.items() if spec.states)
 DB_ROLES = tuple(role for role, spec in ROLES.items() if spec.group == "database")

@@ -21,6 +21,13 @@ __all__ = ["ApiError"]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 API_KEY_HEADER = "X-API-Key"  # the Gatekeeper's credential
+# What a key may do, weakest first: `read` runs reads only, `write` adds DML and transactions,
+# `admin` adds DDL. The Gatekeeper tells the Proxy (which enforces it, and whose database user
+# per scope enforces it again) the scope and the name of the key behind each request; the
+# Proxy trusts these headers only because it accepts nobody but the Gatekeeper's certificate.
+SCOPES = ("read", "write", "admin")
+SCOPE_HEADER = "X-Sqlgate-Scope"
+KEY_NAME_HEADER = "X-Sqlgate-Key"
 # Request ids are echoed in a response header, so only header-safe characters are accepted.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MODE = "direct"

@@ -18,24 +18,31 @@ class Provider(ABC):
     """``up``, ``status`` and ``down`` of one kind of host, each taking the parsed arguments and
     returning an exit code (0: done and healthy). A provider raises ``ClusterError`` for what
     the user can act on; ``bootstrap.py`` prints it as one line. ``up`` writes the cluster
-    record (``cluster.record``) that ``status``, ``down``, the demo and the load tests read."""
+    record (``cluster.record``) that ``status``, ``down``, the demo and the load tests read.
+
+    The commands live in the module named by ``commands`` (functions ``up``, ``status`` and
+    ``down``), imported only when one runs, so that building the command line stays light."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    commands: ClassVar[str]
 
     @classmethod
     @abstractmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         """The provider's own options (the common ones are ``bootstrap.py``'s)."""
 
-    @abstractmethod
-    def up(self, args: argparse.Namespace) -> int: ...
+    def _run(self, command: str, args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(self.commands), command)(args)
 
-    @abstractmethod
-    def status(self, args: argparse.Namespace) -> int: ...
+    def up(self, args: argparse.Namespace) -> int:
+        return self._run("up", args)
 
-    @abstractmethod
-    def down(self, args: argparse.Namespace) -> int: ...
+    def status(self, args: argparse.Namespace) -> int:
+        return self._run("status", args)
+
+    def down(self, args: argparse.Namespace) -> int:
+        return self._run("down", args)
 
 
 def providers() -> dict[str, type[Provider]]:

@@ -1,9 +1,12 @@
 {#- The whole cluster, one role after the other in the role table's order (cluster/topology.py,
-    carried by the pillar): the primary, then the replicas (which read the primary's address
-    from the mine), then the Proxy, then the Gatekeeper. The mine is refreshed before any state
-    reads it. Run with `salt-run state.orchestrate orch`. #}
+    carried by the pillar's `sqlgate:role_order`): the primary, then the replicas (which read the
+    primary's address from the mine), then the Proxy, then the Gatekeeper. Before any of them:
+    the formula's custom modules (salt/_modules, salt/_states) reach every minion, then fresh
+    pillar data, then the mine. Run with `salt-run state.orchestrate orch`.
+
+    State IDs: sqlgate-orch-sync, sqlgate-orch-pillar, sqlgate-orch-mine, and one
+    sqlgate-orch-<role> highstate per role that has minions. #}
 {%- set order = salt['pillar.get']('sqlgate:role_order', []) %}
-{%- set steps = salt['pillar.get']('sqlgate:roles', {}) %}
 {%- set members = {} %}
 {%- for role in order %}
 {%-   do members.update({role: []}) %}
@@ -16,30 +19,40 @@
 {%-   do everyone.extend(members[role]) %}
 {%- endfor %}
 
-every minion has fresh pillar data:
+sqlgate-orch-sync:
+  salt.function:
+    - name: saltutil.sync_all
+    - tgt: {{ everyone | join(',') }}
+    - tgt_type: list
+    - kwarg:
+        refresh: True
+
+sqlgate-orch-pillar:
   salt.function:
     - name: saltutil.refresh_pillar
     - tgt: {{ everyone | join(',') }}
     - tgt_type: list
     - kwarg:
         wait: True
+    - require:
+      - salt: sqlgate-orch-sync
 
-every minion publishes its private address to the mine:
+sqlgate-orch-mine:
   salt.function:
     - name: mine.update
     - tgt: {{ everyone | join(',') }}
     - tgt_type: list
     - require:
-      - salt: every minion has fresh pillar data
-{%- set previous = namespace(step='every minion publishes its private address to the mine') %}
+      - salt: sqlgate-orch-pillar
+{%- set previous = namespace(step='sqlgate-orch-mine') %}
 {%- for role in order if members[role] %}
 
-{{ steps[role].step }}:
+sqlgate-orch-{{ role }}:
   salt.state:
     - tgt: {{ members[role] | join(',') }}
     - tgt_type: list
     - highstate: True
     - require:
       - salt: {{ previous.step }}
-{%-   set previous.step = steps[role].step %}
+{%-   set previous.step = 'sqlgate-orch-' ~ role %}
 {%- endfor %}

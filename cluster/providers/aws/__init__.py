@@ -10,6 +10,7 @@ from cluster.providers import Provider
 
 class AwsProvider(Provider):
     name = "aws"
+    commands = "cluster.providers.aws.commands"
     description = "EC2 instances in the default VPC of an AWS account"
 
     @classmethod
@@ -24,18 +25,6 @@ class AwsProvider(Provider):
         group.add_argument("--dry-run", action="store_true", help="print what would be created")
         group.add_argument("--wait-minutes", type=int, default=40,
                            help="how long up waits for the Gatekeeper's /health (default: 40)")
-
-    def up(self, args: argparse.Namespace) -> int:
-        from cluster.providers.aws import commands
-        return commands.up(args)
-
-    def status(self, args: argparse.Namespace) -> int:
-        from cluster.providers.aws import commands
-        return commands.status(args)
-
-    def down(self, args: argparse.Namespace) -> int:
-        from cluster.providers.aws import commands
-        return commands.down(args)
 
 
 PROVIDER = AwsProvider

@@ -10,24 +10,13 @@ from cluster.providers import Provider
 
 class LocalProvider(Provider):
     name = "local"
+    commands = "cluster.providers.local.commands"
     description = "network-namespace hosts on this machine (needs root)"
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--subnet", default="10.213.0.0/24",
                            help="private subnet of the local 'VPC' bridge")
-
-    def up(self, args: argparse.Namespace) -> int:
-        from cluster.providers.local import commands
-        return commands.up(args)
-
-    def status(self, args: argparse.Namespace) -> int:
-        from cluster.providers.local import commands
-        return commands.status(args)
-
-    def down(self, args: argparse.Namespace) -> int:
-        from cluster.providers.local import commands
-        return commands.down(args)
 
 
 PROVIDER = LocalProvider

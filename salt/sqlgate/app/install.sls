@@ -12,11 +12,11 @@
 include:
   - .user
 
-python and venv are installed:
+sqlgate-app-packages:
   pkg.installed:
     - pkgs: {{ app.packages | json }}
 
-sqlgate source is on the host:
+sqlgate-app-source:
   file.recurse:
     - name: {{ app.src_dir }}
     - source: {{ app.source }}
@@ -29,7 +29,7 @@ sqlgate source is on the host:
       - sls: sqlgate.app.user
 {%- if app.wheelhouse %}
 
-wheelhouse is on the host:
+sqlgate-app-wheelhouse:
   file.recurse:
     - name: {{ app.wheelhouse_dir }}
     - source: {{ app.wheelhouse }}
@@ -37,18 +37,18 @@ wheelhouse is on the host:
     - dir_mode: '0755'
     - file_mode: '0644'
     - require_in:
-      - cmd: sqlgate code is installed in its virtualenv
+      - cmd: sqlgate-app-installed
 {%- endif %}
 
-sqlgate virtualenv exists:
+sqlgate-app-venv:
   cmd.run:
     - name: {{ app.python }} -m venv {{ app.venv }}
     - creates: {{ app.venv }}/bin/python
     - require:
-      - pkg: python and venv are installed
-      - file: service directories exist
+      - pkg: sqlgate-app-packages
+      - file: sqlgate-app-directories
 
-sqlgate code is installed in its virtualenv:
+sqlgate-app-installed:
   cmd.run:
     - name: >-
         build=$(mktemp -d) && cp -a {{ app.src_dir }}/. "$build"
@@ -56,5 +56,5 @@ sqlgate code is installed in its virtualenv:
         && {{ digest }} > {{ stamp }}; status=$?; rm -rf "$build"; exit $status
     - unless: {{ digest }} | cmp -s - {{ stamp }}
     - require:
-      - cmd: sqlgate virtualenv exists
-      - file: sqlgate source is on the host
+      - cmd: sqlgate-app-venv
+      - file: sqlgate-app-source

@@ -1,7 +1,8 @@
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
 {%- set app = sqlgate.app %}
 
-service user {{ app.user }} exists:
+{#- The services' unprivileged user. #}
+sqlgate-app-user:
   user.present:
     - name: {{ app.user }}
     - system: True
@@ -9,7 +10,8 @@ service user {{ app.user }} exists:
     - createhome: False
     - shell: /usr/sbin/nologin
 
-service directories exist:
+{#- Its home (root's), configuration (readable by its group) and log directories. #}
+sqlgate-app-directories:
   file.directory:
     - names:
       - {{ app.home }}:
@@ -25,4 +27,4 @@ service directories exist:
         - group: {{ app.user }}
         - mode: '0750'
     - require:
-      - user: service user {{ app.user }} exists
+      - user: sqlgate-app-user

@@ -5,7 +5,8 @@
 include:
   - .package
 
-database directories belong to the database user:
+{#- The database's directories belong to the database user. #}
+sqlgate-db-directories:
   file.directory:
     - names:
       - {{ db.datadir }}:
@@ -20,14 +21,16 @@ database directories belong to the database user:
     - require:
       - sls: sqlgate.db.package
 
-database data directory is initialised:
+{#- An empty data directory is initialised (the packages usually did it already). #}
+sqlgate-db-initialised:
   cmd.run:
     - name: {{ db.initialise.format(datadir=db.datadir) }}
     - creates: {{ db.datadir }}/mysql
     - require:
-      - file: database directories belong to the database user
+      - file: sqlgate-db-directories
 
-database server is configured for GTID replication:
+{#- The server's settings for GTID replication (files/server.cnf.jinja). #}
+sqlgate-db-config:
   file.managed:
     - name: {{ db.config_dir }}/{{ db.config_file_name }}
     - source: salt://sqlgate/files/server.cnf.jinja
@@ -41,6 +44,6 @@ database server is configured for GTID replication:
         datadir: {{ db.datadir }}
         binlog_expire_seconds: {{ db.binlog_expire_seconds }}
         options: {{ db.server_options | json }}
-        replica_options: {{ (db.replica_options if host.role == 'worker' else {}) | json }}
+        replica_options: {{ (db.replica_options if host.role == 'replica' else {}) | json }}
     - require:
       - sls: sqlgate.db.package

@@ -4,18 +4,20 @@
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
 {%- import_text tpldir.split('/')[0] ~ '/files/heartbeat.sql' as heartbeat_sql %}
 {%- set db = sqlgate.db %}
-{%- set client = db.client ~ ' --socket=' ~ db.socket %}
 
 include:
   - .users
 
 {#- The client reads the SQL from stdin (saltext.mysql's mysql_query breaks with PyMySQL). #}
-heartbeat table exists:
+sqlgate-db-heartbeat-table:
   cmd.run:
-    - name: {{ client }} sqlgate
+    - name: {{ db.client }} --socket={{ db.socket }} sqlgate
     - stdin: {{ heartbeat_sql | json }}
-    - unless: >-
-        test "$({{ client }} -N -e "SELECT COUNT(*) FROM information_schema.tables
-        WHERE table_schema = 'sqlgate' AND table_name = 'heartbeat'")" = 1
+    - unless:
+      - fun: sqlgate_db.table_exists
+        schema: sqlgate
+        table: heartbeat
+        client: {{ db.client }}
+        socket: {{ db.socket }}
     - require:
-      - mysql_database: schema sqlgate exists
+      - mysql_database: sqlgate-db-schema-sqlgate

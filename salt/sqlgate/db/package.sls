@@ -1,5 +1,5 @@
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
 
-database server packages are installed:
+sqlgate-db-packages:
   pkg.installed:
     - pkgs: {{ sqlgate.db.packages | json }}

@@ -1,4 +1,4 @@
-# The primary ("manager"): the server, its users, the Sakila sample database and the Proxy's
+# The primary: the server, its users, the Sakila sample database and the Proxy's
 # heartbeat table.
 include:
   - sqlgate.db

@@ -1,4 +1,4 @@
-# A read-only replica ("worker") that follows the primary by GTID.
+# A read-only replica that follows the primary by GTID.
 include:
   - sqlgate.db
   - sqlgate.db.replication

@@ -1,42 +1,30 @@
-{#- Replication from the primary, by GTID. No Salt state exists for this, so it is SQL guarded by
-    the replica's own status: a second highstate changes nothing. The password goes on stdin,
-    never on a command line or in the state output. #}
+{#- Replication from the primary, by GTID, with the formula's own states
+    (_states/sqlgate_replication.py): they read the replica's status, so a second highstate
+    changes nothing. The password goes to the client on stdin, never on a command line or into
+    the state output. #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, roles, address_of with context %}
 {%- set db = sqlgate.db %}
-{%- set fields = db.status_fields %}
-{%- set primary = roles.manager[0] %}
-{%- set source = address_of(primary) %}
-{%- set client = db.client ~ ' --socket=' ~ db.socket %}
-{%- set status = client ~ " -e 'SHOW REPLICA STATUS\\G'" %}
-{%- set user = 'repl' %}
-{#- The source this replica should follow, as SHOW REPLICA STATUS\G prints it (anchored lines;
-    dots escaped for grep -E). #}
-{%- set wanted = [fields.source_host ~ ': ' ~ source | replace('.', '\\.'),
-                  fields.source_port ~ ': ' ~ sqlgate.ports.mysql,
-                  fields.source_user ~ ': ' ~ user] %}
 
 include:
   - .service
 
-replica follows the primary {{ primary }}:
-  cmd.run:
-    - name: {{ client }} --batch
-    - stdin: |
-        STOP REPLICA;
-        {{ db.change_source.format(source=source, port=sqlgate.ports.mysql, user=user,
-                                   password=sqlgate.secrets.repl_password) }};
-        START REPLICA;
-    - unless: >-
-        test "$({{ status }} | grep -cxE ' *({{ wanted | join('|') }})')" -eq {{ wanted | length }}
+{#- The replica follows the primary (the flavour's CHANGE statement, flavours.yaml). #}
+sqlgate-db-replication-source:
+  sqlgate_replication.following:
+    - source: {{ address_of(roles.primary[0]) }}
+    - port: {{ sqlgate.ports.mysql }}
+    - user: repl
+    - password: {{ sqlgate.secrets.repl_password | json }}
+    - change_source: {{ db.change_source | json }}
+    - client: {{ db.client }}
+    - socket: {{ db.socket }}
     - require:
-      - cmd: {{ db.service }} is ready
+      - cmd: {{ db.service }}-ready
 
-{#- An IO thread still `Connecting` (the primary restarting, a network blip) is running: it
-    retries by itself, and START REPLICA would change nothing. #}
-replica threads are running:
-  cmd.run:
-    - name: {{ client }} -e 'START REPLICA'
-    - unless: >-
-        test "$({{ status }} | grep -cxE ' *({{ fields.io_running }}: (Yes|Connecting)|{{ fields.sql_running }}: Yes)')" -eq 2
+{#- Its IO and SQL threads run (an IO thread still `Connecting` counts as running). #}
+sqlgate-db-replication-running:
+  sqlgate_replication.running:
+    - client: {{ db.client }}
+    - socket: {{ db.socket }}
     - require:
-      - cmd: replica follows the primary {{ primary }}
+      - sqlgate_replication: sqlgate-db-replication-source

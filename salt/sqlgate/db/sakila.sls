@@ -3,7 +3,8 @@
     directory holding sakila-schema.sql and sakila-data.sql, or the URL of the official archive. #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
 {%- set sakila = sqlgate.sakila %}
-{%- set client = sqlgate.db.client ~ ' --socket=' ~ sqlgate.db.socket %}
+{%- set db = sqlgate.db %}
+{%- set client = db.client ~ ' --socket=' ~ db.socket %}
 
 include:
   - .users
@@ -11,7 +12,7 @@ include:
 {%- if sakila.source.startswith(('http://', 'https://')) %}
 {%-   set directory = sakila.cache_dir ~ '/sakila-db' %}
 
-sakila archive is downloaded and unpacked:
+sqlgate-db-sakila-archive:
   archive.extracted:
     - name: {{ sakila.cache_dir }}
     - source: {{ sakila.source }}
@@ -22,17 +23,20 @@ sakila archive is downloaded and unpacked:
 {%-   endif %}
     - if_missing: {{ directory }}/sakila-data.sql
     - require_in:
-      - cmd: sakila sample database is loaded
+      - cmd: sqlgate-db-sakila-loaded
 {%- else %}
 {%-   set directory = sakila.source %}
 {%- endif %}
 
-sakila sample database is loaded:
+sqlgate-db-sakila-loaded:
   cmd.run:
     - name: >-
         {{ client }} < {{ directory }}/sakila-schema.sql
         && {{ client }} < {{ directory }}/sakila-data.sql
-    - unless: >-
-        test "$({{ client }} -N -e 'SELECT COUNT(*) FROM sakila.store' 2>/dev/null)" -gt 0
+    - unless:
+      - fun: sqlgate_db.has_rows
+        table: sakila.store
+        client: {{ db.client }}
+        socket: {{ db.socket }}
     - require:
       - sls: sqlgate.db.users

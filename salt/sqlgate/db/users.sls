@@ -2,30 +2,32 @@
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
 {%- set db = sqlgate.db %}
 {%- set secrets = sqlgate.secrets %}
+{%- set ready = db.service ~ '-ready' %}
 
 include:
   - .service
 
 {%- for schema in db.app_schemas + [db.bench_schema] %}
 
-schema {{ schema }} exists:
+sqlgate-db-schema-{{ schema }}:
   mysql_database.present:
     - connection_unix_socket: {{ db.socket }}
     - name: {{ schema }}
     - require:
-      - cmd: {{ db.service }} is ready
+      - cmd: {{ ready }}
 {%- endfor %}
 
-replication user repl exists:
+{#- `repl`: the replicas read the binary log as this user. #}
+sqlgate-db-users-repl:
   mysql_user.present:
     - connection_unix_socket: {{ db.socket }}
     - name: repl
     - host: '%'
     - password: {{ secrets.repl_password | json }}
     - require:
-      - cmd: {{ db.service }} is ready
+      - cmd: {{ ready }}
 
-replication user repl may read the binary log:
+sqlgate-db-grants-repl:
   mysql_grants.present:
     - connection_unix_socket: {{ db.socket }}
     - grant: REPLICATION SLAVE
@@ -33,19 +35,20 @@ replication user repl may read the binary log:
     - user: repl
     - host: '%'
     - require:
-      - mysql_user: replication user repl exists
+      - mysql_user: sqlgate-db-users-repl
 
-application user app exists:
+{#- `app`: the Proxy's user, working in the application schemas only. #}
+sqlgate-db-users-app:
   mysql_user.present:
     - connection_unix_socket: {{ db.socket }}
     - name: app
     - host: '%'
     - password: {{ secrets.app_password | json }}
     - require:
-      - cmd: {{ db.service }} is ready
+      - cmd: {{ ready }}
 {%- for schema in db.app_schemas %}
 
-application user app works in schema {{ schema }} only:
+sqlgate-db-grants-app-{{ schema }}:
   mysql_grants.present:
     - connection_unix_socket: {{ db.socket }}
     - grant: {{ db.app_privileges }}
@@ -53,11 +56,12 @@ application user app works in schema {{ schema }} only:
     - user: app
     - host: '%'
     - require:
-      - mysql_user: application user app exists
-      - mysql_database: schema {{ schema }} exists
+      - mysql_user: sqlgate-db-users-app
+      - mysql_database: sqlgate-db-schema-{{ schema }}
 {%- endfor %}
 
-application user app may watch replication:
+{#- The Proxy's monitor reads SHOW REPLICA STATUS with the flavour's privilege. #}
+sqlgate-db-grants-app-monitor:
   mysql_grants.present:
     - connection_unix_socket: {{ db.socket }}
     - grant: {{ db.monitor_privilege }}
@@ -65,18 +69,19 @@ application user app may watch replication:
     - user: app
     - host: '%'
     - require:
-      - mysql_user: application user app exists
+      - mysql_user: sqlgate-db-users-app
 
-benchmark user sb exists on localhost:
+{#- `sb@localhost`: sysbench, owning its own schema. #}
+sqlgate-db-users-sb:
   mysql_user.present:
     - connection_unix_socket: {{ db.socket }}
     - name: sb
     - host: localhost
     - password: {{ secrets.sb_password | json }}
     - require:
-      - cmd: {{ db.service }} is ready
+      - cmd: {{ ready }}
 
-benchmark user sb owns schema {{ db.bench_schema }}:
+sqlgate-db-grants-sb:
   mysql_grants.present:
     - connection_unix_socket: {{ db.socket }}
     - grant: ALL PRIVILEGES
@@ -84,5 +89,5 @@ benchmark user sb owns schema {{ db.bench_schema }}:
     - user: sb
     - host: localhost
     - require:
-      - mysql_user: benchmark user sb exists on localhost
-      - mysql_database: schema {{ db.bench_schema }} exists
+      - mysql_user: sqlgate-db-users-sb
+      - mysql_database: sqlgate-db-schema-{{ db.bench_schema }}

@@ -9,13 +9,15 @@ include:
   - sqlgate.app
 {%- if sqlgate.service_manager != 'systemd' %}
 
-unprivileged processes may bind the gatekeeper port:
+{#- Unprivileged processes may bind the Gatekeeper's port (supervisor hosts). #}
+sqlgate-gatekeeper-low-ports:
   sysctl.present:
     - name: net.ipv4.ip_unprivileged_port_start
     - value: {{ sqlgate.ports.gatekeeper }}
 {%- endif %}
 
-gatekeeper API key is in its own file:
+{#- The API key, in a file only the service user reads. #}
+sqlgate-gatekeeper-key:
   file.managed:
     - name: {{ app.config_dir }}/gatekeeper.key
     - user: {{ app.user }}
@@ -26,7 +28,7 @@ gatekeeper API key is in its own file:
     - require:
       - sls: sqlgate.app.user
 
-gatekeeper settings are written:
+sqlgate-gatekeeper-env:
   file.managed:
     - name: {{ app.config_dir }}/gatekeeper.env
     - user: root

@@ -13,9 +13,9 @@ include:
                    command=app.venv ~ '/bin/python -m services.gatekeeper --env-file '
                            ~ app.config_dir ~ '/gatekeeper.env',
                    user=app.user, capabilities=['CAP_NET_BIND_SERVICE'],
-                   watch=[{'file': 'gatekeeper settings are written'},
-                          {'file': 'gatekeeper API key is in its own file'},
-                          {'cmd': 'sqlgate code is installed in its virtualenv'}],
+                   watch=[{'file': 'sqlgate-gatekeeper-env'},
+                          {'file': 'sqlgate-gatekeeper-key'},
+                          {'cmd': 'sqlgate-app-installed'}],
                    require=[{'sls': 'sqlgate.gatekeeper.config'}, {'sls': 'sqlgate.app'}],
                    ready='curl -fsS -o /dev/null http://127.0.0.1:' ~ sqlgate.ports.gatekeeper
                          ~ '/health') }}

@@ -6,19 +6,20 @@
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, roles, address_of with context %}
 {%- set app = sqlgate.app %}
 {%- set port = sqlgate.ports.mysql %}
-{%- set primary = roles.manager[0] %}
+{%- set primary = roles.primary[0] %}
 
 include:
   - sqlgate.app
 
-the service's group may ping:
+{#- The service's group, and only it, may open datagram ICMP sockets. #}
+sqlgate-proxy-ping-group:
   sysctl.present:
     - name: net.ipv4.ping_group_range
     - value: '__slot__:salt:cmd.shell("echo $(id -g {{ app.user }}) $(id -g {{ app.user }})")'
     - require:
       - sls: sqlgate.app.user
 
-proxy settings are written:
+sqlgate-proxy-env:
   file.managed:
     - name: {{ app.config_dir }}/proxy.env
     - user: root
@@ -30,7 +31,7 @@ proxy settings are written:
         PROXY_LISTEN_ADDRESS=0.0.0.0
         PROXY_PORT={{ sqlgate.ports.proxy }}
         PROXY_PRIMARY={{ primary }}={{ address_of(primary) }}:{{ port }}
-        PROXY_REPLICAS={% for name in roles.worker %}{{ name }}={{ address_of(name) }}:{{ port }}{{ '' if loop.last else ',' }}{% endfor %}
+        PROXY_REPLICAS={% for name in roles.replica %}{{ name }}={{ address_of(name) }}:{{ port }}{{ '' if loop.last else ',' }}{% endfor %}
         PROXY_DB_USER=app
         PROXY_DB_PASSWORD={{ sqlgate.secrets.app_password | quote }}
         PROXY_PING_PRIVILEGED=false

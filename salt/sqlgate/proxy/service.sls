@@ -13,7 +13,7 @@ include:
                    command=app.venv ~ '/bin/python -m services.proxy --env-file '
                            ~ app.config_dir ~ '/proxy.env',
                    user=app.user,
-                   watch=[{'file': 'proxy settings are written'},
-                          {'cmd': 'sqlgate code is installed in its virtualenv'}],
+                   watch=[{'file': 'sqlgate-proxy-env'},
+                          {'cmd': 'sqlgate-app-installed'}],
                    require=[{'sls': 'sqlgate.proxy.config'}, {'sls': 'sqlgate.app'}],
                    ready='curl -fsS -o /dev/null http://127.0.0.1:' ~ sqlgate.ports.proxy ~ '/health') }}

@@ -4,7 +4,8 @@
 include:
   - .package
 
-supervisor has its socket, log and program directories:
+{#- supervisord's socket, log and program directories. #}
+sqlgate-supervisor-directories:
   file.directory:
     - names:
       - {{ supervisor.run_dir }}:
@@ -17,7 +18,7 @@ supervisor has its socket, log and program directories:
     - require:
       - sls: sqlgate.supervisor.package
 
-supervisord has its configuration:
+sqlgate-supervisor-config:
   file.managed:
     - name: {{ supervisor.config_file }}
     - source: salt://sqlgate/files/supervisord.conf.jinja
@@ -26,4 +27,4 @@ supervisord has its configuration:
     - context:
         supervisor: {{ supervisor | json }}
     - require:
-      - file: supervisor has its socket, log and program directories
+      - file: sqlgate-supervisor-directories

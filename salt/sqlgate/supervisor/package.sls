@@ -1,5 +1,5 @@
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
 
-supervisor is installed:
+sqlgate-supervisor-package:
   pkg.installed:
     - pkgs: {{ sqlgate.supervisor.packages | json }}

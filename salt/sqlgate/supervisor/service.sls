@@ -5,7 +5,8 @@
 include:
   - .config
 
-supervisord is running:
+{#- supervisord runs and answers on its socket. #}
+sqlgate-supervisor-running:
   cmd.run:
     - name: >-
         supervisord -c {{ sqlgate.supervisor.config_file }} </dev/null >/dev/null 2>&1
@@ -14,10 +15,11 @@ supervisord is running:
     - require:
       - sls: sqlgate.supervisor.config
 
-supervisord rereads its configuration when it changes:
+{#- It rereads its configuration when that changes. #}
+sqlgate-supervisor-reload:
   cmd.run:
     - name: {{ ctl }} reload && timeout 30 sh -c "until {{ answers }}; do sleep 0.2; done"
     - onchanges:
-      - file: supervisord has its configuration
+      - file: sqlgate-supervisor-config
     - require:
-      - cmd: supervisord is running
+      - cmd: sqlgate-supervisor-running

@@ -159,14 +159,14 @@ def test_cluster_directory_under_tmp_is_fine(monkeypatch):
 
 def test_the_pillar_carries_the_role_table_and_the_ports_of_the_firewall():
     """top.sls, the orchestration and the services read roles and ports from the pillar, made
-    from cluster/topology.py like the firewall rules, so no role can lack its states, step or
+    from cluster/topology.py like the firewall rules, so no role can lack its states or
     secrets, and no service can listen where the firewall does not let traffic in."""
     from cluster.topology import INGRESS_RULES, MINION_ROLES, ROLES
     pillar = build_pillar("c", plan_hosts(2), ClusterSecrets.generate(), provider="local",
                           sakila_source="/data/sakila")["sqlgate"]
     assert pillar["role_order"] == ["primary", "replica", "proxy", "gatekeeper"]
     for role in MINION_ROLES:
-        assert pillar["roles"][role] == {"states": ROLES[role].states, "step": ROLES[role].step}
+        assert pillar["roles"][role] == {"states": ROLES[role].states}
         assert ROLES[role].secrets and ROLES[role].service
     assert set(SECRETS_OF_ROLE) == set(MINION_ROLES)
     opened = {(rule.group, rule.ports[0]) for rule in INGRESS_RULES if rule.ports}

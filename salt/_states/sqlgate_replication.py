@@ -1,0 +1,168 @@
+"""A replica of the sqlgate formula: it follows its source by GTID, and its threads run.
+
+Both states read the replica's own status (``sqlgate_db.replica_status``, MySQL 8's field names
+on both flavours), so a second run changes nothing; both honour ``test=True``. The password goes
+to the client on stdin, and never into a comment, a change or a log line.
+
+.. code-block:: yaml
+
+    sqlgate-db-replication-source:
+      sqlgate_replication.following:
+        - source: 10.0.0.12          # the primary's private address
+        - port: 3306
+        - user: repl
+        - password: secret
+        - change_source: >-          # the flavour's statement (flavours.yaml), str.format'ed
+            CHANGE MASTER TO MASTER_HOST='{source}', MASTER_PORT={port},
+            MASTER_USER='{user}', MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos
+        - client: mariadb            # optional, as for the sqlgate_db functions
+        - socket: /run/mysqld/mysqld.sock
+
+    sqlgate-db-replication-running:
+      sqlgate_replication.running:
+        - require:
+          - sqlgate_replication: sqlgate-db-replication-source
+"""
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "sqlgate_replication"
+
+HIDDEN = "********"
+# The status fields that say which source a replica follows, and as whom.
+SOURCE_FIELDS = ("Source_Host", "Source_Port", "Source_User")
+# An IO thread still connecting (the primary restarting, a network blip) retries by itself:
+# START REPLICA would change nothing.
+IO_RUNNING = ("Yes", "Connecting")
+
+
+def __virtual__():
+    if "sqlgate_db.replica_status" in __salt__:  # noqa: F821 (a Salt dunder)
+        return __virtualname__
+    return (False, "the sqlgate_db execution module is not loaded (run saltutil.sync_all)")
+
+
+def _db(function, *args, **kwargs):
+    return __salt__[f"sqlgate_db.{function}"](*args, **kwargs)  # noqa: F821 (a Salt dunder)
+
+
+def _testing():
+    return bool(__opts__.get("test"))  # noqa: F821 (a Salt dunder)
+
+
+def _escaped(value):
+    """``value`` for the inside of an SQL string literal."""
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _hide(text, password):
+    """``text`` without the password (a client's error may quote the statement)."""
+    text = str(text)
+    if password:
+        for form in {str(password), _escaped(password)}:
+            text = text.replace(form, HIDDEN)
+    return text
+
+
+def _where(fields):
+    """``user@host:port`` of a status's source fields."""
+    return "{}@{}:{}".format(*(fields.get(name) or "?" for name in
+                               ("Source_User", "Source_Host", "Source_Port")))
+
+
+def following(name, source, password, change_source, port=3306, user="repl", client=None,
+              socket=None):
+    """The replica follows ``source``:``port`` as ``user`` by GTID.
+
+    When its status names another source, port or user (or none: not a replica yet), it runs
+    ``STOP REPLICA``, ``change_source`` formatted with ``source``, ``port``, ``user`` and
+    ``password`` (each escaped for an SQL string literal), and ``START REPLICA``.
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        ret["comment"] = f"port must be a number, not {port!r}"
+        return ret
+    wanted = {"Source_Host": str(source), "Source_Port": str(port), "Source_User": str(user)}
+    try:
+        status = _db("replica_status", client=client, socket=socket)
+    except CommandExecutionError as error:
+        ret["comment"] = f"Cannot read the replica's status: {_hide(error, password)}"
+        return ret
+    current = {field: status.get(field) for field in SOURCE_FIELDS}
+    if current == wanted:
+        ret.update(result=True, comment=f"The replica already follows {_where(wanted)}")
+        return ret
+
+    old = _where(current) if status else None
+    changes = {"source": {"old": old, "new": _where(wanted)}}
+    if _testing():
+        ret.update(result=None, changes=changes,
+                   comment=f"The replica would follow {_where(wanted)} "
+                           f"(now: {old or 'not a replica'})")
+        return ret
+
+    statement = change_source.format(source=_escaped(source), port=port, user=_escaped(user),
+                                     password=_escaped(password))
+    try:
+        _db("execute", f"STOP REPLICA;\n{statement};\nSTART REPLICA;\n", client=client,
+            socket=socket)
+        status = _db("replica_status", client=client, socket=socket)
+    except CommandExecutionError as error:
+        ret["comment"] = (f"Could not make the replica follow {_where(wanted)}: "
+                          f"{_hide(error, password)}")
+        return ret
+    now = {field: status.get(field) for field in SOURCE_FIELDS}
+    if now != wanted:
+        ret["comment"] = (f"After the change the replica follows {_where(now)}, "
+                          f"not {_where(wanted)}")
+        return ret
+    ret.update(result=True, changes=changes,
+               comment=f"The replica follows {_where(wanted)}")
+    return ret
+
+
+def running(name, client=None, socket=None):
+    """The replica's IO and SQL threads run (an IO thread ``Connecting`` counts as running):
+    ``START REPLICA`` when one of them does not."""
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        status = _db("replica_status", client=client, socket=socket)
+    except CommandExecutionError as error:
+        ret["comment"] = f"Cannot read the replica's status: {error}"
+        return ret
+    if not status:
+        ret["comment"] = "Not a replica: no source to start replicating from"
+        return ret
+    io, sql = status.get("Replica_IO_Running"), status.get("Replica_SQL_Running")
+    if io in IO_RUNNING and sql == "Yes":
+        ret.update(result=True,
+                   comment=f"The replication threads are running (IO: {io}, SQL: {sql})")
+        return ret
+
+    stopped = {field: value for field, value in
+               (("Replica_IO_Running", io), ("Replica_SQL_Running", sql))
+               if value not in (IO_RUNNING if field == "Replica_IO_Running" else ("Yes",))}
+    if _testing():
+        ret.update(result=None, comment="START REPLICA would run",
+                   changes={field: {"old": value, "new": "Yes"}
+                            for field, value in stopped.items()})
+        return ret
+    try:
+        _db("execute", "START REPLICA", client=client, socket=socket)
+        status = _db("replica_status", client=client, socket=socket)
+    except CommandExecutionError as error:
+        ret["comment"] = f"START REPLICA failed: {error}"
+        return ret
+    ret["changes"] = {field: {"old": value, "new": status.get(field)}
+                      for field, value in stopped.items()}
+    io, sql = status.get("Replica_IO_Running"), status.get("Replica_SQL_Running")
+    if io in IO_RUNNING and sql == "Yes":
+        ret.update(result=True, comment=f"Started the replication threads (IO: {io}, SQL: {sql})")
+    else:
+        errors = "; ".join(status[field] for field in ("Last_IO_Error", "Last_SQL_Error")
+                           if status.get(field))
+        ret["comment"] = (f"After START REPLICA the threads are IO: {io}, SQL: {sql}"
+                          + (f" ({errors})" if errors else ""))
+    return ret
