@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Launch the cluster's hosts and let Salt configure them.
 
-    python bootstrap.py up     [--provider aws|local] [--replicas N] ...
+    python bootstrap.py up     [--provider aws|local] [--replicas N] [--tls-cert F --tls-key F]
     python bootstrap.py status [--provider aws|local]
     python bootstrap.py down   [--provider aws|local]
+    python bootstrap.py keys   list|add NAME|revoke NAME [--scope S] [--rate R] [--burst B]
+                               [--apply] [--provider aws|local]
 
-Each provider is a subpackage of ``cluster.providers`` offering ``up``, ``status`` and ``down``;
-their errors reach the user as one line and exit code 2.
+Each provider is a subpackage of ``cluster.providers`` offering ``up``, ``status``, ``down``
+and ``keys``; their errors reach the user as one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ import argparse
 import sys
 
 from cluster.errors import run_command
+from cluster.keys import DEFAULT_BURST, DEFAULT_RATE, DEFAULT_SCOPE
 from cluster.providers import Provider, providers
+from services.contract import SCOPES
 
 DEFAULT_PROVIDER = "aws"
+COMMANDS = {
+    "up": "launch (or complete) the cluster and configure it through Salt",
+    "status": "the hosts, their services and replication",
+    "down": "remove everything up made",
+    "keys": "list, add or revoke the cluster's API keys",
+}
 
 
-def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.ArgumentParser:
-    known = known or providers()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("up", "status", "down"))
+def _common(parser: argparse.ArgumentParser, known: dict[str, type[Provider]]) -> None:
     parser.add_argument("--provider", choices=sorted(known), default=DEFAULT_PROVIDER,
                         help=f"where the hosts run (default: {DEFAULT_PROVIDER})")
     parser.add_argument("--cluster-name", default="sqlgate",
@@ -32,6 +39,46 @@ def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.Arg
     for name, provider in known.items():
         provider.add_arguments(parser.add_argument_group(f"{name} provider",
                                                          provider.description))
+
+
+def _up_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "public certificate", "the Gatekeeper's HTTPS certificate; by default one signed by "
+        "the cluster's own CA (see the record's ca_file)")
+    group.add_argument("--tls-cert", metavar="FILE",
+                       help="your certificate for the public endpoint (full chain, PEM), e.g. "
+                            "Let's Encrypt's fullchain.pem; kept for the next ups")
+    group.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+
+
+def _keys_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "add", "revoke"))
+    parser.add_argument("name", nargs="?", help="the key's name (add, revoke)")
+    parser.add_argument("--scope", choices=SCOPES, default=DEFAULT_SCOPE,
+                        help=f"what the key may do (add; default: {DEFAULT_SCOPE})")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                        help=f"requests per second, 0 = unlimited (add; default: "
+                             f"{DEFAULT_RATE:g})")
+    parser.add_argument("--burst", type=int, default=DEFAULT_BURST,
+                        help=f"the most requests at once: the bucket's size (add; default: "
+                             f"{DEFAULT_BURST})")
+    parser.add_argument("--apply", action="store_true",
+                        help="apply the key set to the running Gatekeeper now (through Salt), "
+                             "instead of at the next up")
+
+
+def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.ArgumentParser:
+    known = known or providers()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     title="commands")
+    for command, summary in COMMANDS.items():
+        sub = commands.add_parser(command, help=summary, description=summary)
+        if command == "keys":
+            _keys_options(sub)
+        _common(sub, known)
+        if command == "up":
+            _up_options(sub)
     return parser
 
 

@@ -160,3 +160,50 @@ def covers(cert_pem: str, names: Iterable[str]) -> bool:
     present = {str(v) for v in alt.get_values_for_type(x509.IPAddress)} | \
         set(alt.get_values_for_type(x509.DNSName))
     return set(names) <= present
+
+
+def load_or_issue(directory: Path, ca: CertificateAuthority, name: str,
+                  names: Iterable[str] = ()) -> Issued:
+    """``name``'s certificate kept under ``directory``, issued again only when it no longer
+    covers ``names`` or nears its end: a second ``up`` then changes no file on any host."""
+    wanted = [name, *names]
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    if cert_path.exists() and key_path.exists() and covers(cert_path.read_text(), wanted):
+        return Issued(cert_path.read_text(), key_path.read_text(), ca.cert_pem)
+    # Every cluster host is both a server (its service) and a client (of the next hop).
+    issued = ca.issue(name, names, server=True, client=True)
+    write_private(key_path, issued.key)
+    write_private(cert_path, issued.cert)
+    return issued
+
+
+@dataclass(frozen=True)
+class ClusterTls:
+    """The certificates of one cluster: the CA, one certificate per host (by host name), and
+    optionally the public certificate the user brings for the Gatekeeper (``ca`` empty)."""
+
+    ca: str
+    hosts: dict[str, Issued]
+    public: Issued | None = None
+
+    @classmethod
+    def load_or_create(cls, directory: Path, cluster_name: str,
+                       hosts: dict[str, Iterable[str]],
+                       public: Issued | None = None) -> ClusterTls:
+        """``hosts``: host name -> the other names and addresses its certificate must carry."""
+        ca = CertificateAuthority.load_or_create(directory, cluster_name)
+        return cls(ca.cert_pem,
+                   {name: load_or_issue(directory / "hosts", ca, name, names)
+                    for name, names in hosts.items()},
+                   public)
+
+
+def load_public(cert_file: Path, key_file: Path) -> Issued:
+    """A certificate the user brings for the public endpoint (full chain first, then the key);
+    refused early when the key does not belong to the certificate."""
+    cert_pem, key_pem = cert_file.read_text(), key_file.read_text()
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        raise ValueError(f"{key_file} is not the key of {cert_file}")
+    return Issued(cert_pem, key_pem, "")

@@ -3,7 +3,8 @@ the demo and the load tests, the same shape for every provider.
 
 The common fields are typed here; what only one provider needs (the AWS region and SSH files,
 the local bridge) stays in ``provider_data``, read by that provider alone. The record holds the
-API key, so it is written with mode 0600.
+API key, so it is written with mode 0600. Next to it, ``<provider>-ca.crt`` is the certificate
+that clients check the Gatekeeper's HTTPS against (``ca_file``; a certificate is no secret).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class ClusterRecord:
     salt_command: tuple[str, ...] = ()
     sb_password: str | None = None
     provider_data: dict = field(default_factory=dict)
+    # The CA that signed the Gatekeeper's public certificate, for clients to verify it with
+    # (curl --cacert); None when the certificate is the user's own, publicly trusted one.
+    ca_file: str | None = None
 
     def host(self, name: str) -> HostRecord:
         return next(host for host in self.hosts if host.name == name)
@@ -65,11 +69,25 @@ class ClusterRecord:
                    gatekeeper_url=data.get("gatekeeper_url"), api_key=data["api_key"],
                    hosts=hosts, salt_command=tuple(data.get("salt_command") or ()),
                    sb_password=data.get("sb_password"),
-                   provider_data=dict(data.get("provider_data") or {}))
+                   provider_data=dict(data.get("provider_data") or {}),
+                   ca_file=data.get("ca_file"))
 
 
 def record_path(provider: str, directory: Path | None = None) -> Path:
     return (directory or default_cluster_dir()) / f"{provider}.json"
+
+
+def ca_path(provider: str, directory: Path | None = None) -> Path:
+    """Where ``up`` copies the cluster CA's certificate for clients: next to the record."""
+    return (directory or default_cluster_dir()) / f"{provider}-ca.crt"
+
+
+def write_ca(provider: str, cert_pem: str, directory: Path | None = None) -> Path:
+    """Copy the CA certificate next to the record; readable by everyone (it is public, and the
+    user who ran ``up`` with sudo needs it for curl)."""
+    path = write_private(ca_path(provider, directory), cert_pem)
+    path.chmod(0o644)
+    return path
 
 
 def write_record(record: ClusterRecord, directory: Path | None = None) -> Path:
@@ -86,4 +104,6 @@ def read_record(provider: str, directory: Path | None = None) -> ClusterRecord |
 
 
 def remove_record(provider: str, directory: Path | None = None) -> None:
+    """The record and the CA copy next to it."""
     record_path(provider, directory).unlink(missing_ok=True)
+    ca_path(provider, directory).unlink(missing_ok=True)

@@ -9,12 +9,14 @@ and minions configured the same way:
   ``open_mode`` off), and every minion is pre-seeded with the master's public key, so no side
   trusts on first use;
 * the master serves the formula (``salt/``) and the project's code from its file roots and the
-  generated pillar from its pillar root.
+  generated pillar from its pillar root;
+* the master runs as the unprivileged ``salt`` user (as the onedir packages install it), so the
+  pillar, which holds every secret of the cluster, must be that user's and nobody else's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,9 @@ MASTER_CONFIG = "/etc/salt/master.d/sqlgate.conf"
 MINION_CONFIG = "/etc/salt/minion.d/sqlgate.conf"
 MASTER_PKI = "/etc/salt/pki/master"
 MINION_PKI = "/etc/salt/pki/minion"
+MASTER_USER = "salt"
+# What the master writes besides its keys; ``MASTER_USER`` must own them.
+MASTER_DIRS = (MASTER_PKI, "/var/cache/salt/master", "/var/log/salt", "/var/run/salt")
 # Orchestration steps that only prepare the minions (sync, pillar, mine): their returns are
 # bookkeeping, not changes of a host's configuration (salt/orch/init.sls).
 PREPARATION_STEPS = ("sqlgate-orch-sync", "sqlgate-orch-pillar", "sqlgate-orch-mine")
@@ -87,9 +92,11 @@ class SaltKeys:
 
 
 def master_config(file_roots: list[str], pillar_root: str, **settings: object) -> dict:
-    """The master's settings: serve these trees; never accept a key nobody pre-seeded.
-    ``settings`` adds what one provider needs (the interface to listen on, log levels)."""
+    """The master's settings: run as ``MASTER_USER``, serve these trees, never accept a key
+    nobody pre-seeded. ``settings`` adds what one provider needs (the interface to listen on,
+    log levels)."""
     return {
+        "user": MASTER_USER,
         "auto_accept": False,
         "open_mode": False,
         "file_roots": {"base": list(file_roots)},
@@ -158,16 +165,34 @@ def summarize_orchestration(output: dict) -> OrchestrationResult:
         if step_id in PREPARATION_STEPS:
             continue
         for minion, states in (step.get("changes", {}).get("ret") or {}).items():
-            if not isinstance(states, dict):
-                continue
-            for state_key, state in states.items():
-                if not isinstance(state, dict):
-                    continue
-                state_id = _state_id(state_key)
-                if state.get("changes"):
-                    changed.setdefault(minion, []).append(state_id)
-                if state.get("result") is False:
-                    stderr = str((state.get("changes") or {}).get("stderr", ""))[-400:]
-                    failed.append(f"{minion}: {state_id}: {str(state.get('comment'))[:300]}"
-                                  + (f" stderr: {stderr}" if stderr else ""))
+            if isinstance(states, dict):
+                _collect(minion, states, changed, failed)
     return OrchestrationResult(not failed, changed, failed)
+
+
+def summarize_states(returns: Mapping[str, object], minions: list[str]) -> OrchestrationResult:
+    """The same summary for ``salt --out=json <minions> state.apply ...``: a minion that did
+    not answer, or answered with render errors (a list) rather than states, failed."""
+    changed: dict[str, list[str]] = {}
+    failed: list[str] = []
+    for minion in minions:
+        states = returns.get(minion)
+        if isinstance(states, dict):
+            _collect(minion, states, changed, failed)
+        else:
+            failed.append(f"{minion}: {str(states)[:400] if states else 'no answer'}")
+    return OrchestrationResult(not failed, changed, failed)
+
+
+def _collect(minion: str, states: dict, changed: dict[str, list[str]],
+             failed: list[str]) -> None:
+    for state_key, state in states.items():
+        if not isinstance(state, dict):
+            continue
+        state_id = _state_id(state_key)
+        if state.get("changes"):
+            changed.setdefault(minion, []).append(state_id)
+        if state.get("result") is False:
+            stderr = str((state.get("changes") or {}).get("stderr", ""))[-400:]
+            failed.append(f"{minion}: {state_id}: {str(state.get('comment'))[:300]}"
+                          + (f" stderr: {stderr}" if stderr else ""))

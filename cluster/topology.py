@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-GATEKEEPER_PORT = 80
+GATEKEEPER_PORT = 443
+# Plain HTTP on the Gatekeeper only answers with a redirect to HTTPS; it never reaches the API.
+REDIRECT_PORT = 80
 PROXY_PORT = 5000
 MYSQL_PORT = 3306
 SALT_PORTS = (4505, 4506)
@@ -33,23 +35,28 @@ class RoleSpec:
     service: str | None = None
 
 
+# The Proxy's database passwords: one user per scope, and its health monitor's.
+PROXY_DB_SECRETS = ("app_read_password", "app_write_password", "app_admin_password",
+                    "monitor_password")
+
 # The roles in orchestration order: the primary, then the replicas (which read the primary's
 # address from the mine), then the Proxy, then the Gatekeeper. Users live on the primary and
-# replicate to the replicas, so only the primary needs the application's passwords.
+# replicate to the replicas, so only the primary needs the users' passwords. The Gatekeeper
+# holds no secret of the cluster: its pillar carries the API keys' hashes, never the keys.
 ROLES: dict[str, RoleSpec] = {
     "saltmaster": RoleSpec("saltmaster"),
     "primary": RoleSpec("database", "sqlgate.db.primary",
-                        ("repl_password", "app_password", "sb_password"), DATABASE_SERVICE),
+                        ("repl_password", *PROXY_DB_SECRETS, "sb_password"), DATABASE_SERVICE),
     "replica": RoleSpec("database", "sqlgate.db.replica", ("repl_password",), DATABASE_SERVICE),
-    "proxy": RoleSpec("proxy", "sqlgate.proxy", ("app_password",), "sqlgate-proxy"),
-    "gatekeeper": RoleSpec("gatekeeper", "sqlgate.gatekeeper", ("api_key",),
-                           "sqlgate-gatekeeper"),
+    "proxy": RoleSpec("proxy", "sqlgate.proxy", PROXY_DB_SECRETS, "sqlgate-proxy"),
+    "gatekeeper": RoleSpec("gatekeeper", "sqlgate.gatekeeper", (), "sqlgate-gatekeeper"),
 }
 MINION_ROLES = tuple(role for role, spec in ROLES.items() if spec.states)
 DB_ROLES = tuple(role for role, spec in ROLES.items() if spec.group == "database")
 GROUP_OF_ROLE: dict[str, str] = {role: spec.group for role, spec in ROLES.items()}
 GROUPS = tuple(dict.fromkeys(GROUP_OF_ROLE.values()))
-PORTS = {"gatekeeper": GATEKEEPER_PORT, "proxy": PROXY_PORT, "mysql": MYSQL_PORT}
+PORTS = {"gatekeeper": GATEKEEPER_PORT, "redirect": REDIRECT_PORT, "proxy": PROXY_PORT,
+         "mysql": MYSQL_PORT}
 
 # Special sources of traffic besides the groups themselves.
 INTERNET = "internet"  # anywhere: on AWS 0.0.0.0/0, locally the machine itself
@@ -85,9 +92,11 @@ class IngressRule:
 
 INGRESS_RULES: tuple[IngressRule, ...] = (
     IngressRule("gatekeeper", "tcp", INTERNET, (GATEKEEPER_PORT, GATEKEEPER_PORT),
-                "the only public entry point"),
+                "the only public entry point (HTTPS)"),
+    IngressRule("gatekeeper", "tcp", INTERNET, (REDIRECT_PORT, REDIRECT_PORT),
+                "plain HTTP, answered only with a redirect to HTTPS"),
     IngressRule("proxy", "tcp", "gatekeeper", (PROXY_PORT, PROXY_PORT),
-                "the Proxy takes queries from the Gatekeeper only"),
+                "the Proxy takes queries from the Gatekeeper only (mutual TLS)"),
     IngressRule("database", "tcp", "proxy", (MYSQL_PORT, MYSQL_PORT),
                 "the Proxy runs SQL on every node"),
     IngressRule("database", "tcp", "database", (MYSQL_PORT, MYSQL_PORT),

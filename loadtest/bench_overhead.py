@@ -1,7 +1,8 @@
-"""What the HTTP layers cost: the same statements straight to MariaDB, through the Proxy, and
-through the Gatekeeper, side by side in one run.
+"""What the HTTP layers cost, and what security costs: the same statements straight to MariaDB,
+through the Proxy, and through the Gatekeeper, each in the secure and the plain configuration
+of the same code, side by side in one run.
 
-    python -m loadtest.bench_overhead [--seconds 5] [--clients 1 16]
+    python -m loadtest.bench_overhead [--seconds 5] [--clients 1 16] [--baseline REF]
 
 It starts its own loopback stack (a MariaDB primary with two replicas, the Proxy, the
 Gatekeeper), so the numbers compare like with like on this machine. The HTTP load comes from
@@ -10,6 +11,23 @@ the driver floor is asyncmy itself. Reads use ``mode=random`` (a replica); inser
 primary whatever the mode. A batch is one ``POST /batch`` of 50 point selects run
 independently (``transaction: false``), against the driver running the same 50 in a row on
 one connection; its ``stmts/s`` column counts statements.
+
+The two configurations, on the same servers:
+
+- ``(TLS)``, as deployed: HTTPS to the Gatekeeper, whose key is checked against the keys file
+  (a hash, in constant time, and a token bucket set never to run dry); mutual TLS from the
+  Gatekeeper to the Proxy; TLS from the Proxy to every server, as the scope's own user (a pool
+  per scope). The driver row connects over TLS as the scope's user too.
+- ``(plain)``, the development set-up: plain HTTP everywhere, an inline key, one database user
+  without TLS (so the bench lets its servers take plain connections, and makes that user).
+
+wrk does not verify certificates and cannot show a client certificate; the client check is
+part of the TLS handshake, once per keep-alive connection, so it costs nothing per request. The
+``proxy (TLS)`` row is measured on a Proxy like the deployed one without the client check; the
+``gatekeeper (TLS)`` row goes through the deployed Proxy, client check included.
+
+``--baseline REF`` runs the Proxy and Gatekeeper of another commit beside these, in the plain
+configuration (older commits know no TLS option), compared with the ``(plain)`` rows.
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -29,20 +48,31 @@ from pathlib import Path
 import asyncmy
 import numpy as np
 
-from cluster.loopback import LoopbackStack
+from cluster.keys import KeySet
+from cluster.loopback import LoopbackStack, proxy_settings_for
+from cluster.loopback.mariadb import DbUser, MariaDBCluster, quoted
 from cluster.loopback.services import PROJECT_ROOT, ServiceProcess
-from services.client import Client
+from cluster.waiting import wait_until
+from services.contract import SCOPE_HEADER
 
 POINT_SELECT = "SELECT actor_id, first_name, last_name FROM sakila.actor WHERE actor_id = 17"
 INSERT_PREFIX = "INSERT INTO sqlgate_test.bench (k, v) VALUES ("
 BATCH_SIZE = 50
 OPERATIONS = ("point select", "insert", "batch")
 TARGETS = {"gatekeeper_rps_16": 2000.0, "gatekeeper_p50_1_ms": 1.0}
+SECURE, PLAIN = "TLS", "plain"
+# What each operation needs of the database, as the Gatekeeper would tell the Proxy for a key.
+SCOPE_OF = {"point select": "read", "insert": "write", "batch": "read"}
+# The bench's key: write scope, with a bucket that never runs dry (it is still checked).
+BENCH_KEY_NAME, BENCH_KEY_SCOPE, BENCH_KEY_RATE = "bench", "write", 1_000_000.0
+# The plain rows' one database user: the old single-user shape (no TLS, every right the
+# scopes have together, and the health monitor's).
+PLAIN_USER = DbUser("bench_plain", "bench-plain-password")
 
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-API-Key"] = "%(key)s"
+%(headers)s
 local body = '%(body)s'
 local counter = 0
 request = function()
@@ -83,14 +113,31 @@ def percentile(values: list[float], fraction: float) -> float:
     return float(np.percentile(values, fraction * 100)) if values else float("nan")
 
 
+@dataclass(frozen=True)
+class HttpTarget:
+    """One service to load with wrk: its row's name, URL, and the headers every request
+    carries (the key for a Gatekeeper; the scope, as a Gatekeeper states it, for a Proxy)."""
+
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    proxy: bool = False  # gets the scope of each operation
+
+
 async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
-                         seconds: float) -> Measurement:
-    """The floor: asyncmy straight to the server, with a pool as the Proxy has."""
+                         seconds: float, secure: bool) -> Measurement:
+    """The floor: asyncmy straight to the server, with a pool as the Proxy has: over TLS as the
+    operation's scope's user, or plain as the plain rows' user."""
     db = stack.db
     server = db.primary if operation == "insert" else db.replicas[0]
+    if secure:
+        user = db.app_users[SCOPE_OF[operation]]
+        tls: dict = {"ssl": ssl.create_default_context(cafile=str(db.ca_file))}
+    else:
+        user, tls = PLAIN_USER, {}
     pool = await asyncmy.create_pool(minsize=clients, maxsize=clients, host="127.0.0.1",
-                                     port=server.port, user=db.app_user,
-                                     password=db.app_password, autocommit=True)
+                                     port=server.port, user=user.name, password=user.password,
+                                     autocommit=True, **tls)
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -120,8 +167,9 @@ async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
     elapsed = time.perf_counter() - began
     pool.close()
     await pool.wait_closed()
-    return Measurement("driver (asyncmy)", operation, clients, len(latencies) / elapsed,
-                       percentile(latencies, 0.50), percentile(latencies, 0.99), errors, repeat)
+    return Measurement(f"driver ({SECURE if secure else PLAIN})", operation, clients,
+                       len(latencies) / elapsed, percentile(latencies, 0.50),
+                       percentile(latencies, 0.99), errors, repeat)
 
 
 def request_body(operation: str) -> tuple[str, str]:
@@ -134,31 +182,45 @@ def request_body(operation: str) -> tuple[str, str]:
     return "/query", json.dumps({"sql": POINT_SELECT, "mode": "random"})
 
 
-def measure_http(target: str, url: str, key: str, operation: str, clients: int,
-                 seconds: float, workdir: Path) -> Measurement:
+def target_headers(target: HttpTarget, operation: str) -> dict[str, str]:
+    headers = dict(target.headers)
+    if target.proxy:
+        headers[SCOPE_HEADER] = SCOPE_OF[operation]
+    return headers
+
+
+def measure_http(target: HttpTarget, operation: str, clients: int, seconds: float,
+                 workdir: Path) -> Measurement:
     path, body = request_body(operation)
     script = workdir / "bench.lua"
-    script.write_text(WRK_SCRIPT % {"key": key, "body": body, "path": path,
+    headers = "\n".join(f'wrk.headers["{name}"] = "{value}"'
+                        for name, value in target_headers(target, operation).items())
+    script.write_text(WRK_SCRIPT % {"headers": headers, "body": body, "path": path,
                                     "insert_prefix": INSERT_PREFIX})
     result = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script),
-         url], capture_output=True, text=True, check=True)
+         target.url], capture_output=True, text=True, check=True)
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
     requests, duration_us, p50_us, p99_us, errors = line.split()[1:]
-    return Measurement(target, operation, clients, int(requests) / (int(duration_us) / 1e6),
-                       float(p50_us) / 1000.0, float(p99_us) / 1000.0, int(errors),
+    return Measurement(target.name, operation, clients,
+                       int(requests) / (int(duration_us) / 1e6), float(p50_us) / 1000.0,
+                       float(p99_us) / 1000.0, int(errors),
                        BATCH_SIZE if operation == "batch" else 1)
 
 
-def check_answers(stack: LoopbackStack) -> None:
-    """Before timing anything, make sure every request really works end to end."""
+def check_answers(target: HttpTarget, service: ServiceProcess,
+                  operations: tuple[str, ...] = OPERATIONS) -> None:
+    """Before timing anything, make sure every request really works end to end, through the
+    client that verifies the service's certificate."""
     insert = json.dumps({"sql": f"{INSERT_PREFIX}0, 'check')", "mode": "random"})
-    with Client(stack.gatekeeper.url, stack.api_key, timeout=10) as client:
-        for path, body in (request_body("point select"), ("/query", insert),
-                           request_body("batch")):
-            answer = client.post(path, body.encode())
+    bodies = {"point select": request_body("point select"), "insert": ("/query", insert),
+              "batch": request_body("batch")}
+    with service.client(timeout=10) as client:
+        for operation in operations:
+            path, body = bodies[operation]
+            answer = client.post(path, body.encode(), target_headers(target, operation))
             results = answer.json.get("results", [answer.json])
-            assert answer.ok, answer.json
+            assert answer.ok, (target.name, operation, answer.json)
             assert all(result.get("rowcount") == 1 for result in results), answer.json
 
 
@@ -174,54 +236,123 @@ def render(measurements: list[Measurement]) -> str:
 
 
 def verdict(measurements: list[Measurement], most_clients: int) -> str:
-    def find(target: str, clients: int) -> Measurement | None:
+    def find(target: str, clients: int, operation: str = "point select") -> Measurement | None:
         return next((m for m in measurements if m.target == target and
-                     m.operation == "point select" and m.clients == clients), None)
+                     m.operation == operation and m.clients == clients), None)
 
     lines = []
-    busy, single = find("gatekeeper", most_clients), find("gatekeeper", 1)
+    gatekeeper = f"gatekeeper ({SECURE})"
+    busy, single = find(gatekeeper, most_clients), find(gatekeeper, 1)
     if busy and most_clients == 16:
         goal = TARGETS["gatekeeper_rps_16"]
         met = "met" if busy.requests_per_second >= goal else "MISSED"
-        lines.append(f"Gatekeeper point select, 16 clients: {busy.requests_per_second:.0f} req/s "
-                     f"(target >= {goal:.0f}: {met})")
+        lines.append(f"Gatekeeper (TLS) point select, 16 clients: "
+                     f"{busy.requests_per_second:.0f} req/s (target >= {goal:.0f}: {met})")
     if single:
         goal = TARGETS["gatekeeper_p50_1_ms"]
         met = "met" if single.p50_ms <= goal else "MISSED"
-        lines.append(f"Gatekeeper point select, 1 client: p50 {single.p50_ms:.3f} ms "
+        lines.append(f"Gatekeeper (TLS) point select, 1 client: p50 {single.p50_ms:.3f} ms "
                      f"(target <= {goal:.1f} ms: {met})")
+    lines.append("What security costs (TLS against plain, same code, same run):")
     for m in measurements:
-        base = next((b for b in measurements if b.target.startswith(m.target + " @") and
-                     (b.operation, b.clients) == (m.operation, m.clients)), None)
-        if base is not None:
-            lines.append(f"{m.target} {m.operation}, {m.clients} client(s): "
-                         f"{m.requests_per_second / base.requests_per_second:.1%} of "
-                         f"{base.target.split(' ', 1)[1]}'s req/s")
+        if not m.target.endswith(f"({SECURE})"):
+            continue
+        plain = find(m.target.replace(f"({SECURE})", f"({PLAIN})"), m.clients, m.operation)
+        if plain is not None:
+            lines.append(f"  {m.target.split(' ')[0]} {m.operation}, {m.clients} client(s): "
+                         f"{m.requests_per_second / plain.requests_per_second:.1%} of plain's "
+                         f"req/s, p50 {m.p50_ms - plain.p50_ms:+.3f} ms")
+    for m in measurements:
+        service, _, ref = m.target.partition(" @")
+        plain = find(f"{service} ({PLAIN})", m.clients, m.operation) if ref else None
+        if plain is not None:
+            lines.append(f"{plain.target} {m.operation}, {m.clients} client(s): "
+                         f"{plain.requests_per_second / m.requests_per_second:.1%} of "
+                         f"{ref}'s req/s")
     return "\n".join(lines)
 
 
+def allow_plain(db: MariaDBCluster) -> None:
+    """Let the servers take the plain rows' connections: TLS no longer required of the
+    transport (the scopes' users still REQUIRE SSL), and the plain rows' user."""
+    for node in db.nodes:
+        node.sql("SET GLOBAL require_secure_transport = OFF")
+    settings, user = db.settings, PLAIN_USER
+    db.primary.sql(f"CREATE USER '{user.name}'@'%' IDENTIFIED BY '{quoted(user.password)}'")
+    for schema in db.app_schemas:
+        db.primary.sql(f"GRANT {settings['app_users']['admin']['privileges']} ON {schema}.* "
+                       f"TO '{user.name}'@'%'")
+    db.primary.sql(f"GRANT {settings['monitor_privilege']} ON *.* TO '{user.name}'@'%'")
+    db.primary.sql(f"GRANT {settings['monitor']['privileges']} ON "
+                   f"{settings['monitor']['schema']}.* TO '{user.name}'@'%'")
+    db.wait_for_replicas()
+
+
+def plain_proxy_env(db: MariaDBCluster) -> dict[str, str]:
+    """The plain configuration of the Proxy: no TLS anywhere, one user for every scope."""
+    return {"PROXY_LISTEN_ADDRESS": "127.0.0.1",
+            "PROXY_PRIMARY": f"{db.primary.name}=127.0.0.1:{db.primary.port}",
+            "PROXY_REPLICAS": ",".join(f"{n.name}=127.0.0.1:{n.port}" for n in db.replicas),
+            "PROXY_DB_USER": PLAIN_USER.name, "PROXY_DB_PASSWORD": PLAIN_USER.password}
+
+
+def plain_gatekeeper_env(proxy_url: str, api_key: str) -> dict[str, str]:
+    """The plain configuration of the Gatekeeper: plain HTTP, the inline development key."""
+    return {"GATEKEEPER_LISTEN_ADDRESS": "127.0.0.1", "GATEKEEPER_INSECURE_HTTP": "true",
+            "GATEKEEPER_PROXY_URL": proxy_url, "GATEKEEPER_API_KEY": api_key}
+
+
 @contextlib.contextmanager
-def baseline_services(stack: LoopbackStack, ref: str, workdir: Path) -> Iterator[list]:
-    """A Proxy and a Gatekeeper from git ``ref``, beside the current ones on the same
+def plain_services(db: MariaDBCluster, api_key: str, workdir: Path, root: Path = PROJECT_ROOT,
+                   label: str = f"({PLAIN})") -> Iterator[list[tuple[HttpTarget, ServiceProcess]]]:
+    """A plain Proxy and Gatekeeper of the checkout at ``root``, on ``db``."""
+    tag = label.strip("()@ ").replace(" ", "-")
+    proxy = ServiceProcess("services.proxy", plain_proxy_env(db), root=root,
+                           log_path=workdir / f"proxy-{tag}.log")
+    gatekeeper = ServiceProcess("services.gatekeeper", plain_gatekeeper_env(proxy.url, api_key),
+                                root=root, log_path=workdir / f"gatekeeper-{tag}.log")
+    try:
+        proxy.start()
+        gatekeeper.start()
+        yield [(HttpTarget(f"proxy {label}", proxy.url, proxy=True), proxy),
+               (HttpTarget(f"gatekeeper {label}", gatekeeper.url, (("X-API-Key", api_key),)),
+                gatekeeper)]
+    finally:
+        gatekeeper.stop()
+        proxy.stop()
+
+
+@contextlib.contextmanager
+def baseline_services(db: MariaDBCluster, api_key: str, ref: str,
+                      workdir: Path) -> Iterator[list[tuple[HttpTarget, ServiceProcess]]]:
+    """A plain Proxy and Gatekeeper from git ``ref``, beside the current ones on the same
     databases: the same run measures both, so the comparison survives a busy machine."""
     tree = workdir / "baseline"
     subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--quiet", "--detach",
                     str(tree), ref], check=True)
-    proxy = ServiceProcess("services.proxy", dict(stack.proxy.env), root=tree,
-                           log_path=workdir / "baseline-proxy.log")
-    gatekeeper = ServiceProcess("services.gatekeeper", dict(stack.gatekeeper.env), root=tree,
-                                log_path=workdir / "baseline-gatekeeper.log")
     try:
-        proxy.start()
-        gatekeeper.env["GATEKEEPER_PROXY_URL"] = proxy.url
-        gatekeeper.start()
-        yield [(f"proxy @{ref}", proxy.url, ""),
-               (f"gatekeeper @{ref}", gatekeeper.url, stack.api_key)]
+        with plain_services(db, api_key, workdir, root=tree, label=f"@{ref}") as services:
+            yield services
     finally:
-        gatekeeper.stop()
-        proxy.stop()
         subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force",
                         str(tree)], check=False)
+
+
+def secure_services(stack: LoopbackStack, workdir: Path
+                    ) -> tuple[list[tuple[HttpTarget, ServiceProcess]], ServiceProcess, str]:
+    """The deployed configuration: the stack's Gatekeeper (through its mutual-TLS Proxy) with
+    the bench's key, and for wrk a Proxy like the stack's without the client check."""
+    keys, secret = KeySet().with_admin(stack.api_key).add(
+        BENCH_KEY_NAME, BENCH_KEY_SCOPE, rate=BENCH_KEY_RATE, burst=int(BENCH_KEY_RATE))
+    keys.save(stack.keys_file)
+    proxy = ServiceProcess("services.proxy",
+                           proxy_settings_for(stack.db, PROXY_TLS_CLIENT_CA=""),
+                           log_path=workdir / "proxy-tls-direct.log",
+                           tls=stack.db.pki.server_tls())
+    return ([(HttpTarget(f"proxy ({SECURE})", proxy.url, proxy=True), proxy),
+             (HttpTarget(f"gatekeeper ({SECURE})", stack.gatekeeper.url,
+                         (("X-API-Key", secret),)), stack.gatekeeper)],
+            proxy, secret)
 
 
 def main() -> None:
@@ -231,29 +362,41 @@ def main() -> None:
     parser.add_argument("--operations", nargs="+", default=list(OPERATIONS),
                         choices=OPERATIONS)
     parser.add_argument("--baseline", metavar="GIT_REF",
-                        help="also measure the services of this commit, in the same run "
+                        help="also measure the services of this commit, in the same run, plain "
                              "(point selects and inserts: what every version answers)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench_overhead: wrk is missing (make system-packages installs it)")
     measurements: list[Measurement] = []
-    with LoopbackStack() as stack, tempfile.TemporaryDirectory() as tmp, \
-            contextlib.ExitStack() as extra:
-        targets = [("proxy", stack.proxy.url, ""),
-                   ("gatekeeper", stack.gatekeeper.url, stack.api_key)]
-        baseline = (extra.enter_context(baseline_services(stack, args.baseline, Path(tmp)))
+    with tempfile.TemporaryDirectory() as tmp, LoopbackStack(log_dir=Path(tmp)) as stack, \
+            contextlib.ExitStack() as running:
+        workdir = Path(tmp)
+        secure, direct_proxy, _ = secure_services(stack, workdir)
+        running.enter_context(direct_proxy.running())
+        allow_plain(stack.db)
+        plain = running.enter_context(plain_services(stack.db, stack.api_key, workdir))
+        baseline = (running.enter_context(baseline_services(stack.db, stack.api_key,
+                                                            args.baseline, workdir))
                     if args.baseline else [])
         stack.db.primary.sql("CREATE TABLE IF NOT EXISTS sqlgate_test.bench (id BIGINT "
                              "AUTO_INCREMENT PRIMARY KEY, k BIGINT, v VARCHAR(32))")
         stack.db.wait_for_replicas()
-        check_answers(stack)
+        # The keys file was rewritten: the Gatekeeper takes it up within its reload interval.
+        wait_until(lambda: check_answers(*secure[1], ("point select",)) is None, 10,
+                   "the Gatekeeper to load the bench's key", tolerate=(AssertionError,))
+        for target, service in secure + plain:
+            check_answers(target, service, tuple(args.operations))
+        for target, service in baseline:
+            check_answers(target, service, tuple(op for op in args.operations if op != "batch"))
         for operation in args.operations:
             for clients in args.clients:
-                measurements.append(asyncio.run(
-                    measure_driver(stack, operation, clients, args.seconds)))
-                for target, url, key in targets + (baseline if operation != "batch" else []):
-                    measurements.append(measure_http(target, url, key, operation, clients,
-                                                     args.seconds, Path(tmp)))
+                for secure_driver in (True, False):
+                    measurements.append(asyncio.run(
+                        measure_driver(stack, operation, clients, args.seconds, secure_driver)))
+                targets = secure + plain + (baseline if operation != "batch" else [])
+                for target, _ in targets:
+                    measurements.append(measure_http(target, operation, clients, args.seconds,
+                                                     workdir))
         rows = stack.db.primary.sql("SELECT COUNT(*) AS n FROM sqlgate_test.bench")[0]["n"]
     print(render(measurements))
     print()

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from loadtest.target import PREFERRED_PROVIDERS, find_target
+from loadtest.target import PREFERRED_PROVIDERS, find_target, gatekeeper_tls
 from loadtest.workload import DEFAULT_TABLE, create_table_sql, new_run_id, write_statement
 from services.client import Client
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except LookupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with Client(target.gatekeeper_url, target.api_key) as client:
+    with Client(target.gatekeeper_url, target.api_key, tls=gatekeeper_tls(target)) as client:
         created = client.query(create_table_sql(args.table))
         if not created.ok:
             print(f"error: cannot create {args.table}: {created.json.get('error')}",

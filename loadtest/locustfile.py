@@ -1,8 +1,9 @@
 """Locust scenarios for the Gatekeeper: reads and writes per routing mode.
 
 ``locust -f loadtest/locustfile.py`` opens the web UI aimed at the cluster that
-``bootstrap.py up`` made: the Gatekeeper URL and the API key come from ``.cluster/<provider>.json``
-(local, else aws, else loopback; ``--provider`` or ``$SQLGATE_PROVIDER`` chooses). The routing
+``bootstrap.py up`` made: the Gatekeeper URL, the API key and the CA to verify its HTTPS with come
+from ``.cluster/<provider>.json`` (local, else aws, else loopback; ``--provider`` or
+``$SQLGATE_PROVIDER`` chooses). The routing
 mode, the share of writes and the write table are options, shown in the web UI. Writes go to a
 table of the load test's own, created if missing, so a run can be repeated at will.
 """
@@ -13,10 +14,11 @@ import logging
 import random
 from collections import deque
 
+import gevent.ssl
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 
-from loadtest.target import PREFERRED_PROVIDERS, PROVIDER_ENV, find_target
+from loadtest.target import PREFERRED_PROVIDERS, PROVIDER_ENV, find_target, gatekeeper_tls
 from loadtest.workload import (
     DEFAULT_TABLE,
     MODES,
@@ -25,7 +27,7 @@ from loadtest.workload import (
     read_statement,
     write_statement,
 )
-from services.client import Client
+from services.client import Client, TlsFiles
 from services.contract import API_KEY_HEADER
 
 log = logging.getLogger("sqlgate.locust")
@@ -45,13 +47,18 @@ def _add_options(parser) -> None:
                         help="cluster file to read (default: local, else aws, else loopback)")
     parser.add_argument("--api-key", default="", env_var="SQLGATE_API_KEY", is_secret=True,
                         help="Gatekeeper API key (default: the cluster file's)")
+    parser.add_argument("--ca-file", default="", env_var="SQLGATE_CA_FILE",
+                        include_in_web_ui=False,
+                        help="CA certificate to verify the Gatekeeper's HTTPS with (default: the "
+                             "cluster file's; none there: the system's trust store)")
 
 
 @events.init.add_listener
 def _find_cluster(environment: Environment, **_) -> None:
-    """Aim at the cluster file's Gatekeeper unless --host was given; keep its key."""
+    """Aim at the cluster file's Gatekeeper unless --host was given; keep its key and CA."""
     options = environment.parsed_options
     environment.sqlgate_api_key = options.api_key if options else ""
+    environment.sqlgate_ca_file = options.ca_file if options else ""
     try:
         target = find_target(options.provider if options else None)
     except LookupError as error:
@@ -62,7 +69,17 @@ def _find_cluster(environment: Environment, **_) -> None:
         environment.host = target.gatekeeper_url
     if not environment.sqlgate_api_key:
         environment.sqlgate_api_key = target.api_key
+    if not environment.sqlgate_ca_file and (tls := gatekeeper_tls(target)):
+        environment.sqlgate_ca_file = tls.ca_file
     log.info("Gatekeeper %s from the %s cluster file", environment.host, target.provider)
+
+
+def _tls(environment: Environment) -> TlsFiles | None:
+    """How to verify the Gatekeeper: None for http://, else the CA given or found (empty: the
+    system's trust store)."""
+    if not (environment.host or "").startswith("https://"):
+        return None
+    return TlsFiles(getattr(environment, "sqlgate_ca_file", ""))
 
 
 @events.test_start.add_listener
@@ -71,7 +88,8 @@ def _create_table(environment: Environment, **_) -> None:
     if not environment.host:
         return
     try:
-        with Client(environment.host.rstrip("/"), environment.sqlgate_api_key) as client:
+        with Client(environment.host.rstrip("/"), environment.sqlgate_api_key,
+                    tls=_tls(environment)) as client:
             answer = client.query(create_table_sql(environment.parsed_options.table))
     except (OSError, ValueError) as error:
         log.error("cannot create the write table: %s", error)
@@ -84,6 +102,15 @@ class GatekeeperUser(FastHttpUser):
     """One client sending reads and writes back to back, in the chosen mode and mix."""
 
     wait_time = constant(0)
+    insecure = False  # HTTPS is verified, against the cluster's CA when there is one
+
+    def __init__(self, environment: Environment) -> None:
+        tls = _tls(environment)
+        ca_file = tls.ca_file if tls else ""
+        # gevent's context (Locust runs on gevent), checking the certificate and the name.
+        self.ssl_context_factory = lambda: gevent.ssl.create_default_context(
+            cafile=ca_file or None)
+        super().__init__(environment)
 
     def on_start(self) -> None:
         self.run_id = new_run_id()

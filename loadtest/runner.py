@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from loadtest import workload
-from loadtest.target import Target
+from loadtest.target import Target, gatekeeper_tls
 from loadtest.workload import (
     DEFAULT_TABLE,
     MODES,
@@ -118,7 +118,10 @@ async def run(target: Target, plan: Plan, progress: Callable[[str], None] = prin
     result = RunResult(workload.new_run_id(), plan, target.gatekeeper_url)
     deadline = time.monotonic() + plan.deadline_s
     timeout = aiohttp.ClientTimeout(total=plan.timeout_s)
-    connector = aiohttp.TCPConnector(limit=plan.concurrency)
+    tls = gatekeeper_tls(target)
+    # HTTPS checked against the cluster's CA (a request never goes out unverified).
+    connector = aiohttp.TCPConnector(limit=plan.concurrency,
+                                     ssl=tls.context() if tls else True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         client = Client(session, target)
         setup = await client.query({"sql": create_table_sql(plan.table)}, "direct", "setup", 0,

@@ -10,12 +10,21 @@ from __future__ import annotations
 import os
 
 from cluster.record import ClusterRecord, read_record, record_path
+from services.client import TlsFiles
 
 PROVIDER_ENV = "SQLGATE_PROVIDER"
 PREFERRED_PROVIDERS = ("local", "aws", "loopback")
 
 # What the load tests aim at: a cluster record with a Gatekeeper.
 Target = ClusterRecord
+
+
+def gatekeeper_tls(target: Target) -> TlsFiles | None:
+    """How to verify the target's Gatekeeper: with the cluster's CA (the record's ``ca_file``),
+    else the system's trust store (a public certificate); None for a plain ``http://`` one."""
+    if not (target.gatekeeper_url or "").startswith("https://"):
+        return None
+    return TlsFiles(target.ca_file or "")
 
 
 def find_target(provider: str | None = None) -> Target:

@@ -6,18 +6,41 @@ errors included, so callers check statuses rather than catch exceptions; an answ
 JSON raises, since the API never sends one. Not thread-safe: one
 client per thread. (The load generators keep their own: aiohttp for the report's concurrent
 clients, Locust's FastHttpUser for Locust.)
+
+``https://`` URLs are verified: against the CA file of ``TlsFiles`` (the cluster's CA) when
+given, else the system's trust store (a public certificate). A client certificate is only for
+talking to a Proxy directly, which accepts nobody without one. ``http://`` stays for plain
+development set-ups.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
 from services.contract import API_KEY_HEADER
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """What a client needs for an HTTPS service: the CA to verify it with (empty: the system's
+    trust store) and, for a service that asks for one, a client certificate and its key."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that checks the server's certificate and name."""
+        context = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file or None)
+        return context
 
 
 @dataclass(frozen=True)
@@ -32,12 +55,19 @@ class Answer:
 
 
 class Client:
-    def __init__(self, url: str, api_key: str = "", timeout: float = 30.0) -> None:
+    """``headers`` go with every request (a request's own win over them)."""
+
+    def __init__(self, url: str, api_key: str = "", timeout: float = 30.0,
+                 tls: TlsFiles | None = None, headers: dict[str, str] | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"not an http:// URL: {url!r}")
-        self._address = (parts.hostname, parts.port or 80)
-        self._headers = {"Content-Type": "application/json"}
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http:// or https:// URL: {url!r}")
+        if tls is not None and parts.scheme != "https":
+            raise ValueError(f"TLS files given for a plain http:// URL: {url!r}")
+        self._https = parts.scheme == "https"
+        self._context = (tls or TlsFiles()).context() if self._https else None
+        self._address = (parts.hostname, parts.port or (443 if self._https else 80))
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             self._headers[API_KEY_HEADER] = api_key
         self._timeout = timeout
@@ -77,7 +107,10 @@ class Client:
         sent twice, since the first may have been applied."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         if self._connection is None:
-            self._connection = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+            self._connection = (
+                http.client.HTTPSConnection(*self._address, timeout=self._timeout,
+                                            context=self._context) if self._https
+                else http.client.HTTPConnection(*self._address, timeout=self._timeout))
         try:
             self._connection.request(method, path, body=data,
                                      headers={**self._headers, **(headers or {})})
@@ -96,9 +129,9 @@ class Client:
 
 def request(url: str, body: dict[str, Any] | bytes | None = None,
             headers: dict[str, str] | None = None, method: str | None = None,
-            timeout: float = 20.0) -> Answer:
+            timeout: float = 20.0, tls: TlsFiles | None = None) -> Answer:
     """One request to a full URL on a connection of its own (POST when there is a body)."""
     parts = urllib.parse.urlsplit(url)
     path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-    with Client(f"{parts.scheme}://{parts.netloc}", timeout=timeout) as client:
+    with Client(f"{parts.scheme}://{parts.netloc}", timeout=timeout, tls=tls) as client:
         return client.request(method or ("GET" if body is None else "POST"), path, body, headers)

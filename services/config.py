@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.contract import SCOPES
+
 T = TypeVar("T")
 
 # What reads do when no replica is in rotation: the primary serves them, or they fail (503).
@@ -81,6 +83,29 @@ class ProxyConfig:
     max_transactions: int = -1  # -1: half of pool_max_size
     transaction_idle_timeout: float = 10.0
     transaction_max_age: float = 60.0
+    # HTTPS: with tls_cert set the Proxy speaks TLS only, and with tls_client_ca it refuses, at
+    # the handshake, any client without a certificate from that CA (the Gatekeeper's). The
+    # scope headers are trusted only because of that. Empty: plain HTTP, for development.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Database TLS: every connection verifies the server's certificate against this CA.
+    db_tls_ca: str = ""
+    # One database user per scope (the database enforces the scope again) and the health
+    # monitor's; an empty one falls back to db_user/db_password.
+    db_read_user: str = ""
+    db_read_password: str = ""
+    db_write_user: str = ""
+    db_write_password: str = ""
+    db_admin_user: str = ""
+    db_admin_password: str = ""
+    db_monitor_user: str = ""
+    db_monitor_password: str = ""
+    # The scope of a request without the scope header: the weakest, so that a caller that
+    # forgot to say gets less, never more.
+    default_scope: str = "read"
+    # Rows are cut (truncated: true) once the answer's rows would pass this many bytes.
+    max_result_bytes: int = 8 * 1024 * 1024
 
     ENV_PREFIX = "PROXY_"
 
@@ -107,24 +132,113 @@ class ProxyConfig:
             raise ValueError("PROXY_CAUSAL_WAIT must be between 0 and PROXY_QUERY_TIMEOUT")
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}\.[A-Za-z0-9_]{1,64}", self.heartbeat_table):
             raise ValueError("PROXY_HEARTBEAT_TABLE: schema.table")
+        if self.default_scope not in SCOPES:
+            raise ValueError(f"PROXY_DEFAULT_SCOPE: one of {', '.join(SCOPES)}")
+        if self.max_result_bytes < 1:
+            raise ValueError("PROXY_MAX_RESULT_BYTES must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("PROXY_TLS_CERT and PROXY_TLS_KEY go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("PROXY_TLS_CLIENT_CA needs PROXY_TLS_CERT: client certificates "
+                             "are only asked for over TLS")
 
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:
         return (self.primary, *self.replicas)
 
+    def db_credentials(self, scope: str) -> tuple[str, str]:
+        """The database user and password for a scope (``read``, ``write``, ``admin``) or for
+        the health monitor (``monitor``); each empty field falls back to db_user/db_password."""
+        user = getattr(self, f"db_{scope}_user")
+        password = getattr(self, f"db_{scope}_password")
+        return user or self.db_user, password or self.db_password
+
 
 @dataclass(frozen=True)
 class GatekeeperConfig:
     listen_address: str = "0.0.0.0"
-    port: int = 80
-    proxy_url: str = "http://127.0.0.1:5000"
+    port: int = 443
+    # HTTPS with this certificate (full chain) and key; without them the Gatekeeper refuses to
+    # start, unless insecure_http allows plain HTTP (development only, as for a plain proxy_url).
+    tls_cert: str = ""
+    tls_key: str = ""
+    insecure_http: bool = False
+    # A plain-HTTP port that only redirects (308) to HTTPS and never forwards; 0: none.
+    redirect_port: int = 0
+    # The Proxy, over mutual TLS: its certificate is checked against proxy_ca and must name
+    # proxy_tls_name (it is reached by address); the Gatekeeper shows its own client certificate.
+    proxy_url: str = "https://127.0.0.1:5000"
+    proxy_ca: str = ""
+    proxy_client_cert: str = ""
+    proxy_client_key: str = ""
+    proxy_tls_name: str = "proxy"
+    # The keys: a JSON file of names, scopes, sha256 hashes and rates, reloaded when it changes.
+    # An inline api_key (or api_key_file holding it) is one admin key named "default", unlimited:
+    # a development shortcut.
+    keys_file: str = ""
     api_key: str = ""
     api_key_file: str = ""
     max_body_bytes: int = 64 * 1024
+    max_answer_bytes: int = 16 * 1024 * 1024  # a larger answer from the Proxy is a 502
     proxy_timeout: float = 30.0  # above the Proxy's worst case: failovers + query timeout
     proxy_connections: int = 64
+    # What one client can hold: connections at once, seconds idle (waiting for headers) and
+    # reading a body, and the size of a request's headers.
+    max_connections: int = 1000
+    idle_timeout: float = 30.0
+    body_timeout: float = 10.0
+    max_header_bytes: int = 16384
 
     ENV_PREFIX = "GATEKEEPER_"
+
+    def __post_init__(self) -> None:
+        for name in ("port", "redirect_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"GATEKEEPER_{name.upper()}: a port number, 0-65535")
+        if self.redirect_port and self.redirect_port == self.port:
+            raise ValueError("GATEKEEPER_REDIRECT_PORT must differ from GATEKEEPER_PORT")
+        for name in ("max_body_bytes", "max_answer_bytes", "proxy_connections",
+                     "max_connections", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GATEKEEPER_{name.upper()} must be at least 1")
+        for name in ("proxy_timeout", "idle_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GATEKEEPER_{name.upper()} must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("GATEKEEPER_TLS_CERT and GATEKEEPER_TLS_KEY go together")
+        if bool(self.proxy_client_cert) != bool(self.proxy_client_key):
+            raise ValueError("GATEKEEPER_PROXY_CLIENT_CERT and GATEKEEPER_PROXY_CLIENT_KEY go "
+                             "together")
+        if not re.fullmatch(r"https?://[^/\s]+/?", self.proxy_url):
+            raise ValueError("GATEKEEPER_PROXY_URL: https://host:port (http:// for development)")
+        if not self.proxy_tls_name:
+            raise ValueError("GATEKEEPER_PROXY_TLS_NAME: the name the Proxy's certificate carries")
+
+    @property
+    def proxy_over_tls(self) -> bool:
+        return self.proxy_url.startswith("https://")
+
+    def check_startup(self) -> None:
+        """What the Gatekeeper needs to start, beyond well-formed values: keys, and TLS unless
+        plain HTTP was asked for. Raises ValueError saying what is missing."""
+        inline = self.inline_api_key() if self.keys_file else self.resolved_api_key()
+        if inline and len(inline) < 16:
+            raise ValueError("the API key must be at least 16 characters")
+        if not self.tls_cert and not self.insecure_http:
+            raise ValueError("no TLS certificate: set GATEKEEPER_TLS_CERT and GATEKEEPER_TLS_KEY "
+                             "(GATEKEEPER_INSECURE_HTTP=true serves plain HTTP, for development "
+                             "only)")
+        if not self.proxy_over_tls and not self.insecure_http:
+            raise ValueError("GATEKEEPER_PROXY_URL is plain http://: use https:// with "
+                             "GATEKEEPER_PROXY_CA (GATEKEEPER_INSECURE_HTTP=true allows it, for "
+                             "development only)")
+        if self.redirect_port and not self.tls_cert:
+            raise ValueError("GATEKEEPER_REDIRECT_PORT redirects to HTTPS, which needs "
+                             "GATEKEEPER_TLS_CERT")
+
+    def inline_api_key(self) -> str:
+        """The development key (``api_key``, or read from ``api_key_file``); "" when none."""
+        return self.resolved_api_key() if self.api_key or self.api_key_file else ""
 
     def resolved_api_key(self) -> str:
         """The key itself, read from ``api_key_file`` when it is not given inline."""
@@ -132,7 +246,8 @@ class GatekeeperConfig:
             return self.api_key
         if self.api_key_file:
             return Path(self.api_key_file).read_text().strip()
-        raise ValueError("no API key: set GATEKEEPER_API_KEY or GATEKEEPER_API_KEY_FILE")
+        raise ValueError("no API key: set GATEKEEPER_KEYS_FILE (or GATEKEEPER_API_KEY or "
+                         "GATEKEEPER_API_KEY_FILE, for development)")
 
 
 def read_env_file(path: str | os.PathLike) -> dict[str, str]:

@@ -1,18 +1,31 @@
-"""What both Tornado services share: JSON handlers, the body cap, and the process runner."""
+"""What both Tornado services share: JSON handlers, the body cap, and the process runner.
+
+A request refused from its headers alone (a wrong key, a body declared over the cap) is answered
+at once, and its body is still read and dropped afterwards: a socket closed with unread data
+resets the connection, and the client, still sending, would lose the answer. The server
+options bound what a client can hold: connections, idle and body times, header size.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
 import signal
-from collections.abc import Awaitable, Callable
+import ssl
+import time as time_module
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 import tornado.web
+from tornado import httputil
+from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 
 from services.contract import REQUEST_ID_HEADER, ApiError
 
@@ -45,40 +58,120 @@ def dump_json(payload: Any) -> bytes:
     return json.dumps(payload, default=_json_default, separators=(",", ":")).encode()
 
 
+# A body refused before it was read is read and dropped, after the answer went out, up to this
+# size; past it the connection is cut (a client that sends that much without waiting for an
+# answer loses it).
+DRAIN_LIMIT = 32 * 1024 * 1024
+_LENGTH = re.compile(r"[0-9]{1,20}")
+
+
 @tornado.web.stream_request_body
 class JsonHandler(tornado.web.RequestHandler):
     """Answers in JSON, errors included, and refuses bodies over ``max_body_bytes``.
 
     The body is streamed so an oversized request is refused from its Content-Length (or as
-    soon as it grows past the cap) without being buffered.
+    soon as it grows past the cap) without being buffered. Handlers put the checks that need
+    only the headers in ``check_request``: a refusal there is answered before the body is read.
     """
 
     max_body_bytes: int = 64 * 1024
     request_id: str | None = None
+    _answered_early = False  # the answer went out before the body was in
+    _dropping = False        # the body is refused: dropped as it comes
+    _done = False
 
     def set_default_headers(self) -> None:
         # Also runs when an error clears the headers, so the id survives into error answers.
         if self.request_id:
             self.set_header(REQUEST_ID_HEADER, self.request_id)
 
+    def check_request(self) -> None:
+        """What a handler checks from the headers alone (a key, say): raise ApiError to refuse
+        the request before any of its body is read."""
+
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise self.oversized()
-        # A chunked body has no length to check up front: past the cap it is read and dropped
-        # (answered 413 once complete), and past this larger bound the connection is cut.
-        self.request.connection.set_max_body_size(max(1 << 20, 4 * self.max_body_bytes))
+        try:
+            self.check_request()
+            declared = self.request.headers.get("Content-Length")
+            if declared is not None and not _LENGTH.fullmatch(declared.strip()):
+                raise ApiError(400, "the Content-Length header is not a number")
+            if declared is not None and int(declared) > self.max_body_bytes:
+                raise self.oversized()
+        except ApiError as error:
+            if self._small_body():
+                # A body within the cap is read (and dropped) before the answer: the
+                # connection stays usable, and a client told 401 or 429 may go on with it.
+                self._chunks.clear()
+                self._answer_after_body(error)
+            elif self._drainable():
+                self.answer_early(error)
+            else:
+                raise  # nothing to read, or too much to: answered (and closed) as usual
+            return
+        # A chunked body has no length to check up front: it is refused once it outgrows the
+        # cap, and the rest is dropped as it comes.
+        self.request.connection.set_max_body_size(DRAIN_LIMIT)
+
+    def _small_body(self) -> bool:
+        """Whether the request declares a body within the cap (and is sending it)."""
+        headers = self.request.headers
+        declared = headers.get("Content-Length", "").strip()
+        return (headers.get("Expect", "").lower() != "100-continue"
+                and "chunked" not in headers.get("Transfer-Encoding", "").lower()
+                and bool(_LENGTH.fullmatch(declared))
+                and 0 < int(declared) <= self.max_body_bytes)
+
+    def _answer_after_body(self, error: ApiError) -> None:
+        self._dropping = True
+
+        def refuse(*args: Any) -> None:
+            raise error
+
+        setattr(self, self.request.method.lower(), refuse)
+
+    def _drainable(self) -> bool:
+        """Whether the request has a body coming that can be read and dropped."""
+        headers = self.request.headers
+        if headers.get("Expect", "").lower() == "100-continue":
+            return False  # the client waits, and sends no body after a final answer
+        if "chunked" in headers.get("Transfer-Encoding", "").lower():
+            return True
+        declared = headers.get("Content-Length", "").strip()
+        return bool(_LENGTH.fullmatch(declared)) and 0 < int(declared) <= DRAIN_LIMIT
+
+    def answer_early(self, error: ApiError) -> None:
+        """Send ``error`` now, whole (Content-Length, Connection: close), while the body is
+        still coming; the body is dropped as it arrives and the connection closed after it."""
+        self._answered_early = self._dropping = True
+        self._chunks.clear()
+        self.request.connection.set_max_body_size(DRAIN_LIMIT)
+        data = self._error_body(error)
+        self.set_header("Connection", "close")
+        self.set_header("Content-Length", str(len(data)))
+        self.write(data)
+        self.flush()
+        # Once the body is in, Tornado calls the handler's method for the request: all that is
+        # left to do then is to finish the answer already sent.
+        setattr(self, self.request.method.lower(), self._finish_early_answer)
+
+    async def _finish_early_answer(self, *args: Any) -> None:
+        await self.finish()
+        self.request.connection.close()
 
     def data_received(self, chunk: bytes) -> None:
+        if self._dropping:
+            return
         self._size += len(chunk)
         if self._size <= self.max_body_bytes:
             self._chunks.append(chunk)
+        else:
+            self.answer_early(self.oversized())
 
     @property
     def body(self) -> bytes:
-        """The whole body; raises the 413 for a chunked body that outgrew the cap."""
+        """The whole body (a body over the cap has been answered 413 before it got here)."""
         if self._size > self.max_body_bytes:
             raise self.oversized()
         return b"".join(self._chunks)
@@ -93,22 +186,44 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            self.set_status(exc.status)
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-            payload = exc.to_json()
-        else:
-            payload = {"error": self._reason}
+        if not isinstance(exc, ApiError):  # Tornado's own (405 for an unknown method, 500)
+            exc = ApiError(status_code, self._reason)
+        self.finish(self._error_body(exc))
+
+    def _error_body(self, error: ApiError) -> bytes:
+        """Set the error's status and headers; return its JSON."""
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        if error.status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        payload = error.to_json()
         if self.request_id:
             payload.setdefault("request_id", self.request_id)
         self.set_header("Content-Type", "application/json")
-        self.finish(dump_json(payload))
+        return dump_json(payload)
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (a 405 names them in ``Allow``)."""
+        base = tornado.web.RequestHandler
+        return [method for method in self.SUPPORTED_METHODS
+                if getattr(type(self), method.lower(), None) is not getattr(base, method.lower())]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
             return  # an answered client error, not a failure of the service
         super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        self._done = True
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if self._answered_early and not self._done:
+            # Answered, then the client left (or the body timed out) before its body was in:
+            # still one log line, as for every request.
+            self._done = True
+            self.application.log_request(self)
 
 
 def log_failed_requests(handler: tornado.web.RequestHandler) -> None:
@@ -122,28 +237,137 @@ def log_failed_requests(handler: tornado.web.RequestHandler) -> None:
 
 
 class NotFoundHandler(JsonHandler):
-    def prepare(self) -> None:
+    def check_request(self) -> None:
         raise ApiError(404, f"no such endpoint: {self.request.method} {self.request.path}")
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    """What one listener allows each client; None or 0: Tornado's default (no limit)."""
+
+    ssl_context: ssl.SSLContext | None = None
+    idle_timeout: float | None = None      # waiting for a request's headers, the first included
+    body_timeout: float | None = None      # reading one request's whole body
+    max_header_bytes: int | None = None    # request line and headers
+    max_connections: int = 0               # clients at once; past it a 503 with Retry-After
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One more port a service listens on, with its own application and options."""
+
+    app: tornado.web.Application
+    address: str
+    port: int
+    options: ServerOptions = ServerOptions()
+    what: str = "http"
+
+
+class LimitedHTTPServer(HTTPServer):
+    """An HTTPServer that serves at most ``max_connections`` clients at once.
+
+    One over the limit gets a 503 with ``Retry-After`` and a closed connection (so a client
+    sees why, and retries), on a short header timeout; past a tenth more the connection is
+    closed at once, so the refusals themselves stay bounded.
+    """
+
+    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refusing = 0
+        self._warned_at = -10.0
+        self._refusal_params = HTTP1ConnectionParameters(
+            no_keep_alive=True, header_timeout=2.0,
+            max_header_size=self.conn_params.max_header_size)
+
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+        if self.max_connections and self.open_connections >= self.max_connections:
+            now = time_module.monotonic()
+            if now - self._warned_at >= 10.0:  # a line now and then, not one per refusal
+                self._warned_at = now
+                log.warning("at the limit of %d connections: refusing new ones",
+                            self.max_connections)
+            if self.refusing >= max(16, self.max_connections // 10):
+                stream.close()
+                return
+            self.refusing += 1
+            HTTP1ServerConnection(stream, self._refusal_params).start_serving(_Refusal(self))
+            return
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        self.open_connections -= 1
+        super().on_close(server_conn)
+
+
+class _Refusal(httputil.HTTPServerConnectionDelegate):
+    def __init__(self, server: LimitedHTTPServer) -> None:
+        self.server = server
+
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _RefusalAnswer(request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.server.refusing -= 1
+
+
+class _RefusalAnswer(httputil.HTTPMessageDelegate):
+    def __init__(self, connection: httputil.HTTPConnection) -> None:
+        self.connection = connection
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
+        body = dump_json({"error": "the service is at its connection limit: retry shortly"})
+        self.connection.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", 503, "Service Unavailable"),
+            httputil.HTTPHeaders({"Content-Type": "application/json", "Retry-After": "1",
+                                  "Content-Length": str(len(body)), "Connection": "close"}),
+            body)
+        self.connection.finish()
+
+
+def start_server(app: tornado.web.Application, address: str, port: int,
+                 options: ServerOptions) -> LimitedHTTPServer:
+    server = LimitedHTTPServer(app, xheaders=False, ssl_options=options.ssl_context,
+                               idle_connection_timeout=options.idle_timeout,
+                               body_timeout=options.body_timeout,
+                               max_header_size=options.max_header_bytes,
+                               max_connections=options.max_connections)
+    server.listen(port, address)
+    return server
+
+
 def serve(make_app: Callable[[], Awaitable[tuple[tornado.web.Application, Callable]]],
-          address: str, port: int, name: str) -> None:
-    """Run an application until SIGTERM/SIGINT, on uvloop, then close its resources."""
+          address: str, port: int, name: str, options: ServerOptions | None = None,
+          also: Sequence[Listener] = ()) -> None:
+    """Run an application until SIGTERM/SIGINT, on uvloop, then close its resources.
+
+    ``also``: more listeners of the same process (the Gatekeeper's plain-HTTP redirect)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    options = options or ServerOptions()
 
     async def main() -> None:
         app, close = await make_app()
-        server = HTTPServer(app, xheaders=False)
-        server.listen(port, address)
-        log.info("%s listening on %s:%d", name, address, port)
+        listeners = [Listener(app, address, port, options,
+                              "https" if options.ssl_context else "http"), *also]
+        servers = []
+        for listener in listeners:
+            servers.append(start_server(listener.app, listener.address, listener.port,
+                                        listener.options))
+            log.info("%s listening on %s:%d (%s)", name, listener.address, listener.port,
+                     listener.what)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("%s stopping", name)
-        server.stop()
-        await server.close_all_connections()
+        for server in servers:
+            server.stop()
+        for server in servers:
+            await server.close_all_connections()
         await close()
 
     try:

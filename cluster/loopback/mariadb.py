@@ -7,15 +7,20 @@ statement, and the primary gets the users, grants and schemas of ``db/users.sls`
 heartbeat table of ``files/heartbeat.sql``. So the services are tested against the replication
 and the privileges they get when deployed. What only makes sense on one machine (ports, sockets,
 memory, the connect retry) is set here, in ``LOOPBACK_SERVER_FLAGS`` and beside it.
+
+TLS too is the deployed one: each server has a certificate from the cluster's throw-away CA
+(``cluster.loopback.tls``) naming its loopback address, every user but root (by socket) and
+``sb@localhost`` must use TLS, and the replicas reach the primary over TLS, checking its
+certificate.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -27,6 +32,7 @@ import pymysql
 
 from cluster.formula import FORMULA_FILES, db_settings
 from cluster.loopback.processes import free_port, terminate
+from cluster.loopback.tls import CertFiles, LoopbackPki
 from cluster.waiting import GiveUp, wait_until
 
 FLAVOUR = "mariadb"
@@ -37,7 +43,7 @@ HEARTBEAT_SQL = FORMULA_FILES / "heartbeat.sql"
 SERVER_CNF_TEMPLATE = "server.cnf.jinja"
 
 # Loopback-only: the tests' own scratch schema (tests/conftest.py), beside the formula's
-# application schemas and with the same grants for `app`.
+# application schemas and with the same grants for each scope's user.
 TEST_SCHEMAS = ("sqlgate_test",)
 # Loopback-only server flags, given after the option file so they win over it: listen on
 # loopback only (the template binds every address, for the VPC), and stay small, since a test
@@ -70,10 +76,13 @@ def install_command(installer: str, datadir: Path) -> list[str]:
     return [installer, "--no-defaults", *args[1:]]
 
 
-def change_source_sql(source: str, port: int, user: str, password: str) -> str:
-    """The flavour's ``change_source`` statement, with the loopback's connect retry."""
-    statement = db_settings(FLAVOUR)["change_source"].format(
-        source=source, port=port, user=user, password=password)
+def change_source_sql(source: str, port: int, user: str, password: str, ca: str) -> str:
+    """The flavour's ``change_source`` statement (over TLS, checking the source's certificate
+    against ``ca``), with the loopback's connect retry."""
+    db = db_settings(FLAVOUR)
+    statement = (db["change_source"].format(source=source, port=port, user=user,
+                                            password=password)
+                 + ", " + db["change_source_ssl"].format(ssl=1, ssl_ca=ca))
     statement, count = re.subn(r"\b((?:MASTER|SOURCE)_CONNECT_RETRY)\s*=\s*\d+",
                                rf"\g<1>={CONNECT_RETRY_SECONDS}", statement)
     if count != 1:
@@ -82,17 +91,21 @@ def change_source_sql(source: str, port: int, user: str, password: str) -> str:
 
 
 def server_option_file(*, server_id: int, port: int, socket: Path, datadir: Path,
-                       replica: bool) -> str:
+                       replica: bool, tls: CertFiles) -> str:
     """The formula's option file (``files/server.cnf.jinja``) for one loopback server, rendered
     with the context db/config.sls gives it."""
     db = db_settings(FLAVOUR)
+    options = dict(db["server_options"])
+    if db["statement_limit_server"]:  # a flavour without a per-user statement time limit
+        options[db["statement_limit_server"]] = int(db["statement_seconds"] * 1000)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(FORMULA_FILES),
                                      undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                      autoescape=False)
     return environment.get_template(SERVER_CNF_TEMPLATE).render(
         server_id=server_id, port=port, socket=socket, datadir=datadir,
-        binlog_expire_seconds=db["binlog_expire_seconds"], options=db["server_options"],
-        replica_options=db["replica_options"] if replica else {}) + "\n"
+        binlog_expire_seconds=db["binlog_expire_seconds"], options=options,
+        replica_options=db["replica_options"] if replica else {},
+        tls={"ca": tls.ca, "cert": tls.cert, "key": tls.key}) + "\n"
 
 
 def quoted(value: str) -> str:
@@ -106,6 +119,8 @@ class MariaDBNode:
     server_id: int
     datadir: Path
     port: int = field(default_factory=free_port)
+    # The server's certificate, key and CA (``LoopbackPki.issue``).
+    tls: CertFiles | None = None
     # A replica gets the formula's replica options (read-only) on top of its server options.
     replica: bool = False
     process: subprocess.Popen | None = None
@@ -122,9 +137,10 @@ class MariaDBNode:
 
     def start(self) -> None:
         server, _ = mariadb_binaries()
+        assert self.tls is not None, "a server needs its certificate (MariaDBCluster issues it)"
         self.option_file.write_text(server_option_file(
             server_id=self.server_id, port=self.port, socket=self.socket, datadir=self.datadir,
-            replica=self.replica))
+            replica=self.replica, tls=self.tls))
         self.option_file.chmod(0o644)  # the server ignores world-writable option files
         args = [
             server, f"--defaults-file={self.option_file}",  # must come first
@@ -163,10 +179,19 @@ class MariaDBNode:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def connect(self, user: str = "root", password: str = "", **kwargs) -> pymysql.Connection:
-        if user == "root":  # root authenticates by socket, as on a packaged server
+    def connect(self, user: str = "root", password: str = "", *, tls: bool = True,
+                **kwargs) -> pymysql.Connection:
+        """Root by socket, as on a packaged server; any other user over TCP with TLS, checking
+        the server's certificate against the cluster's CA (``tls=False``: plain, which the
+        servers refuse: for the tests that show it)."""
+        if user == "root":
             return pymysql.connect(unix_socket=str(self.socket), user="root", autocommit=True,
                                    **kwargs)
+        if tls:
+            assert self.tls is not None
+            kwargs["ssl"] = ssl.create_default_context(cafile=str(self.tls.ca))
+        else:
+            kwargs["ssl_disabled"] = True  # PyMySQL would otherwise try TLS unverified
         return pymysql.connect(host="127.0.0.1", port=self.port, user=user, password=password,
                                autocommit=True, **kwargs)
 
@@ -184,20 +209,45 @@ class MariaDBNode:
                            stdin=script, check=True, capture_output=True)
 
 
-class MariaDBCluster:
-    """One primary and ``replicas`` replicas replicating with GTID, with the formula's users:
-    ``repl``, ``app`` and sysbench's ``sb@localhost``."""
+@dataclass(frozen=True)
+class DbUser:
+    name: str
+    password: str
 
-    def __init__(self, replicas: int = 2, app_password: str = "app-test-password",
-                 sb_password: str = "sysbench-loopback") -> None:
+
+class MariaDBCluster:
+    """One primary and ``replicas`` replicas replicating with GTID over TLS, with the formula's
+    users: the Proxy's one per scope (``app_users``), its health monitor's, ``repl``, and
+    sysbench's ``sb@localhost``.
+
+    The CA and every certificate live in the cluster's directory (``pki``), so the services
+    of a loopback stack take theirs from the same CA."""
+
+    def __init__(self, replicas: int = 2, sb_password: str = "sysbench-loopback") -> None:
         self.settings: dict[str, Any] = db_settings(FLAVOUR)
         self.root = Path(tempfile.mkdtemp(prefix="sqlgate-mariadb-"))
-        self.app_user, self.app_password = "app", app_password
-        self.repl_user, self.repl_password = "repl", "repl-test-password"
+        if os.geteuid() == 0:  # the servers run as mysql and read their files here
+            shutil.chown(self.root, "mysql", "mysql")
+        self.pki = LoopbackPki(self.root / "tls")
+        db = self.settings
+        # Loopback passwords: the servers listen on 127.0.0.1 only and live as long as a run.
+        self.app_users = {scope: DbUser(spec["user"], f"{spec['user']}-loopback-password")
+                          for scope, spec in db["app_users"].items()}
+        self.monitor = DbUser(db["monitor"]["user"], "monitor-loopback-password")
+        self.repl_user, self.repl_password = db["repl_user"], "repl-test-password"
         self.sb_user, self.sb_password = "sb", sb_password
-        self.primary = MariaDBNode("primary", 1, self.root / "primary")
-        self.replicas = [MariaDBNode(f"replica{i}", i + 1, self.root / f"replica{i}", replica=True)
+        self.primary = self._node("primary", 1)
+        self.replicas = [self._node(f"replica{i}", i + 1, replica=True)
                          for i in range(1, replicas + 1)]
+
+    def _node(self, name: str, server_id: int, replica: bool = False) -> MariaDBNode:
+        return MariaDBNode(name, server_id, self.root / name, replica=replica,
+                           tls=self.pki.issue(name, owner="mysql"))
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA the servers' certificates chain to: what every client verifies them with."""
+        return self.pki.ca_file
 
     @property
     def app_schemas(self) -> tuple[str, ...]:
@@ -213,9 +263,7 @@ class MariaDBCluster:
         template = self.root / "template"
         template.mkdir()
         if os.geteuid() == 0:
-            owner = pwd.getpwnam("mysql")
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
-            os.chown(template, owner.pw_uid, owner.pw_gid)
+            shutil.chown(template, "mysql", "mysql")
         subprocess.run(install_command(installer, template), check=True, capture_output=True)
         for node in self.nodes:  # a copied data directory starts faster than a fresh install
             shutil.copytree(template, node.datadir, symlinks=True)
@@ -231,24 +279,40 @@ class MariaDBCluster:
             self.destroy()
             raise
 
+    def _user_sql(self, user: DbUser, *, app: bool = False) -> str:
+        """db/users.sls's account: TLS required; an application user bounded in connections
+        and statement time."""
+        db = self.settings
+        limits = ""
+        if app:
+            limits = f" WITH MAX_USER_CONNECTIONS {db['max_user_connections']}"
+            if db["statement_limit_user"]:  # else the server option bounds statements
+                limits += f" {db['statement_limit_user'].upper()} {db['statement_seconds']}"
+        return (f"CREATE USER '{user.name}'@'%' IDENTIFIED BY '{quoted(user.password)}' "
+                f"REQUIRE SSL{limits}")
+
     def _configure(self) -> None:
         """db/users.sls, db/replication.sls and db/heartbeat.sls, in SQL."""
         primary, db = self.primary, self.settings
-        primary.sql(f"CREATE USER '{self.repl_user}'@'%' "
-                    f"IDENTIFIED BY '{quoted(self.repl_password)}'")
+        primary.sql(self._user_sql(DbUser(self.repl_user, self.repl_password)))
         primary.sql(f"GRANT REPLICATION SLAVE ON *.* TO '{self.repl_user}'@'%'")
         for replica in self.replicas:
             replica.sql(change_source_sql("127.0.0.1", primary.port, self.repl_user,
-                                          quoted(self.repl_password)))
+                                          quoted(self.repl_password), str(self.ca_file)))
             replica.sql("START SLAVE")
         # Everything below is replicated: users, schemas and data reach the replicas by GTID.
-        for schema in (*self.app_schemas, db["bench_schema"]):
+        monitor_schema = db["monitor"]["schema"]
+        for schema in dict.fromkeys((*self.app_schemas, monitor_schema, db["bench_schema"])):
             primary.sql(f"CREATE DATABASE IF NOT EXISTS {schema}")
-        primary.sql(f"CREATE USER '{self.app_user}'@'%' "
-                    f"IDENTIFIED BY '{quoted(self.app_password)}'")
-        for schema in self.app_schemas:
-            primary.sql(f"GRANT {db['app_privileges']} ON {schema}.* TO '{self.app_user}'@'%'")
-        primary.sql(f"GRANT {db['monitor_privilege']} ON *.* TO '{self.app_user}'@'%'")
+        for scope, user in self.app_users.items():
+            primary.sql(self._user_sql(user, app=True))
+            for schema in self.app_schemas:
+                primary.sql(f"GRANT {db['app_users'][scope]['privileges']} ON {schema}.* "
+                            f"TO '{user.name}'@'%'")
+        primary.sql(self._user_sql(self.monitor))
+        primary.sql(f"GRANT {db['monitor_privilege']} ON *.* TO '{self.monitor.name}'@'%'")
+        primary.sql(f"GRANT {db['monitor']['privileges']} ON {monitor_schema}.* "
+                    f"TO '{self.monitor.name}'@'%'")
         primary.sql(f"CREATE USER '{self.sb_user}'@'localhost' "
                     f"IDENTIFIED BY '{quoted(self.sb_password)}'")
         primary.sql(f"GRANT ALL PRIVILEGES ON {db['bench_schema']}.* "

@@ -15,13 +15,16 @@ from typing import ClassVar
 
 
 class Provider(ABC):
-    """``up``, ``status`` and ``down`` of one kind of host, each taking the parsed arguments and
-    returning an exit code (0: done and healthy). A provider raises ``ClusterError`` for what
-    the user can act on; ``bootstrap.py`` prints it as one line. ``up`` writes the cluster
-    record (``cluster.record``) that ``status``, ``down``, the demo and the load tests read.
+    """``up``, ``status``, ``down`` and ``keys`` of one kind of host, each taking the parsed
+    arguments and returning an exit code (0: done and healthy). A provider raises
+    ``ClusterError`` for what the user can act on; ``bootstrap.py`` prints it as one line. ``up``
+    writes the cluster record (``cluster.record``) that ``status``, ``down``, the demo and the
+    load tests read; ``keys`` manages the key set in the provider's private directory
+    (``cluster.keys``) and applies it through Salt on ``--apply``.
 
-    The commands live in the module named by ``commands`` (functions ``up``, ``status`` and
-    ``down``), imported only when one runs, so that building the command line stays light."""
+    The commands live in the module named by ``commands`` (functions ``up``, ``status``,
+    ``down`` and ``keys``), imported only when one runs, so that building the command line stays
+    light."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -43,6 +46,9 @@ class Provider(ABC):
 
     def down(self, args: argparse.Namespace) -> int:
         return self._run("down", args)
+
+    def keys(self, args: argparse.Namespace) -> int:
+        return self._run("keys", args)
 
 
 def providers() -> dict[str, type[Provider]]:

@@ -19,6 +19,11 @@ MariaDB's older names are renamed word by word (``Slave`` -> ``Replica``, ``Mast
 ``Source``), so ``Replica_IO_Running``, ``Replica_SQL_Running``, ``Seconds_Behind_Source``,
 ``Source_Host``, ``Source_Port`` and ``Source_User`` are there on both flavours. A server that
 does not answer is an error (the minion's answer is the error text, not a dict).
+
+``schema_state`` says whether a schema may be loaded into (``absent`` or ``empty``), must not
+be (``not empty``), or could not be checked (``unknown``)::
+
+    salt primary sqlgate_db.schema_state sakila
 """
 
 import logging
@@ -40,6 +45,11 @@ RENAMED_WORDS = {"Slave": "Replica", "Master": "Source", "master": "source"}
 # One field of vertical output: "<spaces>Name: value"; other lines continue the previous value.
 _FIELD = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*):(?: (.*))?$")
 _ROW = re.compile(r"^\*+ \d+\. row \*+$")
+# A schema, table, user or column name these functions put in a statement unquoted.
+_NAME = re.compile(r"[A-Za-z0-9_$]+")
+# What a schema is, for a load that must never overwrite data (schema_state).
+SCHEMA_ABSENT, SCHEMA_EMPTY, SCHEMA_NOT_EMPTY, SCHEMA_UNKNOWN = (
+    "absent", "empty", "not empty", "unknown")
 # Escapes of the client's batch mode, undone in query results.
 _BATCH_ESCAPES = {"\\t": "\t", "\\n": "\n", "\\\\": "\\", "\\0": "\0"}
 
@@ -65,9 +75,10 @@ def _run(sql, client=None, socket=None, database=None, vertical=False):
     argv.append("--vertical" if vertical else "--skip-column-names")
     if database:
         argv.append(database)
+    # rstrip=False: an empty last cell of a row stays a cell.
     done = __salt__["cmd.run_all"](  # noqa: F821 (a Salt dunder)
         argv, stdin=sql, python_shell=False, ignore_retcode=True, output_loglevel="quiet",
-        env={"LC_ALL": "C"})
+        env={"LC_ALL": "C"}, rstrip=False)
     if done["retcode"] != 0:
         raise CommandExecutionError(
             f"{argv[0]} failed ({done['retcode']}): {(done.get('stderr') or '').strip()}")
@@ -166,18 +177,62 @@ def table_exists(schema, table, client=None, socket=None):
         return False
 
 
-def has_rows(table, client=None, socket=None):
-    """Whether ``table`` (``schema.table``) has at least one row. False when it is missing
-    or the server does not answer.
+def schema_tables(schema, client=None, socket=None):
+    """How many tables and views ``schema`` has; None when there is no such schema. An error
+    when the server does not answer or answers something else than the two counts.
 
     CLI Example::
 
-        salt primary sqlgate_db.has_rows sakila.store
+        salt primary sqlgate_db.schema_tables sakila
     """
-    if not re.fullmatch(r"[A-Za-z0-9_$]+(\.[A-Za-z0-9_$]+)?", table):
-        raise CommandExecutionError(f"not a table name: {table!r}")
+    literal = sql_literal(schema)
+    rows = query("SELECT (SELECT COUNT(*) FROM information_schema.schemata"
+                 f" WHERE schema_name = {literal}), (SELECT COUNT(*)"
+                 f" FROM information_schema.tables WHERE table_schema = {literal})",
+                 client=client, socket=socket)
+    if len(rows) != 1 or len(rows[0]) != 2 or not all(cell.isdigit() for cell in rows[0]):
+        raise CommandExecutionError(f"unexpected answer counting the tables of {schema}: {rows}")
+    schemas, tables = (int(cell) for cell in rows[0])
+    return tables if schemas else None
+
+
+def schema_state(schema, client=None, socket=None):
+    """``absent`` or ``empty`` only when the server said so; ``not empty`` when ``schema`` has
+    a table or view; ``unknown`` when the check failed (server down, busy, any error), so that
+    a guard loading data only into an absent or empty schema loads nothing then.
+
+    CLI Example::
+
+        salt primary sqlgate_db.schema_state sakila
+    """
     try:
-        return bool(query(f"SELECT 1 FROM {table} LIMIT 1", client=client, socket=socket))
+        tables = schema_tables(schema, client=client, socket=socket)
     except CommandExecutionError as error:
-        log.info("sqlgate_db.has_rows(%s): %s", table, error)
-        return False
+        log.warning("sqlgate_db.schema_state(%s): %s", schema, error)
+        return SCHEMA_UNKNOWN
+    if tables is None:
+        return SCHEMA_ABSENT
+    return SCHEMA_EMPTY if tables == 0 else SCHEMA_NOT_EMPTY
+
+
+def account(user, host="%", fields=(), client=None, socket=None):
+    """The ``mysql.user`` row of ``user@host``: ``plugin``, ``authentication_string``,
+    ``ssl_type`` and the columns named in ``fields`` (resource limits such as
+    ``max_user_connections``), as the server prints them; ``{}`` when there is no such user.
+
+    CLI Example::
+
+        salt primary sqlgate_db.account app_read % fields='[max_user_connections]'
+    """
+    columns = ["plugin", "authentication_string", "ssl_type", *fields]
+    bad = [column for column in columns if not _NAME.fullmatch(str(column))]
+    if bad:
+        raise CommandExecutionError(f"not column names: {bad}")
+    rows = query(f"SELECT {', '.join(columns)} FROM mysql.user "
+                 f"WHERE User = {sql_literal(user)} AND Host = {sql_literal(host)}",
+                 client=client, socket=socket)
+    if not rows:
+        return {}
+    if len(rows) != 1 or len(rows[0]) != len(columns):
+        raise CommandExecutionError(f"unexpected answer reading the account {user}@{host}")
+    return dict(zip(columns, rows[0], strict=True))

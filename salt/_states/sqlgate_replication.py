@@ -15,6 +15,8 @@ to the client on stdin, and never into a comment, a change or a log line.
         - change_source: >-          # the flavour's statement (flavours.yaml), str.format'ed
             CHANGE MASTER TO MASTER_HOST='{source}', MASTER_PORT={port},
             MASTER_USER='{user}', MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos
+        - ssl_ca: /etc/sqlgate/tls/ca.crt  # TLS, checking the source's certificate with it
+        - change_source_ssl: MASTER_SSL={ssl}, MASTER_SSL_CA='{ssl_ca}'
         - client: mariadb            # optional, as for the sqlgate_db functions
         - socket: /run/mysqld/mysqld.sock
 
@@ -31,6 +33,8 @@ __virtualname__ = "sqlgate_replication"
 HIDDEN = "********"
 # The status fields that say which source a replica follows, and as whom.
 SOURCE_FIELDS = ("Source_Host", "Source_Port", "Source_User")
+# And how: over TLS or not, and with which CA file.
+SSL_FIELDS = ("Source_SSL_Allowed", "Source_SSL_CA_File")
 # An IO thread still connecting (the primary restarting, a network blip) retries by itself:
 # START REPLICA would change nothing.
 IO_RUNNING = ("Yes", "Connecting")
@@ -65,18 +69,26 @@ def _hide(text, password):
 
 
 def _where(fields):
-    """``user@host:port`` of a status's source fields."""
-    return "{}@{}:{}".format(*(fields.get(name) or "?" for name in
-                               ("Source_User", "Source_Host", "Source_Port")))
+    """``user@host:port`` of a status's source fields, and `` over TLS (CA file)`` when its
+    TLS fields are there and say so."""
+    where = "{}@{}:{}".format(*(fields.get(name) or "?" for name in
+                                ("Source_User", "Source_Host", "Source_Port")))
+    if fields.get("Source_SSL_Allowed") == "Yes":
+        where += f" over TLS ({fields.get('Source_SSL_CA_File') or 'no CA file'})"
+    return where
 
 
-def following(name, source, password, change_source, port=3306, user="repl", client=None,
-              socket=None):
-    """The replica follows ``source``:``port`` as ``user`` by GTID.
+def following(name, source, password, change_source, port=3306, user="repl", ssl_ca="",
+              change_source_ssl="", client=None, socket=None):
+    """The replica follows ``source``:``port`` as ``user`` by GTID, over TLS checked with the
+    CA file ``ssl_ca`` when ``change_source_ssl`` is given (without TLS when ``ssl_ca`` is
+    empty).
 
-    When its status names another source, port or user (or none: not a replica yet), it runs
-    ``STOP REPLICA``, ``change_source`` formatted with ``source``, ``port``, ``user`` and
-    ``password`` (each escaped for an SQL string literal), and ``START REPLICA``.
+    When its status names another source, port or user, another TLS setting or CA file (or no
+    source: not a replica yet), it runs ``STOP REPLICA``, ``change_source`` formatted with
+    ``source``, ``port``, ``user`` and ``password`` (each escaped for an SQL string literal)
+    followed by ``change_source_ssl`` formatted with ``ssl`` (1 or 0) and ``ssl_ca``, and
+    ``START REPLICA``.
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
@@ -85,12 +97,17 @@ def following(name, source, password, change_source, port=3306, user="repl", cli
         ret["comment"] = f"port must be a number, not {port!r}"
         return ret
     wanted = {"Source_Host": str(source), "Source_Port": str(port), "Source_User": str(user)}
+    fields = SOURCE_FIELDS
+    if change_source_ssl:
+        wanted.update({"Source_SSL_Allowed": "Yes" if ssl_ca else "No",
+                       "Source_SSL_CA_File": str(ssl_ca or "")})
+        fields = SOURCE_FIELDS + SSL_FIELDS
     try:
         status = _db("replica_status", client=client, socket=socket)
     except CommandExecutionError as error:
         ret["comment"] = f"Cannot read the replica's status: {_hide(error, password)}"
         return ret
-    current = {field: status.get(field) for field in SOURCE_FIELDS}
+    current = {field: status.get(field) for field in fields}
     if current == wanted:
         ret.update(result=True, comment=f"The replica already follows {_where(wanted)}")
         return ret
@@ -105,6 +122,9 @@ def following(name, source, password, change_source, port=3306, user="repl", cli
 
     statement = change_source.format(source=_escaped(source), port=port, user=_escaped(user),
                                      password=_escaped(password))
+    if change_source_ssl:
+        statement += ", " + change_source_ssl.format(ssl=1 if ssl_ca else 0,
+                                                     ssl_ca=_escaped(ssl_ca or ""))
     try:
         _db("execute", f"STOP REPLICA;\n{statement};\nSTART REPLICA;\n", client=client,
             socket=socket)
@@ -113,7 +133,7 @@ def following(name, source, password, change_source, port=3306, user="repl", cli
         ret["comment"] = (f"Could not make the replica follow {_where(wanted)}: "
                           f"{_hide(error, password)}")
         return ret
-    now = {field: status.get(field) for field in SOURCE_FIELDS}
+    now = {field: status.get(field) for field in fields}
     if now != wanted:
         ret["comment"] = (f"After the change the replica follows {_where(now)}, "
                           f"not {_where(wanted)}")

@@ -1,20 +1,43 @@
 """``python -m services.gatekeeper [--env-file FILE] [--port N] ...``"""
 
+import ssl
 import sys
 
 from services.config import GatekeeperConfig, load_config
-from services.gatekeeper.app import make_gatekeeper_app
-from services.http import serve
+from services.gatekeeper.app import audit, make_gatekeeper_app
+from services.gatekeeper.keys import KeyRing
+from services.gatekeeper.redirect import make_redirect_app
+from services.gatekeeper.tls import ServerCertificate, proxy_client_context
+from services.http import Listener, ServerOptions, serve
 
 
 def main() -> None:
     try:
         config = load_config(GatekeeperConfig)
-        if len(config.resolved_api_key()) < 16:
-            raise ValueError("the API key must be at least 16 characters")
-    except (ValueError, OSError) as error:
+        config.check_startup()
+        KeyRing(config.keys_file, config.inline_api_key())  # refuse to start on a bad keys file
+        certificate = ServerCertificate(config.tls_cert, config.tls_key) if config.tls_cert \
+            else None
+        if config.proxy_over_tls:
+            proxy_client_context(config.proxy_ca, config.proxy_client_cert,
+                                 config.proxy_client_key)
+    except (ValueError, OSError, ssl.SSLError) as error:
         sys.exit(f"gatekeeper: bad configuration: {error}")
-    serve(lambda: make_gatekeeper_app(config), config.listen_address, config.port, "gatekeeper")
+    options = ServerOptions(ssl_context=certificate.context if certificate else None,
+                            idle_timeout=config.idle_timeout, body_timeout=config.body_timeout,
+                            max_header_bytes=config.max_header_bytes,
+                            max_connections=config.max_connections)
+    also = []
+    if config.redirect_port:
+        # The redirect answers from the headers alone: short timeouts, the same header cap.
+        redirect_options = ServerOptions(idle_timeout=min(config.idle_timeout, 10.0),
+                                         body_timeout=min(config.body_timeout, 10.0),
+                                         max_header_bytes=config.max_header_bytes,
+                                         max_connections=config.max_connections)
+        also.append(Listener(make_redirect_app(config.port, audit), config.listen_address,
+                             config.redirect_port, redirect_options, "redirect to https"))
+    serve(lambda: make_gatekeeper_app(config, certificate), config.listen_address, config.port,
+          "gatekeeper", options, also)
 
 
 if __name__ == "__main__":

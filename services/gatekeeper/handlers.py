@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hmac
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +11,7 @@ from services.contract import (
     ENDPOINTS,
     MODES,
     REQUEST_ID_HEADER,
+    REQUEST_ID_PATTERN,
     ApiError,
     checked_request_id,
     checked_transaction_id,
@@ -20,25 +21,56 @@ from services.contract import (
     parse_transaction_request,
 )
 from services.gatekeeper.forwarder import ProxyAnswer, ProxyForwarder
+from services.gatekeeper.keys import KeyRing
+from services.gatekeeper.openapi import openapi_bytes
 from services.http import JsonHandler
+
+HEALTH_CACHE_SECONDS = 1.0
 
 
 class GatekeeperHandler(JsonHandler):
-    def initialize(self, forwarder: ProxyForwarder) -> None:
-        self.forwarder = forwarder
+    """``endpoint`` names the route in the audit log; ``key_name`` the caller, once known."""
 
-    def relay(self, answer: ProxyAnswer) -> None:
-        self.set_status(answer.status)
-        self.set_header("Content-Type", answer.content_type)
-        if answer.location:
-            self.set_header("Location", answer.location)
-        self.finish(answer.body)
+    endpoint = "unknown"
+    key_name: str | None = None
+
+    def initialize(self, endpoint: str) -> None:
+        self.endpoint = endpoint
 
 
-class IndexHandler(JsonHandler):
+class IndexHandler(GatekeeperHandler):
     def get(self) -> None:
         self.send_json({"service": "gatekeeper", "endpoints": ENDPOINTS, "modes": list(MODES),
-                        "authentication": f"header {API_KEY_HEADER}"})
+                        "authentication": f"header {API_KEY_HEADER}",
+                        "openapi": "/openapi.json"})
+
+
+class OpenApiHandler(GatekeeperHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(openapi_bytes())
+
+
+class HealthCheck:
+    """Whether the Proxy behind answers 200, asked at most once a second: ``/health`` needs no
+    key, and must not let anyone make the Gatekeeper call the Proxy at will."""
+
+    def __init__(self, forwarder: ProxyForwarder) -> None:
+        self.forwarder = forwarder
+        self._checked_at = -HEALTH_CACHE_SECONDS
+        self._ok = False
+
+    async def ok(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked_at >= HEALTH_CACHE_SECONDS:
+            self._checked_at = now
+            try:
+                answer = await self.forwarder.forward("GET", "/health", new_request_id(),
+                                                      timeout=3)
+            except ApiError:
+                answer = None
+            self._ok = answer is not None and answer.status == 200
+        return self._ok
 
 
 class HealthHandler(GatekeeperHandler):
@@ -48,13 +80,12 @@ class HealthHandler(GatekeeperHandler):
     errors) stays on the internal network.
     """
 
+    def initialize(self, endpoint: str, health: HealthCheck) -> None:
+        super().initialize(endpoint)
+        self.health = health
+
     async def get(self) -> None:
-        self.request_id = new_request_id()
-        try:
-            answer = await self.forwarder.forward("GET", "/health", self.request_id, timeout=3)
-        except ApiError:
-            answer = None
-        ok = answer is not None and answer.status == 200
+        ok = await self.health.ok()
         self.send_json({"service": "gatekeeper", "status": "ok" if ok else "unavailable"},
                        200 if ok else 503)
 
@@ -67,40 +98,53 @@ def _no_body(body: bytes) -> Any:
 
 # What each forwarded endpoint's body must be: the Proxy's own checks, run at the edge.
 VALIDATORS: dict[str, Callable[[bytes], Any]] = {
-    "query": lambda body: parse_query_request(body, MODES),
-    "batch": lambda body: parse_batch_request(body, MODES),
-    "transactions": parse_transaction_request,
-    "transaction_end": _no_body,
+    "POST /query": lambda body: parse_query_request(body, MODES),
+    "POST /batch": lambda body: parse_batch_request(body, MODES),
+    "POST /transactions": parse_transaction_request,
+    "POST /transactions/{id}/commit": _no_body,
+    "POST /transactions/{id}/rollback": _no_body,
 }
 
 
 class ForwardHandler(GatekeeperHandler):
-    """Checks the key, then the body, then forwards the original bytes to the Proxy."""
+    """Checks the key and its rate, then the body, then forwards the original bytes to the
+    Proxy with the key's scope and name."""
 
-    def initialize(self, forwarder: ProxyForwarder, api_key: str, max_body_bytes: int,
-                   endpoint: str) -> None:
-        super().initialize(forwarder)
-        self.api_key = api_key.encode()
+    def initialize(self, endpoint: str, forwarder: ProxyForwarder, keys: KeyRing,
+                   max_body_bytes: int) -> None:
+        super().initialize(endpoint)
+        self.forwarder = forwarder
+        self.keys = keys
         self.max_body_bytes = max_body_bytes
         self.validate = VALIDATORS[endpoint]
 
-    def prepare(self) -> None:
-        # Checked before the body is read: without the key nothing is read, nothing forwarded.
-        offered = self.request.headers.get(API_KEY_HEADER, "").encode()
-        if not hmac.compare_digest(offered, self.api_key):
-            raise ApiError(401, f"missing or wrong {API_KEY_HEADER} header",
-                           headers={"WWW-Authenticate": API_KEY_HEADER})
-        super().prepare()
+    def check_request(self) -> None:
+        # Run before the body is read: without the key nothing is read, nothing forwarded.
+        # The client's id names even a refusal, when it is a good one.
+        header_id = self.request.headers.get(REQUEST_ID_HEADER)
+        good = header_id is not None and REQUEST_ID_PATTERN.fullmatch(header_id)
+        self.request_id = header_id if good else new_request_id()
+        key = self.keys.authenticate(self.request.headers.get(API_KEY_HEADER))
+        self.key_name = key.name
+        self.key_scope = key.scope
+        checked_request_id(header_id, f"header {REQUEST_ID_HEADER}")
+        self.keys.admit(key)
 
     async def post(self, transaction_id: str | None = None, action: str | None = None) -> None:
-        header_id = checked_request_id(self.request.headers.get(REQUEST_ID_HEADER),
-                                       f"header {REQUEST_ID_HEADER}")
-        self.request_id = header_id or new_request_id()
         if transaction_id is not None:
             checked_transaction_id(transaction_id, "the transaction id in the path")
-        body = self.body
-        request = self.validate(body)
+        request = self.validate(self.body)
         self.request_id = getattr(request, "request_id", None) or self.request_id
         self.set_header(REQUEST_ID_HEADER, self.request_id)
         self.relay(await self.forwarder.forward("POST", self.request.path, self.request_id,
-                                                body))
+                                                self.body, scope=self.key_scope,
+                                                key_name=self.key_name))
+
+    def relay(self, answer: ProxyAnswer) -> None:
+        self.set_status(answer.status)
+        self.set_header("Content-Type", answer.content_type)
+        if answer.location:
+            self.set_header("Location", answer.location)
+        if answer.retry_after:
+            self.set_header("Retry-After", answer.retry_after)
+        self.finish(answer.body)

@@ -4,15 +4,16 @@ import sys
 
 from services.config import ProxyConfig, load_config
 from services.http import serve
-from services.proxy.app import make_proxy_app
+from services.proxy.app import make_proxy_app, server_options
 
 
 def main() -> None:
     try:
         config = load_config(ProxyConfig)
-    except ValueError as error:
+        options = server_options(config)
+    except (ValueError, OSError) as error:  # OSError: a certificate file missing or unreadable
         sys.exit(f"proxy: bad configuration: {error}")
-    serve(lambda: make_proxy_app(config), config.listen_address, config.port, "proxy")
+    serve(lambda: make_proxy_app(config), config.listen_address, config.port, "proxy", options)
 
 
 if __name__ == "__main__":

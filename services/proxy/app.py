@@ -1,13 +1,15 @@
-"""Assembling the Proxy: pools, health monitor, transactions, router, handlers."""
+"""Assembling the Proxy: pools, health monitor, transactions, router, handlers, and TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import tornado.web
 
 from services.config import ProxyConfig
-from services.http import NotFoundHandler, log_failed_requests
+from services.contract import SCOPES
+from services.http import NotFoundHandler, ServerOptions, log_failed_requests
 from services.proxy.handlers import (
     BatchHandler,
     HealthHandler,
@@ -16,7 +18,8 @@ from services.proxy.handlers import (
     TransactionsHandler,
 )
 from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
-from services.proxy.pools import NodePool
+from services.proxy.pools import MONITOR, NodePool
+from services.proxy.quiet import Scrubber
 from services.proxy.router import QueryRouter
 from services.proxy.tokens import TokenCodec, derive_secret
 from services.proxy.transactions import TransactionManager
@@ -24,23 +27,58 @@ from services.proxy.transactions import TransactionManager
 TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
 
 
+def server_tls_context(config: ProxyConfig) -> ssl.SSLContext | None:
+    """HTTPS with the Proxy's certificate when one is configured; with ``tls_client_ca``, a
+    client without a certificate from that CA fails the handshake, before any HTTP is read.
+    The scope headers are believed only because of this."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_client_ca:
+        context.load_verify_locations(cafile=config.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def server_options(config: ProxyConfig) -> ServerOptions:
+    return ServerOptions(ssl_context=server_tls_context(config))
+
+
+def token_secret(config: ProxyConfig) -> bytes:
+    """The read-your-writes tokens' key: the configured one, else one derived from every
+    database password the Proxy holds (the same on every Proxy of the cluster, known to no
+    client)."""
+    if config.token_secret:
+        return config.token_secret.encode()
+    passwords = dict.fromkeys(config.db_credentials(scope)[1] for scope in (*SCOPES, MONITOR))
+    return derive_secret("\n".join(passwords))
+
+
+def scrubber_for(config: ProxyConfig) -> Scrubber:
+    """What this Proxy's error answers must never name: its nodes and its database users."""
+    return Scrubber([node.host for node in config.nodes],
+                    [config.db_user, *(config.db_credentials(scope)[0]
+                                       for scope in (*SCOPES, MONITOR))])
+
+
 async def make_proxy_app(config: ProxyConfig):
     """The application and the coroutine that releases what it holds."""
     primary = NodeHealth(NodePool(config.primary, "primary", config))
     replicas = [NodeHealth(NodePool(address, "replica", config)) for address in config.replicas]
     cluster = ClusterHealth(primary, replicas)
-    await asyncio.gather(*(node.pool.start() for node in cluster.nodes))
     monitor = HealthMonitor(cluster, config)
     await monitor.check_nodes()  # know who is up before the first request
     monitor.start()
     transactions = TransactionManager(cluster, config)
     transactions.start()
-    secret = (config.token_secret.encode() if config.token_secret
-              else derive_secret(config.db_password))
-    router = QueryRouter(cluster, monitor, transactions, TokenCodec(secret), config.max_rows,
-                         causal_wait=config.causal_wait,
-                         primary_fallback=config.read_fallback == "primary")
-    handler_args = {"router": router, "max_body_bytes": config.max_body_bytes}
+    router = QueryRouter(cluster, monitor, transactions, TokenCodec(token_secret(config)),
+                         config.max_rows, causal_wait=config.causal_wait,
+                         primary_fallback=config.read_fallback == "primary",
+                         max_result_bytes=config.max_result_bytes)
+    handler_args = {"router": router, "max_body_bytes": config.max_body_bytes,
+                    "default_scope": config.default_scope, "scrubber": scrubber_for(config)}
     app = tornado.web.Application(
         [
             (r"/", IndexHandler),

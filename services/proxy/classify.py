@@ -56,7 +56,7 @@ class Kind(enum.Enum):
     DDL = "ddl"                # schema change: commits implicitly, so never inside a transaction
     SESSION = "session"        # sets session state: only inside a transaction
     TRANSACTION = "transaction"  # BEGIN/COMMIT/ROLLBACK/XA: the transaction API does this
-    ACCOUNT = "account"        # passwords, users, grants: never through the gateway
+    ACCOUNT = "account"        # passwords, users, grants, others' sessions: never through it
     CONNECTION = "connection"  # character set, quoting rules: the Proxy's own, never changed
     OTHER = "other"            # CALL, DO, admin and unparsed statements: primary, then reset
 
@@ -72,10 +72,21 @@ class Classification:
     commits_implicitly: bool = False  # the server commits an open transaction first
     sets_schema: bool = False  # USE: a reset keeps the default schema, so it needs more
     savepoint: bool = False  # SAVEPOINT, ROLLBACK TO, RELEASE: would meddle with a batch's own
+    needs: str = ""  # the weakest scope that may run it, when not the kind's (see ``scope``)
 
     @property
     def is_read(self) -> bool:
         return self.kind is Kind.READ
+
+    @property
+    def scope(self) -> str:
+        """The weakest request scope that may run the statement (services.contract.SCOPES).
+
+        Reads need ``read``; plain DML and the session statements that only make sense inside
+        a transaction need ``write``; schema changes need ``admin``, and so does whatever the
+        Proxy cannot see into (CALL, DO, unparsed statements), which may do anything.
+        """
+        return self.needs or _KIND_SCOPES[self.kind]
 
     @property
     def query_type(self) -> str:
@@ -88,6 +99,10 @@ class Classification:
         return self.kind not in (Kind.READ, Kind.WRITE)
 
 
+_KIND_SCOPES = {
+    Kind.READ: "read", Kind.WRITE: "write", Kind.SESSION: "write", Kind.TRANSACTION: "write",
+    Kind.DDL: "admin", Kind.OTHER: "admin", Kind.ACCOUNT: "admin", Kind.CONNECTION: "admin",
+}
 READ = Classification(Kind.READ, "plain read")
 WRITE = Classification(Kind.WRITE, "plain write")
 
@@ -108,6 +123,16 @@ _ACCOUNT_STATEMENTS = (("SET", "PASSWORD"), ("ALTER", "USER"), ("CREATE", "USER"
                        ("DROP", "USER"), ("RENAME", "USER"), ("GRANT",), ("REVOKE",),
                        ("CREATE", "ROLE"), ("DROP", "ROLE"), ("SET", "ROLE"),
                        ("SET", "DEFAULT", "ROLE"))
+# Clients of one scope share its database user, and a user sees and may end its own sessions
+# and read its own account: these would show one client the others' statements, end them, or
+# hand out the account's password hash.
+_PRIVATE_STATEMENTS = {
+    ("SHOW", "GRANTS"): "SHOW GRANTS shows the database account and its password hash",
+    ("SHOW", "CREATE", "USER"): "SHOW CREATE USER shows the database account",
+    ("SHOW", "PROCESSLIST"): "SHOW PROCESSLIST shows other clients' statements",
+    ("SHOW", "FULL", "PROCESSLIST"): "SHOW PROCESSLIST shows other clients' statements",
+    ("KILL",): "KILL ends other clients' statements",
+}
 _DML_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 _DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE"})
 # sqlglot's Insert also derives from its DDL class, so schema changes are named one by one.
@@ -168,6 +193,9 @@ def _classify_by_keyword(words: tuple[str, ...]) -> Classification | None:
     for prefix in _ACCOUNT_STATEMENTS:
         if words[:len(prefix)] == prefix:
             return Classification(Kind.ACCOUNT, f"{' '.join(prefix)} manages accounts")
+    for prefix, reason in _PRIVATE_STATEMENTS.items():
+        if words[:len(prefix)] == prefix:
+            return Classification(Kind.ACCOUNT, reason)
     if first in _TRANSACTION_WORDS:
         if first == "ROLLBACK" and "TO" in words[1:]:
             return Classification(Kind.SESSION, "ROLLBACK TO SAVEPOINT", savepoint=True)
@@ -181,7 +209,7 @@ def _classify_by_keyword(words: tuple[str, ...]) -> Classification | None:
         return None  # parsed below, to look at the variables it sets
     if first in ("LOCK", "UNLOCK"):
         return Classification(Kind.SESSION, f"{first} TABLES changes the session's table locks",
-                              commits_implicitly=True)
+                              commits_implicitly=True, needs="admin")
     if first == "USE":
         return Classification(Kind.SESSION, "USE changes the default schema", sets_schema=True)
     if first in ("SAVEPOINT", "RELEASE"):
@@ -192,7 +220,7 @@ def _classify_by_keyword(words: tuple[str, ...]) -> Classification | None:
         return Classification(Kind.SESSION, f"DROP {words[1]} changes session state")
     if first == "CREATE" and "TEMPORARY" in words[1:]:
         return Classification(Kind.SESSION, "CREATE TEMPORARY TABLE lives as long as the "
-                              "session")
+                              "session", needs="admin")
     if first in ("DO", "CALL"):
         return Classification(Kind.OTHER, f"{first} may do anything: runs on the primary")
     return None
@@ -228,6 +256,10 @@ def _classify_query(statement: exp.Expression | None, keyword: str = "") -> Clas
     effect = _session_effects(statement)
     if effect is not None:
         return effect
+    for table in statement.find_all(exp.Table):
+        if table.name.lower() == "processlist" and table.db.lower() in ("", "information_schema"):
+            return Classification(Kind.ACCOUNT, "information_schema.PROCESSLIST shows other "
+                                  "clients' statements")
     for select in statement.find_all(exp.Select):
         if select.args.get("locks"):
             return Classification(Kind.WRITE, "locking read (FOR UPDATE / FOR SHARE)")
@@ -235,8 +267,8 @@ def _classify_query(statement: exp.Expression | None, keyword: str = "") -> Clas
             return Classification(Kind.WRITE, "SELECT ... INTO")
     for node in statement.find_all(exp.Func):
         name = _function_name(node)
-        if name in PRIMARY_ONLY_FUNCTIONS:
-            return Classification(Kind.WRITE, f"calls {name}()")
+        if name in PRIMARY_ONLY_FUNCTIONS:  # a read, though one only the primary answers
+            return Classification(Kind.WRITE, f"calls {name}()", needs="read")
     for node in statement.find_all(exp.DML, exp.DDL):
         return Classification(Kind.WRITE, f"contains {type(node).__name__.upper()}")
     return READ

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from services.contract import (
@@ -18,8 +19,12 @@ from services.contract import (
 )
 from services.http import JsonHandler
 from services.proxy.health import ClusterHealth
+from services.proxy.quiet import Scrubber
 from services.proxy.router import QueryRouter
+from services.proxy.scopes import Caller, caller_from_headers
 from services.proxy.transactions import TransactionManager
+
+log = logging.getLogger(__name__)
 
 
 class IndexHandler(JsonHandler):
@@ -45,16 +50,24 @@ class HealthHandler(JsonHandler):
 
 
 class ProxyHandler(JsonHandler):
-    """Request ids from the header or the body, echoed on every answer, errors included."""
+    """Request ids from the header or the body, echoed on every answer, errors included; the
+    caller's scope from the Gatekeeper's headers; error answers scrubbed of internal names."""
 
-    def initialize(self, router: QueryRouter, max_body_bytes: int) -> None:
+    caller: Caller | None = None
+
+    def initialize(self, router: QueryRouter, max_body_bytes: int, default_scope: str,
+                   scrubber: Scrubber) -> None:
         self.router = router
         self.max_body_bytes = max_body_bytes
+        self.default_scope = default_scope
+        self.scrubber = scrubber
 
-    def start_request(self) -> None:
+    def start_request(self) -> Caller:
         header_id = checked_request_id(self.request.headers.get(REQUEST_ID_HEADER),
                                        f"header {REQUEST_ID_HEADER}")
         self.use_request_id(header_id or new_request_id())
+        self.caller = caller_from_headers(self.request.headers, self.default_scope)
+        return self.caller
 
     def use_request_id(self, request_id: str | None) -> None:
         if request_id:
@@ -69,13 +82,30 @@ class ProxyHandler(JsonHandler):
             raise
         self.send_json(payload, status)
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error answer leaves scrubbed; the log keeps what was hidden, and every
+        refusal of a scope, with the request id and the key's name. (Other failures are in
+        the access log already, by status.)"""
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            full = (error.message, dict(error.details))
+            hidden = self.scrubber.error(error)
+            if hidden or "required_scope" in error.details:
+                caller = self.caller
+                log.log(logging.WARNING if hidden else logging.INFO,
+                        "request %s key=%s scope=%s %s %s: %d %s %s", self.request_id,
+                        caller.key if caller else None, caller.scope if caller else None,
+                        self.request.method, self.request.path, error.status, full[0],
+                        {k: v for k, v in full[1].items() if k != "request_id"})
+        super().write_error(status_code, **kwargs)
+
 
 class QueryHandler(ProxyHandler):
     async def post(self) -> None:
         self.start_request()
         request = parse_query_request(self.body, MODES)
         self.use_request_id(request.request_id)
-        await self.answer(self.router.run(request, self.request_id))
+        await self.answer(self.router.run(request, self.request_id, self.caller))
 
 
 class BatchHandler(ProxyHandler):
@@ -83,35 +113,37 @@ class BatchHandler(ProxyHandler):
         self.start_request()
         request = parse_batch_request(self.body, MODES)
         self.use_request_id(request.request_id)
-        await self.answer(self.router.run_batch(request, self.request_id))
+        await self.answer(self.router.run_batch(request, self.request_id, self.caller))
 
 
 class TransactionsHandler(ProxyHandler):
     """``POST /transactions`` opens one (201); ``POST /transactions/{id}/commit|rollback``."""
 
     async def post(self, transaction_id: str | None = None, action: str | None = None) -> None:
-        self.start_request()
+        caller = self.start_request()
         transactions = self.router.transactions
         if transaction_id is None:
             request = parse_transaction_request(self.body)
             self.use_request_id(request.request_id)
-            await self.answer(self._open(transactions, request), 201)
+            await self.answer(self._open(transactions, request, caller), 201)
             return
         checked_transaction_id(transaction_id, "the transaction id in the path")
         if self.body.strip() not in (b"", b"{}"):
             raise ApiError(400, f"{action} takes no body")
         end = transactions.commit if action == "commit" else transactions.rollback
-        await self.answer(self._end(end, transaction_id, action))
+        await self.answer(self._end(end, transaction_id, action, caller))
 
-    async def _open(self, transactions: TransactionManager, request: Any) -> dict[str, Any]:
-        transaction = await transactions.open(request)
+    async def _open(self, transactions: TransactionManager, request: Any,
+                    caller: Caller) -> dict[str, Any]:
+        transaction = await transactions.open(request, caller)
         self.set_header("Location", f"/transactions/{transaction.id}")
         return {"request_id": self.request_id, "transaction_id": transaction.id,
                 "node": transaction.node, "idle_timeout_s": transactions.idle_timeout,
                 "max_age_s": transactions.max_age}
 
-    async def _end(self, end: Any, transaction_id: str, action: str) -> dict[str, Any]:
-        transaction = await end(transaction_id)
+    async def _end(self, end: Any, transaction_id: str, action: str,
+                   caller: Caller) -> dict[str, Any]:
+        transaction = await end(transaction_id, caller)
         answer = {"request_id": self.request_id, "transaction_id": transaction.id,
                   "status": "committed" if action == "commit" else "rolled back",
                   "statements": transaction.statements}

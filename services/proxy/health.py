@@ -141,8 +141,12 @@ class Heartbeat:
 
     def write_statement(self) -> tuple[str, tuple]:
         self.seq += 1
-        return (f"REPLACE INTO {self.table} (proxy, epoch, seq, written) "
-                "VALUES (%s, %s, %s, NOW(6))", (self.proxy, self.epoch, self.seq))
+        # An upsert, not REPLACE: the monitor's user may insert and update the heartbeat
+        # table, never delete from it. (Values repeated: VALUES() is deprecated on MySQL.)
+        return (f"INSERT INTO {self.table} (proxy, epoch, seq, written) "
+                "VALUES (%s, %s, %s, NOW(6)) "
+                "ON DUPLICATE KEY UPDATE epoch = %s, seq = %s, written = NOW(6)",
+                (self.proxy, self.epoch, self.seq, self.epoch, self.seq))
 
     def written_now(self) -> None:
         self.written.append((self.seq, time.monotonic()))

@@ -26,6 +26,7 @@ from services.proxy.pools import (
     TransactionLeftOpen,
 )
 from services.proxy.routing import STRATEGIES, read_targets
+from services.proxy.scopes import Caller
 from services.proxy.tokens import TokenCodec
 from services.proxy.transactions import (
     Transaction,
@@ -67,7 +68,10 @@ def result_json(result: QueryResult) -> dict[str, Any]:
             "last_insert_id": result.last_insert_id, "truncated": result.truncated}
 
 
-def sql_error(error: SqlError, **details: Any) -> ApiError:
+def sql_error(error: SqlError, caller: Caller | None = None, **details: Any) -> ApiError:
+    """The server's refusal; a privilege error also names the scope whose user it hit."""
+    if caller is not None and error.http_status == 403:
+        details.setdefault("scope", caller.scope)
     return ApiError(error.http_status, error.message, mysql_errno=error.code, **details)
 
 
@@ -100,27 +104,32 @@ class QueryRouter:
     max_rows: int
     causal_wait: float = 0.5
     primary_fallback: bool = True  # reads with no replica in rotation: primary, or 503
+    max_result_bytes: int = 8 * 1024 * 1024  # per answer: a batch's results share it
 
     # --- POST /query --------------------------------------------------------------------------
 
-    async def run(self, request: QueryRequest, request_id: str) -> dict[str, Any]:
+    async def run(self, request: QueryRequest, request_id: str,
+                  caller: Caller) -> dict[str, Any]:
         """Answer a query request, or raise ApiError with the right status."""
         began = time.perf_counter()
         classification = classified(request.statement)
         after = self._position(request.after)
         if request.transaction_id is not None:
             async with self.transactions.using(request.transaction_id) as transaction:
+                inside = caller.within(transaction.scope)
+                inside.check(classification)
                 result = await self._in_transaction(transaction, request.statement,
-                                                    classification)
+                                                    classification, inside)
             answer = {**Executed(self.cluster.primary, result, 1, None, None).to_json(),
                       "transaction_id": transaction.id}
             ended = self.transactions.ending(transaction.id)
             if ended:  # the statement itself ended it (a procedure's COMMIT, say)
                 answer["transaction_ended"] = ended
         else:
+            caller.check(classification)
             refuse_outside(classification)
             answer = (await self._execute(request.statement, classification, request.mode,
-                                          after)).to_json()
+                                          caller, after)).to_json()
         return {
             "request_id": request_id,
             "mode": request.mode,
@@ -137,11 +146,13 @@ class QueryRouter:
         return self.tokens.issue(self.cluster.flavour, position) if position else None
 
     async def _in_transaction(self, transaction: Transaction, statement: Statement,
-                              classification: Classification) -> QueryResult:
+                              classification: Classification, caller: Caller,
+                              max_bytes: int | None = None) -> QueryResult:
         try:
-            return await self.transactions.execute(transaction, statement, classification)
+            return await self.transactions.execute(transaction, statement, classification,
+                                                   max_bytes)
         except SqlError as error:
-            raise sql_error(error, node=transaction.node,
+            raise sql_error(error, caller, node=transaction.node,
                             transaction_id=transaction.id) from None
         except QueryTimeout as error:
             raise ApiError(504, f"{error}; the transaction was rolled back",
@@ -163,9 +174,11 @@ class QueryRouter:
         return targets
 
     async def _execute(self, statement: Statement, classification: Classification,
-                       mode: str, after: str | None = None) -> Executed:
-        """Run outside a transaction: a read on its targets in turn (waiting on each replica
-        for ``after``, the position it must see), a write on the primary, once."""
+                       mode: str, caller: Caller, after: str | None = None,
+                       max_bytes: int | None = None) -> Executed:
+        """Run outside a transaction, as the caller's scope's database user: a read on its
+        targets in turn (waiting on each replica for ``after``, the position it must see), a
+        write on the primary, once."""
         flavour = self.cluster.flavour
         primary = self.cluster.primary
         position = None if classification.is_read else flavour.position_statement()
@@ -177,7 +190,8 @@ class QueryRouter:
             node.in_flight += 1
             began = time.perf_counter()
             try:
-                result = await node.pool.execute(statement, self.max_rows,
+                result = await node.pool.execute(statement, self.max_rows, scope=caller.scope,
+                                                 max_bytes=max_bytes,
                                                  reset=classification.leaves_state,
                                                  wait=wait, position=position)
                 node.observe((time.perf_counter() - began) * 1000.0)
@@ -190,7 +204,7 @@ class QueryRouter:
                 waited_ms += error.waited_ms
                 failures.append(str(error))
             except SqlError as error:
-                raise sql_error(error, node=node.name) from None
+                raise sql_error(error, caller, node=node.name) from None
             except QueryTimeout as error:
                 raise ApiError(504, str(error), node=node.name) from None
             except TransactionLeftOpen:
@@ -214,13 +228,23 @@ class QueryRouter:
 
     # --- POST /batch --------------------------------------------------------------------------
 
-    async def run_batch(self, request: BatchRequest, request_id: str) -> dict[str, Any]:
+    async def run_batch(self, request: BatchRequest, request_id: str,
+                        caller: Caller) -> dict[str, Any]:
         began = time.perf_counter()
         after = self._position(request.after)  # a bad token is refused before anything runs
+        if request.transaction_id is not None:
+            # Inside a transaction: no more than it was opened with (an unknown or ended one
+            # is answered by the lookup below).
+            caller = caller.within(self.transactions.scope_of(request.transaction_id)
+                                   or caller.scope)
+        elif request.transaction:
+            caller.check_transaction("atomic batches (send 'transaction': false to run "
+                                     "statements one by one)")
         classifications = []
         for index, statement in enumerate(request.statements):
             try:
                 classification = classified(statement)
+                caller.check(classification)
                 if request.transaction:
                     refuse_inside(classification)
                 if request.transaction_id is not None and classification.savepoint:
@@ -233,21 +257,22 @@ class QueryRouter:
                 error.details["failed_statement"] = index
                 raise
         if request.transaction_id is not None:
-            answer = await self._batch_in_transaction(request, classifications)
+            answer = await self._batch_in_transaction(request, classifications, caller)
         elif request.transaction:
-            answer = await self._atomic_batch(request, classifications)
+            answer = await self._atomic_batch(request, classifications, caller)
         else:
-            answer = await self._independent_batch(request, classifications, after)
+            answer = await self._independent_batch(request, classifications, caller, after)
         return {"request_id": request_id, "mode": request.mode,
                 "transaction": request.transaction, **answer,
                 "elapsed_ms": round((time.perf_counter() - began) * 1000.0, 3)}
 
-    async def _atomic_batch(self, request: BatchRequest,
-                            classifications: list[Classification]) -> dict[str, Any]:
+    async def _atomic_batch(self, request: BatchRequest, classifications: list[Classification],
+                            caller: Caller) -> dict[str, Any]:
         """All statements in one transaction on the primary: all apply, or none."""
         primary = self.cluster.primary
+        budget = self.max_result_bytes
         try:
-            lease = await primary.pool.lease()
+            lease = await primary.pool.lease(caller.scope)
         except NodeBusy as error:
             raise ApiError(503, f"no database node could serve this batch: {error}") from None
         except NodeUnavailable as error:
@@ -261,7 +286,9 @@ class QueryRouter:
             lease.schema_changed = any(c.sets_schema for c in classifications)
             for statement in request.statements:
                 index += 1  # read by the handlers below: which statement failed
-                results.append(await lease.run(statement, self.max_rows))
+                result = await lease.run(statement, self.max_rows, budget)
+                budget -= result.size
+                results.append(result)
                 if not lease.in_transaction:
                     raise ImplicitCommit(index)
             committing = True
@@ -269,7 +296,7 @@ class QueryRouter:
             token = self.issue_token(await position_after_commit(lease, self.cluster.flavour))
         except SqlError as error:
             await _rollback(lease)
-            raise sql_error(error, node=primary.name, rolled_back=True,
+            raise sql_error(error, caller, node=primary.name, rolled_back=True,
                             **_failed(index)) from None
         except ImplicitCommit:
             raise ApiError(400, f"statements[{index}]: {classifications[index].reason}, and "
@@ -293,16 +320,20 @@ class QueryRouter:
                                                                   strict=True)]}
 
     async def _batch_in_transaction(self, request: BatchRequest,
-                                    classifications: list[Classification]) -> dict[str, Any]:
+                                    classifications: list[Classification],
+                                    caller: Caller) -> dict[str, Any]:
         """Inside an open transaction: all or none of the batch, and the transaction stays."""
         async with self.transactions.using(request.transaction_id) as transaction:
             results = []
+            budget = self.max_result_bytes
             await self._savepoint(transaction, "SAVEPOINT")
             for index, (statement, classification) in enumerate(
                     zip(request.statements, classifications, strict=True)):
                 try:
-                    results.append(await self._in_transaction(transaction, statement,
-                                                              classification))
+                    result = await self._in_transaction(transaction, statement,
+                                                        classification, caller, budget)
+                    budget -= result.size
+                    results.append(result)
                 except ApiError as error:
                     if self.transactions.is_open(transaction.id):
                         await self._savepoint(transaction, "ROLLBACK TO SAVEPOINT")
@@ -326,16 +357,19 @@ class QueryRouter:
             raise sql_error(error, transaction_id=transaction.id) from None
 
     async def _independent_batch(self, request: BatchRequest,
-                                 classifications: list[Classification],
+                                 classifications: list[Classification], caller: Caller,
                                  after: str | None) -> dict[str, Any]:
         """Each statement on its own, as separate /query requests would run; the answer's
         token is the last write's, which covers the earlier ones."""
         results = []
         token = None
+        budget = self.max_result_bytes
         for statement, classification in zip(request.statements, classifications, strict=True):
             try:
                 refuse_outside(classification)
-                executed = await self._execute(statement, classification, request.mode, after)
+                executed = await self._execute(statement, classification, request.mode, caller,
+                                               after, budget)
+                budget -= executed.result.size
                 token = executed.token or token
                 results.append({"status": 200, "query_type": classification.query_type,
                                 **executed.to_json()})

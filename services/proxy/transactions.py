@@ -31,6 +31,7 @@ from services.proxy.pools import (
     SqlError,
 )
 from services.proxy.replication import Flavour
+from services.proxy.scopes import Caller
 from services.statements import Statement
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ DEADLOCK = 1213  # InnoDB rolls the whole transaction back
 class Transaction:
     id: str
     lease: Lease
+    scope: str  # what it was opened with: statements inside are checked against it
     opened: float
     last_used: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -64,6 +66,7 @@ class TransactionManager:
         self.idle_timeout = config.transaction_idle_timeout
         self.max_age = config.transaction_max_age
         self.max_rows = config.max_rows
+        self.max_result_bytes = config.max_result_bytes
         self._open: dict[str, Transaction] = {}
         self._opening = 0
         self._ended: OrderedDict[str, str] = OrderedDict()
@@ -89,11 +92,18 @@ class TransactionManager:
     def is_open(self, transaction_id: str) -> bool:
         return transaction_id in self._open
 
+    def scope_of(self, transaction_id: str) -> str | None:
+        """The scope an open transaction was opened with; None when it is not open."""
+        transaction = self._open.get(transaction_id)
+        return transaction.scope if transaction is not None else None
+
     def ending(self, transaction_id: str) -> str | None:
         """How an ended transaction ended; None while it is open (or unknown)."""
         return self._ended.get(transaction_id)
 
-    async def open(self, request: TransactionRequest) -> Transaction:
+    async def open(self, request: TransactionRequest, caller: Caller) -> Transaction:
+        """Open one on the primary, as the caller's scope's database user, which it keeps."""
+        caller.check_transaction("interactive transactions")
         if self.max_open == 0:
             raise ApiError(503, "transactions are turned off on this proxy "
                            "(PROXY_MAX_TRANSACTIONS=0)")
@@ -102,7 +112,7 @@ class TransactionManager:
                            "back one, or retry later", headers={"Retry-After": "1"})
         self._opening += 1
         try:
-            lease = await self._lease()
+            lease = await self._lease(caller.scope)
             try:
                 if request.isolation:
                     await lease.run(Statement.plain(
@@ -119,13 +129,13 @@ class TransactionManager:
             self._opening -= 1
         now = time.monotonic()
         transaction = Transaction(f"{self.instance}.{secrets.token_urlsafe(18)}", lease,
-                                  opened=now, last_used=now)
+                                  caller.scope, opened=now, last_used=now)
         self._open[transaction.id] = transaction
         return transaction
 
-    async def _lease(self) -> Lease:
+    async def _lease(self, scope: str) -> Lease:
         try:
-            return await self.primary.pool.lease()
+            return await self.primary.pool.lease(scope)
         except NodeBusy as error:
             raise ApiError(503, f"the primary has no free connection: {error}",
                            headers={"Retry-After": "1"}) from None
@@ -160,13 +170,17 @@ class TransactionManager:
     # --- statements ---------------------------------------------------------------------------
 
     async def execute(self, transaction: Transaction, statement: Statement,
-                      classification: Classification) -> QueryResult:
-        """Run one statement inside the transaction (the caller holds ``using``)."""
+                      classification: Classification,
+                      max_bytes: int | None = None) -> QueryResult:
+        """Run one statement inside the transaction (the caller holds ``using`` and checked
+        the statement against the transaction's scope)."""
         refuse_inside(classification)
         if classification.sets_schema:
             transaction.lease.schema_changed = True
         try:
-            result = await transaction.lease.run(statement, self.max_rows)
+            result = await transaction.lease.run(
+                statement, self.max_rows,
+                self.max_result_bytes if max_bytes is None else max_bytes)
         except SqlError as error:
             if error.code == DEADLOCK:
                 await self._end(transaction, "rolled back by the server (deadlock)")
@@ -185,14 +199,16 @@ class TransactionManager:
         """SAVEPOINT / ROLLBACK TO / RELEASE the batch savepoint of ``/batch`` inside it."""
         await transaction.lease.run(Statement.plain(f"{action} sqlgate_batch"), 0)
 
-    async def commit(self, transaction_id: str) -> Transaction:
-        return await self._finish(transaction_id, "COMMIT", "committed")
+    async def commit(self, transaction_id: str, caller: Caller) -> Transaction:
+        return await self._finish(transaction_id, "COMMIT", "committed", caller)
 
-    async def rollback(self, transaction_id: str) -> Transaction:
-        return await self._finish(transaction_id, "ROLLBACK", "rolled back")
+    async def rollback(self, transaction_id: str, caller: Caller) -> Transaction:
+        return await self._finish(transaction_id, "ROLLBACK", "rolled back", caller)
 
-    async def _finish(self, transaction_id: str, sql: str, ending: str) -> Transaction:
+    async def _finish(self, transaction_id: str, sql: str, ending: str,
+                      caller: Caller) -> Transaction:
         async with self.using(transaction_id) as transaction:
+            caller.within(transaction.scope).check_transaction("ending a transaction")
             try:
                 await transaction.lease.run(Statement.plain(sql), 0)
             except SqlError as error:

@@ -6,7 +6,15 @@ from __future__ import annotations
 import json
 import stat
 
-from cluster.record import ClusterRecord, HostRecord, read_record, remove_record, write_record
+from cluster.record import (
+    ClusterRecord,
+    HostRecord,
+    ca_path,
+    read_record,
+    remove_record,
+    write_ca,
+    write_record,
+)
 
 
 def sample() -> ClusterRecord:
@@ -39,3 +47,21 @@ def test_unknown_host_fields_of_a_newer_record_are_ignored():
     data = sample().to_json()
     data["hosts"][0]["zone"] = "eu-west-1a"
     assert ClusterRecord.from_json(data).hosts[0].name == "replica1"
+
+
+def test_the_ca_copy_lives_next_to_the_record_and_goes_with_it(tmp_path):
+    ca = write_ca("local", "-----BEGIN CERTIFICATE-----\n", tmp_path)
+    assert ca == ca_path("local", tmp_path) == tmp_path / "local-ca.crt"
+    assert stat.S_IMODE(ca.stat().st_mode) == 0o644  # public: the user runs curl with it
+    record = ClusterRecord(provider="local", cluster_name="c",
+                           gatekeeper_url="https://10.0.0.3", api_key="k", ca_file=str(ca))
+    write_record(record, tmp_path)
+    assert read_record("local", tmp_path).ca_file == str(ca)
+    remove_record("local", tmp_path)
+    assert not ca.exists()
+
+
+def test_a_record_without_a_ca_file_reads_as_none():
+    data = sample().to_json()
+    del data["ca_file"]
+    assert ClusterRecord.from_json(data).ca_file is None

@@ -64,3 +64,25 @@ def test_orchestration_summary_counts_changes_and_failures_but_not_preparation()
                               "proxy": ["sqlgate-app-installed"]}
     assert result.failed[0] == "sqlgate-orch-proxy: one state failed"
     assert "proxy: sqlgate-app-installed: failed stderr: no wheel" in result.failed[1]
+
+
+def test_the_master_runs_as_the_salt_user_on_every_provider():
+    from cluster.providers.aws.bundle import master_config as aws_master_config
+
+    assert salt_setup.master_config(["/srv/salt"], "/srv/pillar")["user"] == "salt"
+    assert aws_master_config()["user"] == salt_setup.MASTER_USER == "salt"
+    assert salt_setup.MASTER_PKI in salt_setup.MASTER_DIRS
+
+
+def test_a_state_run_summary_fails_a_minion_that_did_not_answer_or_could_not_render():
+    returns = {
+        "gatekeeper": {"file_|-sqlgate-gatekeeper-keys_|-/etc/k_|-managed": {
+            "changes": {"diff": "new"}, "result": True}},
+        "proxy": ["Rendering SLS 'base:sqlgate.proxy' failed: jinja error"],
+    }
+    result = salt_setup.summarize_states(returns, ["gatekeeper", "proxy", "primary"])
+    assert result.changed == {"gatekeeper": ["sqlgate-gatekeeper-keys"]}
+    assert not result.ok
+    assert result.failed[0].startswith("proxy: ") and "Rendering SLS" in result.failed[0]
+    assert result.failed[1] == "primary: no answer"
+    assert salt_setup.summarize_states({"gatekeeper": {}}, ["gatekeeper"]).ok

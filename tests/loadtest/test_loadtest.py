@@ -39,7 +39,7 @@ def cluster_env(db_cluster, gatekeeper, proxy, api_key, tmp_path_factory) -> dic
     directory = tmp_path_factory.mktemp("cluster")
     write_record(ClusterRecord(
         provider="loopback", cluster_name="loopback", gatekeeper_url=gatekeeper.url,
-        api_key=api_key,
+        api_key=api_key, ca_file=str(db_cluster.ca_file),
         hosts=tuple(HostRecord(n.name, "primary" if n is db_cluster.primary else "replica",
                                "127.0.0.1", port=n.port) for n in db_cluster.nodes),
     ), directory)

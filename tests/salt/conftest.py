@@ -14,5 +14,6 @@ def salt_call(tmp_path_factory) -> SaltCall:
     write_pillar(call.pillar_dir, {})
     synced = call.run(MINION, "saltutil.sync_all", "saltenv=base")
     assert "modules.sqlgate_db" in synced["modules"], synced
-    assert "states.sqlgate_replication" in synced["states"], synced
+    for state in ("sqlgate_replication", "sqlgate_users", "sqlgate_schema"):
+        assert f"states.{state}" in synced["states"], synced
     return call

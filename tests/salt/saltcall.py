@@ -70,12 +70,14 @@ class SaltCall:
         }))
         return config_dir
 
-    def run(self, minion_id: str, *args: str, **options: object) -> object:
-        """``salt-call --local <args>`` as ``minion_id``; its ``local`` answer."""
+    def run(self, minion_id: str, *args: str, failing: bool = False,
+            **options: object) -> object:
+        """``salt-call --local <args>`` as ``minion_id``; its ``local`` answer. It must succeed,
+        or with ``failing`` fail (a state whose result is False)."""
         result = subprocess.run([str(SALT_CALL), "--local", "-c",
                                  str(self.config_dir(minion_id, **options)), *args,
                                  "--out=json"], capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert (result.returncode != 0) is failing, result.stdout + result.stderr
         return json.loads(result.stdout)["local"]
 
     def show_sls(self, minion_id: str, sls: str) -> dict:
@@ -102,6 +104,11 @@ def state_function(states: dict, state_id: str) -> str:
 def load_salt_module(kind: str, name: str, salt: dict, opts: dict | None = None) -> ModuleType:
     """``salt/_<kind>/<name>.py`` imported on its own, with the Salt dunders the loader would
     give it (``__salt__``, ``__opts__``)."""
+    from salt._logging.impl import shutdown_temp_handler
+
+    # Importing salt queues log records for stderr until logging is set up, and writes them at
+    # exit, when pytest has closed that stream: here pytest's logging is the real one.
+    shutdown_temp_handler()
     path = SALT_TREE / f"_{kind}" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"sqlgate_test_{kind}_{name}", path)
     assert spec and spec.loader

@@ -3,8 +3,8 @@ writes the merged settings of map.jinja (defaults, OS maps, flavour, pillar), an
 those of the committed golden file, ``tests/salt/golden/mapdata-<flavour>.yaml``.
 
 The pillar is ``pillar/pillar.example`` without its ``lookup`` (which would force one flavour)
-and with fixed fake secrets, which the dump hides. After an intended change of the settings,
-regenerate the golden files and review their diff::
+and with fixed fake secrets and TLS texts, which the dump hides. After an intended change of
+the settings, regenerate the golden files and review their diff::
 
     SQLGATE_REGOLD=1 .venv/bin/python -m pytest tests/salt/test_mapdata.py
 """
@@ -24,14 +24,20 @@ from tests.salt.saltcall import FLAVOURS, SaltCall, write_pillar
 GOLDEN = Path(__file__).parent / "golden"
 PILLAR_EXAMPLE = PROJECT_ROOT / "pillar" / "pillar.example"
 REGOLD = os.environ.get("SQLGATE_REGOLD") == "1"
-FAKE_SECRETS = {"repl_password": "fake-repl-password", "app_password": "fake-app-password",
-                "sb_password": "fake-sb-password", "api_key": "fake-api-key"}
+FAKE_SECRETS = {"repl_password": "fake-repl-password",
+                "app_read_password": "fake-app-read-password",
+                "app_write_password": "fake-app-write-password",
+                "app_admin_password": "fake-app-admin-password",
+                "monitor_password": "fake-monitor-password", "sb_password": "fake-sb-password"}
+FAKE_TLS = {"ca": "fake-ca-certificate", "cert": "fake-host-certificate", "key": "fake-host-key",
+            "gatekeeper_public": {"cert": "fake-public-certificate", "key": "fake-public-key"}}
 
 
 def golden_pillar() -> dict:
     pillar = yaml.safe_load(PILLAR_EXAMPLE.read_text())
     pillar["sqlgate"].pop("lookup")
     pillar["sqlgate"]["secrets"] = dict(FAKE_SECRETS)
+    pillar["sqlgate"]["tls"] = dict(FAKE_TLS)
     return pillar
 
 
@@ -50,10 +56,14 @@ def dump_mapdata(flavour: str, root: Path) -> str:
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
 def test_mapdata_matches_the_golden_file(flavour, tmp_path):
     text = dump_mapdata(flavour, tmp_path)
-    for secret in FAKE_SECRETS.values():
+    for secret in [*FAKE_SECRETS.values(), *FAKE_TLS["gatekeeper_public"].values(),
+                   *(v for v in FAKE_TLS.values() if isinstance(v, str))]:
         assert secret not in text
     values = yaml.safe_load(text)["values"]
     assert values["secrets"] == dict.fromkeys(FAKE_SECRETS, "<hidden>")
+    assert values["tls"] == {"dir": "/etc/sqlgate/tls", "ca": "<hidden>", "cert": "<hidden>",
+                             "key": "<hidden>", "gatekeeper_public": {"cert": "<hidden>",
+                                                                     "key": "<hidden>"}}
     assert values["db"]["flavour"] == flavour
     assert values["service_manager"] == FLAVOURS[flavour].service_manager
 

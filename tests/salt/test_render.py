@@ -21,6 +21,7 @@ from cluster.pillar import build_pillar, write_pillar_tree
 from cluster.secrets import ClusterSecrets
 from cluster.state import PROJECT_ROOT
 from cluster.topology import plan_hosts
+from tests.salt.pillars import api_keys, cluster_tls
 from tests.salt.saltcall import (
     FLAVOURS,
     SALT_TREE,
@@ -38,6 +39,7 @@ HOST_OF_SLS = {
     "sqlgate.db": "primary",
     "sqlgate.db.package": "primary",
     "sqlgate.db.config": "primary",
+    "sqlgate.db.tls": "replica1",
     "sqlgate.db.service": "primary",
     "sqlgate.db.users": "primary",
     "sqlgate.db.sakila": "primary",
@@ -51,6 +53,7 @@ HOST_OF_SLS = {
     "sqlgate.supervisor.service": "proxy",
     "sqlgate.app": "proxy",
     "sqlgate.app.user": "proxy",
+    "sqlgate.app.tls": "proxy",
     "sqlgate.app.install": "proxy",
     "sqlgate.proxy": "proxy",
     "sqlgate.proxy.config": "proxy",
@@ -79,18 +82,22 @@ def sls_names() -> list[str]:
 
 
 class SaltRenderer(SaltCall):
-    """``SaltCall`` with the pillar tree of ``cluster.pillar`` for a two-replica cluster."""
+    """``SaltCall`` with the pillar tree of ``cluster.pillar`` for a two-replica cluster (with a
+    public certificate for the Gatekeeper when ``public``)."""
 
-    def __init__(self, root: Path, flavour: Flavour, service_venv: Path) -> None:
+    def __init__(self, root: Path, flavour: Flavour, service_venv: Path,
+                 public: bool = False) -> None:
         super().__init__(root, flavour)
         hosts = plan_hosts(2)
-        pillar = build_pillar("render", hosts, ClusterSecrets.generate(), provider="aws",
-                              sakila_source=SAKILA_URL)
-        pillar["sqlgate"]["addresses"] = {h.name: f"10.0.0.{10 + i}"
-                                          for i, h in enumerate(hosts)}
+        self.secrets = ClusterSecrets.generate()
+        self.pillar = build_pillar("render", hosts, self.secrets, provider="aws",
+                                   sakila_source=SAKILA_URL, tls=cluster_tls(hosts, public),
+                                   api_keys=api_keys())
+        common = self.pillar.common["sqlgate"]
+        common["addresses"] = {h.name: f"10.0.0.{10 + i}" for i, h in enumerate(hosts)}
         # A virtualenv path that exists, so that systemd-analyze can check the units' ExecStart.
-        pillar["sqlgate"]["lookup"] = {"app": {"venv": str(service_venv)}}
-        write_pillar_tree(pillar, hosts, self.pillar_dir)
+        common["lookup"] = {"app": {"venv": str(service_venv)}}
+        write_pillar_tree(self.pillar, hosts, self.pillar_dir)
 
 
 def service_venv(root: Path) -> Path:
@@ -120,9 +127,13 @@ def key_paths(data: dict, prefix: str = "") -> set[str]:
 
 def test_pillar_example_documents_every_key_bootstrap_writes():
     example = yaml.safe_load((PROJECT_ROOT / "pillar" / "pillar.example").read_text())
-    written = build_pillar("c", plan_hosts(2), ClusterSecrets.generate(), provider="local",
-                           sakila_source="/tmp/sakila")
-    assert key_paths(written) - key_paths(example) == set()
+    hosts = plan_hosts(2)
+    written = build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
+                           sakila_source="/tmp/sakila", tls=cluster_tls(hosts, public=True),
+                           api_keys=api_keys())
+    seen = set().union(*(key_paths(written.of(host.name)) for host in hosts))
+    assert seen - key_paths(example) == set()
+    assert {"sqlgate.tls.cert", "sqlgate.tls.gatekeeper_public.key", "sqlgate.api_keys"} <= seen
 
 
 def test_every_sls_has_a_host_to_render_it_as():
@@ -146,21 +157,24 @@ def test_init_files_only_include():
         assert list(data) == ["include"], path
 
 
-def test_replica_follows_the_primary_with_its_flavours_statement(renderer):
+def test_replica_follows_the_primary_over_tls_with_its_flavours_statement(renderer):
     states = renderer.show_sls("replica1", ROLE_SLS["replica1"])
     assert state_function(states, "sqlgate-db-replication-source") == \
         "sqlgate_replication.following"
     follow = state_args(states, "sqlgate-db-replication-source")
     assert follow["change_source"].startswith(renderer.flavour.change_source)
     assert (follow["source"], follow["port"], follow["user"]) == ("10.0.0.12", 3306, "repl")
+    assert follow["password"] == renderer.secrets.repl_password
     assert follow["password"] not in follow["change_source"]  # a template, not the statement
-    if renderer.flavour.name == "mysql":
-        # caching_sha2_password over a channel without TLS needs the source's RSA key.
-        assert "GET_SOURCE_PUBLIC_KEY=1" in follow["change_source"]
+    assert follow["ssl_ca"] == "/etc/sqlgate/tls/ca.crt"
+    prefix = "SOURCE" if renderer.flavour.name == "mysql" else "MASTER"
+    assert follow["change_source_ssl"] == f"{prefix}_SSL={{ssl}}, {prefix}_SSL_CA='{{ssl_ca}}'"
+    # The channel has TLS: MySQL needs no RSA key exchange for the password.
+    assert "GET_SOURCE_PUBLIC_KEY" not in follow["change_source"]
     assert (follow["client"], follow["socket"]) == (renderer.flavour.name,
                                                     "/run/mysqld/mysqld.sock")
     service = "mysql" if renderer.flavour.name == "mysql" else "mariadb"
-    assert follow["require"] == [{"cmd": f"{service}-ready"}]
+    assert follow["require"] == [{"cmd": f"{service}-ready"}, {"file": "sqlgate-tls-ca"}]
     threads = state_args(states, "sqlgate-db-replication-running")
     assert state_function(states, "sqlgate-db-replication-running") == \
         "sqlgate_replication.running"
@@ -177,21 +191,33 @@ def test_no_state_checks_with_a_shell_pipeline_on_the_database(renderer):
                 assert not isinstance(unless, str), (sid, unless)
 
 
-def test_proxy_settings_quote_the_password_and_ping_only_as_the_service_group(tmp_path):
+def test_proxy_settings_quote_the_passwords_use_tls_and_ping_only_as_the_service_group(
+        tmp_path):
     from services.config import ProxyConfig, load_config, read_env_file
 
     renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
-    password = "it's a $pass#word \\ \"x\""
+    passwords = {scope: f"it's a $pass#word \\ \"{scope}\""
+                 for scope in ("read", "write", "admin", "monitor")}
     proxy_pillar = tmp_path / "pillar" / "sqlgate" / "proxy.sls"
     proxy_pillar.write_text(yaml.safe_dump({"sqlgate": {
-        "secrets": {"app_password": password},
+        "secrets": {("monitor_password" if scope == "monitor" else f"app_{scope}_password"):
+                    password for scope, password in passwords.items()},
         "proxy": {"settings": {"max_transactions": 4, "transaction_idle_timeout": 2.5}}}}))
     states = renderer.show_sls("proxy", "sqlgate.proxy.config")
     env_file = tmp_path / "proxy.env"
     env_file.write_text(state_args(states, "sqlgate-proxy-env")["contents"])
-    assert read_env_file(env_file)["PROXY_DB_PASSWORD"] == password
     config = load_config(ProxyConfig, ["--env-file", str(env_file)], environ={})
+    users = {"read": "app_read", "write": "app_write", "admin": "app_admin",
+             "monitor": "sqlgate_monitor"}
+    for scope, password in passwords.items():
+        assert config.db_credentials(scope) == (users[scope], password)
+    # The fallback user is the weakest one.
+    assert (config.db_user, config.db_password) == ("app_read", passwords["read"])
+    assert (config.tls_cert, config.tls_key) == ("/etc/sqlgate/tls/proxy.crt",
+                                                 "/etc/sqlgate/tls/proxy.key")
+    assert config.tls_client_ca == config.db_tls_ca == "/etc/sqlgate/tls/ca.crt"
     assert (config.max_transactions, config.transaction_idle_timeout) == (4, 2.5)
+    assert "PROXY_DB_PASSWORD" in read_env_file(env_file)
     ping = state_args(states, "sqlgate-proxy-ping-group")
     assert ping["name"] == "net.ipv4.ping_group_range"
     assert ping["value"].count("id -g sqlgate") == 2, ping["value"]
@@ -200,45 +226,108 @@ def test_proxy_settings_quote_the_password_and_ping_only_as_the_service_group(tm
 def test_database_settings_follow_the_flavour(renderer):
     settings = state_args(renderer.show_sls("replica1", ROLE_SLS["replica1"]),
                           "sqlgate-db-config")
+    options = settings["context"]["options"]
     if renderer.flavour.name == "mysql":
-        assert settings["context"]["options"]["gtid_mode"] == "ON"
+        assert options["gtid_mode"] == "ON"
+        # MySQL bounds statements server-wide (milliseconds), MariaDB per user.
+        assert options["max_execution_time"] == 10000
         assert settings["context"]["replica_options"]["super_read_only"] == "ON"
     else:
-        assert settings["context"]["options"]["gtid_strict_mode"] == "ON"
+        assert options["gtid_strict_mode"] == "ON"
+        assert "max_execution_time" not in options
         assert settings["context"]["replica_options"] == {"read_only": "ON"}
+    assert settings["context"]["tls"] == {"ca": "/etc/sqlgate/tls/ca.crt",
+                                          "cert": "/etc/sqlgate/tls/replica1.crt",
+                                          "key": "/etc/sqlgate/tls/replica1.key"}
 
 
-def test_app_user_gets_schema_privileges_only(renderer):
+def render_file(states: dict, state_id: str) -> str:
+    """A file.managed template of the tree rendered with its state's context."""
+    managed = state_args(states, state_id)
+    template = (SALT_TREE / managed["source"].removeprefix("salt://")).read_text()
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(
+        **managed["context"])
+
+
+def test_database_servers_require_tls_over_the_network(renderer):
     states = renderer.show_sls("primary", ROLE_SLS["primary"])
-    grants = [state_args(states, sid) for sid in states
-              if sid.startswith("sqlgate-db-grants-app-")
-              and sid != "sqlgate-db-grants-app-monitor"]
-    assert {g["database"] for g in grants} == {"sakila.*", "sqlgate.*"}
-    assert all("ALL" not in g["grant"] and g["database"] != "*.*" for g in grants)
-    assert all(g["user"] == "app" for g in grants)
+    text = render_file(states, "sqlgate-db-config")
+    for line in ("ssl_ca = /etc/sqlgate/tls/ca.crt", "ssl_cert = /etc/sqlgate/tls/primary.crt",
+                 "ssl_key = /etc/sqlgate/tls/primary.key", "require_secure_transport = ON"):
+        assert f"\n{line}\n" in text, text
+    # Without `tls` in its context (as another user of the template may render it): no TLS.
+    context = dict(state_args(states, "sqlgate-db-config")["context"])
+    del context["tls"]
+    template = (SALT_TREE / "sqlgate" / "files" / "server.cnf.jinja").read_text()
+    plain = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(
+        **context)
+    assert "ssl" not in plain and f"server-id = {context['server_id']}" in plain
 
 
-def test_app_user_may_read_replica_status_with_the_flavours_privilege(renderer):
-    """The Proxy's monitor runs SHOW REPLICA STATUS: SLAVE MONITOR on MariaDB 10.5+,
-    REPLICATION CLIENT on MySQL; nothing else on *.*."""
+# Every database user and its privileges (one entry per grant), as the contract says.
+def expected_grants(flavour: str) -> dict[tuple[str, str], dict[str, set[str]]]:
+    admin = ("SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE VIEW, "
+             "SHOW VIEW, CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, REFERENCES")
+    monitor = {"mariadb": "SLAVE MONITOR", "mysql": "REPLICATION CLIENT"}[flavour]
+    table = {
+        ("app_read", "%"): {"sakila.*": "SELECT"},
+        ("app_write", "%"): {"sakila.*": "SELECT, INSERT, UPDATE, DELETE"},
+        ("app_admin", "%"): {"sakila.*": admin},
+        ("sqlgate_monitor", "%"): {"*.*": monitor, "sqlgate.*": "SELECT, INSERT, UPDATE"},
+        ("repl", "%"): {"*.*": "REPLICATION SLAVE"},
+        ("sb", "localhost"): {"sbtest.*": "ALL PRIVILEGES"},
+    }
+    return {user: {on: {p.strip() for p in privileges.split(",")}
+                   for on, privileges in grants.items()}
+            for user, grants in table.items()}
+
+
+def test_the_users_and_their_grants(renderer):
     states = renderer.show_sls("primary", ROLE_SLS["primary"])
-    grant = state_args(states, "sqlgate-db-grants-app-monitor")
-    expected = {"mariadb": "SLAVE MONITOR", "mysql": "REPLICATION CLIENT"}[renderer.flavour.name]
-    assert (grant["grant"], grant["database"], grant["user"]) == (expected, "*.*", "app")
-
-
-def test_the_users_and_their_grants_stay_the_same(renderer):
-    states = renderer.show_sls("primary", ROLE_SLS["primary"])
-    users = {(state_args(states, sid)["name"], state_args(states, sid)["host"])
-             for sid in states if state_function(states, sid) == "mysql_user.present"}
-    assert users == {("repl", "%"), ("app", "%"), ("sb", "localhost")}
-    repl = state_args(states, "sqlgate-db-grants-repl")
-    assert (repl["grant"], repl["database"], repl["user"]) == ("REPLICATION SLAVE", "*.*", "repl")
-    sb = state_args(states, "sqlgate-db-grants-sb")
-    assert (sb["grant"], sb["database"], sb["host"]) == ("ALL PRIVILEGES", "sbtest.*", "localhost")
+    grants: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for sid in states:
+        if state_function(states, sid) == "mysql_grants.present":
+            args = state_args(states, sid)
+            privileges = {p.strip() for p in args["grant"].split(",")}
+            grants.setdefault((args["user"], args["host"]), {})[args["database"]] = privileges
+    assert grants == expected_grants(renderer.flavour.name)
+    for user, on in grants.items():
+        for database, privileges in on.items():
+            assert not privileges & {"PROCESS", "SUPER", "FILE", "GRANT OPTION", "ALL"}, user
+            assert database != "*.*" or user[0] in ("repl", "sqlgate_monitor"), user
     schemas = {state_args(states, sid)["name"] for sid in states
                if state_function(states, sid) == "mysql_database.present"}
     assert schemas == {"sakila", "sqlgate", "sbtest"}
+
+
+def test_every_network_user_requires_tls_and_app_users_are_bounded(renderer):
+    states = renderer.show_sls("primary", ROLE_SLS["primary"])
+    users = {}
+    for sid in states:
+        if state_function(states, sid) == "sqlgate_users.present":
+            args = state_args(states, sid)
+            users[(args["name"], args["host"])] = args
+    assert set(users) == set(expected_grants(renderer.flavour.name))
+    bounded = {"max_user_connections": 60}
+    if renderer.flavour.name == "mariadb":
+        bounded["max_statement_time"] = 10
+    flavour = yaml.safe_load((SALT_TREE / "sqlgate" / "flavours.yaml").read_text())[
+        renderer.flavour.name]
+    secrets = renderer.secrets
+    passwords = {"app_read": secrets.app_read_password, "app_write": secrets.app_write_password,
+                 "app_admin": secrets.app_admin_password, "repl": secrets.repl_password,
+                 "sqlgate_monitor": secrets.monitor_password, "sb": secrets.sb_password}
+    for (name, host), args in users.items():
+        # sb@localhost comes over the socket only; everyone else over the network, with TLS.
+        assert args["require_ssl"] is (host != "localhost"), name
+        assert args["limits"] == (bounded if name.startswith("app_") else {}), name
+        assert args["password"] == passwords[name]
+        assert args["identified"] == flavour["identified_by_hash"]
+        assert (args["client"], args["socket"]) == (renderer.flavour.name,
+                                                    "/run/mysqld/mysqld.sock")
+    retired = state_args(states, "sqlgate-db-users-app-retired")
+    assert state_function(states, "sqlgate-db-users-app-retired") == "sqlgate_users.absent"
+    assert (retired["name"], retired["host"]) == ("app", "%")
 
 
 def test_the_heartbeat_table_is_created_once_from_the_shared_file(renderer):
@@ -252,14 +341,132 @@ def test_the_heartbeat_table_is_created_once_from_the_shared_file(renderer):
         ("sqlgate_db.table_exists", "sqlgate", "heartbeat")
 
 
-def test_sakila_is_loaded_once(renderer):
+def test_sakila_is_loaded_only_into_an_empty_schema(renderer):
     states = renderer.show_sls("primary", ROLE_SLS["primary"])
+    assert state_function(states, "sqlgate-db-sakila-loaded") == "sqlgate_schema.loaded"
     load = state_args(states, "sqlgate-db-sakila-loaded")
-    (guard,) = load["unless"]
-    assert (guard["fun"], guard["table"]) == ("sqlgate_db.has_rows", "sakila.store")
+    directory = "/var/cache/sqlgate/sakila/sakila-db"
+    assert load["name"] == "sakila"
+    assert load["files"] == [f"{directory}/sakila-schema.sql", f"{directory}/sakila-data.sql"]
+    assert not {"unless", "onlyif", "creates"} & set(load)  # the state itself checks
     archive = state_args(states, "sqlgate-db-sakila-archive")
     assert archive["source"] == SAKILA_URL
-    assert archive["require_in"] == [{"cmd": "sqlgate-db-sakila-loaded"}]
+    assert archive["require_in"] == [{"sqlgate_schema": "sqlgate-db-sakila-loaded"}]
+
+
+@pytest.mark.parametrize("minion_id", ["primary", "replica1", "proxy", "gatekeeper"])
+def test_every_host_gets_its_own_tls_files_readable_by_its_service_only(renderer, minion_id):
+    states = renderer.show_sls(minion_id, ROLE_SLS[minion_id])
+    owner = "mysql" if minion_id in ("primary", "replica1") else "sqlgate"
+    issued = renderer.pillar.hosts[minion_id]["sqlgate"]["tls"]
+    directory = state_args(states, "sqlgate-tls-directory")
+    assert (directory["name"], directory["user"], directory["group"], directory["mode"]) == \
+        ("/etc/sqlgate/tls", "root", owner, "0750")
+    for sid, path, mode, text in (
+            ("sqlgate-tls-ca", "ca.crt", "0444", renderer.pillar.common["sqlgate"]["tls"]["ca"]),
+            ("sqlgate-tls-cert", f"{minion_id}.crt", "0444", issued["cert"]),
+            ("sqlgate-tls-key", f"{minion_id}.key", "0400", issued["key"])):
+        args = state_args(states, sid)
+        assert (args["name"], args["user"], args["group"], args["mode"]) == \
+            (f"/etc/sqlgate/tls/{path}", owner, owner, mode), sid
+        assert args["show_changes"] is False and args["contents"] == text, sid
+    keys = [args["contents"] for sid in states if state_function(states, sid) == "file.managed"
+            for args in [state_args(states, sid)] if "PRIVATE KEY" in str(args.get("contents"))]
+    assert keys == [issued["key"]]  # no other host's key, nor the public one, is here
+
+
+def test_the_gatekeeper_serves_https_and_reaches_the_proxy_over_mutual_tls(renderer):
+    from services.config import read_env_file
+
+    states = renderer.show_sls("gatekeeper", ROLE_SLS["gatekeeper"])
+    env = state_args(states, "sqlgate-gatekeeper-env")["contents"]
+    path = renderer.root / "gatekeeper.env"
+    path.write_text(env)
+    assert read_env_file(path) == {
+        "GATEKEEPER_LISTEN_ADDRESS": "0.0.0.0",
+        "GATEKEEPER_PORT": "443",
+        "GATEKEEPER_REDIRECT_PORT": "80",
+        "GATEKEEPER_TLS_CERT": "/etc/sqlgate/tls/gatekeeper.crt",
+        "GATEKEEPER_TLS_KEY": "/etc/sqlgate/tls/gatekeeper.key",
+        "GATEKEEPER_KEYS_FILE": "/etc/sqlgate/gatekeeper-keys.json",
+        "GATEKEEPER_PROXY_URL": "https://10.0.0.11:5000",
+        "GATEKEEPER_PROXY_CA": "/etc/sqlgate/tls/ca.crt",
+        "GATEKEEPER_PROXY_CLIENT_CERT": "/etc/sqlgate/tls/gatekeeper.crt",
+        "GATEKEEPER_PROXY_CLIENT_KEY": "/etc/sqlgate/tls/gatekeeper.key",
+    }
+    # The keys file (hashes) replaced a file holding one key in clear, which goes.
+    assert "sqlgate-gatekeeper-key" not in states
+    assert state_function(states, "sqlgate-gatekeeper-key-absent") == "file.absent"
+    assert state_args(states, "sqlgate-gatekeeper-key-absent")["name"] == \
+        "/etc/sqlgate/gatekeeper.key"
+    if renderer.flavour.service_manager == "supervisor":
+        low = state_args(states, "sqlgate-gatekeeper-low-ports")
+        assert (low["name"], low["value"]) == ("net.ipv4.ip_unprivileged_port_start", 80)
+    else:
+        assert "CAP_NET_BIND_SERVICE" in state_args(states, "sqlgate-gatekeeper-unit")[
+            "context"]["capabilities"]
+
+
+def test_the_gatekeeper_settings_are_fields_of_its_configuration(renderer):
+    """Every GATEKEEPER_ variable the states write is a field services.config reads."""
+    import dataclasses
+
+    from services.config import GatekeeperConfig, read_env_file
+
+    states = renderer.show_sls("gatekeeper", ROLE_SLS["gatekeeper"])
+    path = renderer.root / "gatekeeper-fields.env"
+    path.write_text(state_args(states, "sqlgate-gatekeeper-env")["contents"])
+    written = {name.removeprefix("GATEKEEPER_").lower() for name in read_env_file(path)}
+    assert written - {f.name for f in dataclasses.fields(GatekeeperConfig)} == set()
+
+
+def test_the_gatekeeper_serves_the_public_certificate_the_user_brought(tmp_path):
+    from services.config import read_env_file
+
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mysql"], service_venv(tmp_path), public=True)
+    states = renderer.show_sls("gatekeeper", ROLE_SLS["gatekeeper"])
+    brought = renderer.pillar.roles["gatekeeper"]["sqlgate"]["tls"]["gatekeeper_public"]
+    for name, mode in (("cert", "0444"), ("key", "0400")):
+        args = state_args(states, f"sqlgate-gatekeeper-public-{name}")
+        suffix = "crt" if name == "cert" else "key"
+        assert (args["name"], args["user"], args["mode"], args["contents"]) == \
+            (f"/etc/sqlgate/tls/public.{suffix}", "sqlgate", mode, brought[name])
+        assert args["show_changes"] is False
+    path = tmp_path / "gatekeeper.env"
+    path.write_text(state_args(states, "sqlgate-gatekeeper-env")["contents"])
+    env = read_env_file(path)
+    assert (env["GATEKEEPER_TLS_CERT"], env["GATEKEEPER_TLS_KEY"]) == \
+        ("/etc/sqlgate/tls/public.crt", "/etc/sqlgate/tls/public.key")
+    # The link to the Proxy keeps the cluster certificate.
+    assert env["GATEKEEPER_PROXY_CLIENT_CERT"] == "/etc/sqlgate/tls/gatekeeper.crt"
+    watch = {next(iter(item.values()))
+             for item in state_args(states, "sqlgate-gatekeeper-running")["watch"]}
+    assert {"sqlgate-gatekeeper-public-cert", "sqlgate-gatekeeper-public-key"} <= watch
+
+
+def test_the_api_keys_file_holds_hashes_only_and_restarts_nothing(renderer):
+    import json
+
+    from tests.salt.pillars import API_KEY_SECRETS
+
+    states = renderer.show_sls("gatekeeper", ROLE_SLS["gatekeeper"])
+    staged = state_args(states, "sqlgate-gatekeeper-keys-staged")
+    assert (staged["name"], staged["user"], staged["group"], staged["mode"]) == \
+        ("/etc/sqlgate/.gatekeeper-keys.json.staged", "sqlgate", "sqlgate", "0400")
+    assert json.loads(staged["contents"]) == {"keys": api_keys()}
+    # It reaches the file the Gatekeeper reads with its owner and mode, in one rename.
+    install = state_args(states, "sqlgate-gatekeeper-keys")
+    final = "/etc/sqlgate/gatekeeper-keys.json"
+    assert install["name"] == (f"cp -p {staged['name']} {final}.new && "
+                               f"mv -f {final}.new {final}")
+    assert install["unless"] == f"cmp -s {staged['name']} {final}"
+    rendered = json.dumps(states)
+    assert not any(secret in rendered for secret in API_KEY_SECRETS.values())
+    assert renderer.secrets.api_key not in rendered
+    for sid in states:
+        args = state_args(states, sid)
+        for requisite in ("watch", "onchanges", "listen", "watch_in", "onchanges_in"):
+            assert "sqlgate-gatekeeper-keys" not in json.dumps(args.get(requisite, [])), sid
 
 
 def test_services_use_the_hosts_service_manager(renderer):
@@ -286,18 +493,52 @@ def test_what_others_require_of_a_service_is_its_ready_state(renderer, minion_id
     assert ready["require"] == [{kind: f"{name}-running"}]
 
 
-def test_services_restart_when_their_settings_or_code_change(renderer):
-    for minion_id, watched in (("proxy", {"sqlgate-proxy-env", "sqlgate-app-installed"}),
-                               ("gatekeeper", {"sqlgate-gatekeeper-env", "sqlgate-gatekeeper-key",
-                                               "sqlgate-app-installed"})):
+def test_the_services_are_ready_when_they_answer_over_https(renderer):
+    proxy = state_args(renderer.show_sls("proxy", ROLE_SLS["proxy"]), "sqlgate-proxy-ready")
+    # The Proxy wants a client certificate: the host's own, checked under its name.
+    for part in ("--cacert /etc/sqlgate/tls/ca.crt", "--cert /etc/sqlgate/tls/proxy.crt",
+                 "--key /etc/sqlgate/tls/proxy.key", "--resolve proxy:5000:127.0.0.1",
+                 "https://proxy:5000/health"):
+        assert part in proxy["unless"], proxy["unless"]
+    gatekeeper = state_args(renderer.show_sls("gatekeeper", ROLE_SLS["gatekeeper"]),
+                            "sqlgate-gatekeeper-ready")
+    assert "https://127.0.0.1:443/health" in gatekeeper["unless"]
+
+
+TLS_FILES = {"sqlgate-tls-ca", "sqlgate-tls-cert", "sqlgate-tls-key"}
+
+
+def test_services_restart_when_their_settings_code_or_certificates_change(renderer):
+    database = "mysql" if renderer.flavour.name == "mysql" else "mariadb"
+    for minion_id, name, watched in (
+            ("proxy", "sqlgate-proxy", {"sqlgate-proxy-env", "sqlgate-app-installed"}),
+            ("gatekeeper", "sqlgate-gatekeeper", {"sqlgate-gatekeeper-env",
+                                                  "sqlgate-app-installed"}),
+            ("primary", database, {"sqlgate-db-config"}),
+            ("replica1", database, {"sqlgate-db-config"})):
         states = renderer.show_sls(minion_id, ROLE_SLS[minion_id])
-        name = f"sqlgate-{minion_id}"
+        watched = watched | TLS_FILES
         if renderer.flavour.service_manager == "systemd":
             watch = state_args(states, f"{name}-running")["watch"]
-            watched = watched | {f"{name}-unit"}
+            if not name.startswith(database):
+                watched = watched | {f"{name}-unit"}
         else:
             watch = state_args(states, f"{name}-restart")["onchanges"]
-        assert {next(iter(item.values())) for item in watch} == watched
+        assert {next(iter(item.values())) for item in watch} == watched, minion_id
+
+
+def test_mysql_may_read_the_tls_files_under_apparmor(renderer):
+    states = renderer.show_sls("primary", ROLE_SLS["primary"])
+    if renderer.flavour.name == "mariadb":
+        assert "sqlgate-db-apparmor" not in states
+        return
+    rule = state_args(states, "sqlgate-db-apparmor")
+    assert rule["name"] == "/etc/apparmor.d/local/usr.sbin.mysqld"
+    assert rule["content"].split() == ["/etc/sqlgate/tls/", "r,", "/etc/sqlgate/tls/*", "r,"]
+    reload = state_args(states, "sqlgate-db-apparmor-reload")
+    assert reload["name"] == "apparmor_parser -r /etc/apparmor.d/usr.sbin.mysqld"
+    assert reload["onchanges"] == [{"file": "sqlgate-db-apparmor"}]
+    assert {"sls": "sqlgate.db.tls"} in state_args(states, "mysql-running")["require"]
 
 
 @pytest.mark.parametrize("minion_id", ["proxy", "gatekeeper"])

@@ -66,6 +66,7 @@ def test_the_client_runs_without_a_shell_with_the_sql_on_stdin():
     assert call.argv == ["mysql", "--socket=/tmp/my.sock", "--batch", "--vertical"]
     assert call.stdin == "SHOW REPLICA STATUS"
     assert call.kwargs["python_shell"] is False
+    assert call.kwargs["rstrip"] is False  # a row's empty last cell is kept
 
 
 def test_the_client_is_mariadb_when_installed_else_mysql(monkeypatch):
@@ -105,17 +106,43 @@ def test_table_exists_asks_information_schema_with_quoted_names():
     assert module.table_exists("sqlgate", "heartbeat", client="mariadb") is False
 
 
-def test_has_rows_is_false_for_an_empty_or_missing_table():
-    client = FakeClient(answer="1\n")
+def test_schema_state_is_empty_or_absent_only_when_the_server_said_so():
+    client = FakeClient(answer="1\t0\n")
     module = sqlgate_db(client)
-    assert module.has_rows("sakila.store", client="mariadb") is True
-    assert client.statements == ["SELECT 1 FROM sakila.store LIMIT 1"]
+    assert module.schema_state("sakila", client="mariadb") == "empty"
+    assert "schema_name = 'sakila'" in client.statements[0]
+    assert "table_schema = 'sakila'" in client.statements[0]
+    client.answer = "0\t0\n"
+    assert module.schema_state("sakila", client="mariadb") == "absent"
+    assert module.schema_tables("sakila", client="mariadb") is None
+    client.answer = "1\t23\n"
+    assert module.schema_state("sakila", client="mariadb") == "not empty"
+    assert module.schema_tables("sakila", client="mariadb") == 23
+    # Anything but the two counts is no answer: not "empty".
+    for answer in ("", "1\n", "1\tNULL\n", "1\t0\n1\t0\n", "Warning\t0\n"):
+        client.answer = answer
+        assert module.schema_state("sakila", client="mariadb") == "unknown", answer
+    client.retcode, client.stderr = 1, "ERROR 2002 (HY000): Can't connect"
+    assert module.schema_state("sakila", client="mariadb") == "unknown"
+    with pytest.raises(CommandExecutionError, match="Can't connect"):
+        module.schema_tables("sakila", client="mariadb")
+
+
+def test_account_reads_the_mysql_user_row_or_nothing():
+    client = FakeClient(answer="mysql_native_password\t*ABC\tANY\t60\n")
+    module = sqlgate_db(client)
+    assert module.account("app_read", "%", fields=["max_user_connections"],
+                          client="mariadb") == {
+        "plugin": "mysql_native_password", "authentication_string": "*ABC", "ssl_type": "ANY",
+        "max_user_connections": "60"}
+    assert client.statements[0] == (
+        "SELECT plugin, authentication_string, ssl_type, max_user_connections FROM mysql.user "
+        "WHERE User = 'app_read' AND Host = '%'")
     client.answer = ""
-    assert module.has_rows("sakila.store", client="mariadb") is False
-    client.retcode, client.stderr = 1, "ERROR 1146 (42S02): Table 'sakila.store' doesn't exist"
-    assert module.has_rows("sakila.store", client="mariadb") is False
-    with pytest.raises(CommandExecutionError, match="not a table name"):
-        module.has_rows("sakila.store; DROP TABLE x", client="mariadb")
+    assert module.account("it's", "%", client="mariadb") == {}
+    assert "User = 'it\\'s'" in client.statements[1]
+    with pytest.raises(CommandExecutionError, match="not column names"):
+        module.account("app_read", fields=["x FROM y; --"], client="mariadb")
 
 
 def test_query_rows_undo_the_batch_escapes():
@@ -148,7 +175,36 @@ def test_table_checks_on_a_real_mariadb(salt_call, db_cluster):
                          socket) is True
     assert salt_call.run(MINION, "sqlgate_db.table_exists", "sqlgate", "nothing",
                          socket) is False
-    assert salt_call.run(MINION, "sqlgate_db.has_rows", "sakila.actor", socket) is True
-    assert salt_call.run(MINION, "sqlgate_db.has_rows", "sakila.nothing", socket) is False
     assert salt_call.run(MINION, "sqlgate_db.query", "SELECT @@server_id, 'a b'",
                          socket) == [["1", "a b"]]
+
+
+def test_schema_state_of_a_real_mariadb(salt_call, db_cluster):
+    primary = db_cluster.primary
+    socket = f"socket={primary.socket}"
+    schema = "sqlgate_salt_schema_state"
+    primary.sql(f"DROP DATABASE IF EXISTS {schema}")
+    try:
+        assert salt_call.run(MINION, "sqlgate_db.schema_state", schema, socket) == "absent"
+        primary.sql(f"CREATE DATABASE {schema}")
+        assert salt_call.run(MINION, "sqlgate_db.schema_state", schema, socket) == "empty"
+        primary.sql(f"CREATE TABLE {schema}.one (id INT PRIMARY KEY)")
+        assert salt_call.run(MINION, "sqlgate_db.schema_state", schema, socket) == "not empty"
+        assert salt_call.run(MINION, "sqlgate_db.schema_state", "sakila", socket) == "not empty"
+    finally:
+        primary.sql(f"DROP DATABASE IF EXISTS {schema}")
+    # A server that cannot be asked: unknown, never empty.
+    nowhere = f"socket={primary.socket.with_name('no-server.sock')}"
+    assert salt_call.run(MINION, "sqlgate_db.schema_state", schema, nowhere) == "unknown"
+
+
+def test_account_of_a_real_mariadb_user(salt_call, db_cluster):
+    socket = f"socket={db_cluster.primary.socket}"
+    user = db_cluster.app_users["read"].name
+    row = salt_call.run(MINION, "sqlgate_db.account", user, "%",
+                        'fields=["max_user_connections", "max_statement_time"]', socket)
+    assert (row["plugin"], row["ssl_type"], row["max_user_connections"]) == \
+        ("mysql_native_password", "ANY", "60")
+    assert float(row["max_statement_time"]) == 10
+    assert row["authentication_string"].startswith("*")
+    assert salt_call.run(MINION, "sqlgate_db.account", "nobody", "%", socket) == {}

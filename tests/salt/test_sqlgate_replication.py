@@ -109,6 +109,64 @@ def test_a_change_that_does_not_take_fails():
     assert "follows repl@127.0.0.1:38835, not repl@10.0.0.12:38835" in ret["comment"]
 
 
+CA = "/etc/sqlgate/tls/ca.crt"
+
+
+def over_tls(status: str, ca: str = CA) -> str:
+    """A recorded status, as it reads once the replica connects over TLS with ``ca``."""
+    for allowed in ("Master_SSL_Allowed: No", "Source_SSL_Allowed: No"):
+        status = status.replace(allowed, allowed.replace("No", "Yes"))
+    for field in ("Master_SSL_CA_File:", "Source_SSL_CA_File:"):
+        status = status.replace(f"{field} \n", f"{field}\n").replace(f"{field}\n",
+                                                                       f"{field} {ca}\n")
+    return status
+
+
+def test_a_replica_without_tls_is_switched_to_it():
+    for flavour, recording in (("mariadb", "mariadb-10.11-running"),
+                               ("mysql", "mysql-8.0-running")):
+        before = recorded(recording)
+        client = FakeClient(status=before)
+        client.on_run = lambda sql, client=client, before=before: setattr(
+            client, "status", over_tls(before))
+        wanted = {"source": "192.168.21.165", "port": 3306} if flavour == "mysql" else {}
+        ret = following(states(client), flavour, ssl_ca=CA,
+                        change_source_ssl=FLAVOURS[flavour]["change_source_ssl"], **wanted)
+        assert ret["result"] is True, ret
+        where = "repl@{source}:{port}".format(**{**RECORDED, **wanted})
+        assert ret["changes"] == {"source": {"old": where, "new": f"{where} over TLS ({CA})"}}
+        (sql,) = client.statements
+        prefix = "SOURCE" if flavour == "mysql" else "MASTER"
+        assert sql.splitlines()[1].endswith(f", {prefix}_SSL=1, {prefix}_SSL_CA='{CA}';")
+        assert_no_password(ret)
+
+
+def test_a_replica_over_tls_with_its_ca_is_left_alone_and_another_ca_is_changed():
+    status = over_tls(recorded("mariadb-10.11-running"))
+    tls = {"ssl_ca": CA, "change_source_ssl": FLAVOURS["mariadb"]["change_source_ssl"]}
+    client = FakeClient(status=status)
+    ret = following(states(client), **tls)
+    assert (ret["result"], ret["changes"]) == (True, {}), ret
+    assert client.statements == []
+
+    client = FakeClient(status=over_tls(recorded("mariadb-10.11-running"), "/old/ca.crt"))
+    ret = following(states(client, test=True), **tls)
+    assert ret["result"] is None
+    assert ret["changes"]["source"]["old"].endswith("over TLS (/old/ca.crt)")
+    # And without a CA file: TLS off (MASTER_SSL=0), which the status must then say.
+    client = FakeClient(status=status)
+    client.on_run = lambda sql: setattr(client, "status", recorded("mariadb-10.11-running"))
+    ret = following(states(client), ssl_ca="", change_source_ssl=tls["change_source_ssl"])
+    assert ret["result"] is True, ret
+    assert client.statements[0].splitlines()[1].endswith(", MASTER_SSL=0, MASTER_SSL_CA='';")
+
+
+def test_without_a_tls_statement_the_tls_fields_are_not_compared():
+    client = FakeClient(status=over_tls(recorded("mariadb-10.11-running")))
+    ret = following(states(client))
+    assert (ret["result"], ret["changes"]) == (True, {}), ret
+
+
 def test_running_threads_and_a_connecting_io_thread_are_left_alone():
     for recording in ("mariadb-10.11-running", "mariadb-10.11-connecting", "mysql-8.0-running"):
         client = FakeClient(status=recorded(recording))
@@ -168,27 +226,48 @@ def single(salt_call, function: str, *args: str, test: bool = False) -> dict:
 def test_the_states_on_a_real_replica(salt_call, db_cluster):
     replica = db_cluster.replicas[0]
     common = [f"socket={replica.socket}", "client=mariadb"]
+    ca = f"ssl_ca={db_cluster.ca_file}"
+    tls = f"change_source_ssl={FLAVOURS['mariadb']['change_source_ssl']}"
     source = ["name=sqlgate-db-replication-source", "source=127.0.0.1",
               f"port={db_cluster.primary.port}", "user=repl",
               f"password={db_cluster.repl_password}",
-              f"change_source={FLAVOURS['mariadb']['change_source']}", *common]
+              f"change_source={FLAVOURS['mariadb']['change_source']}", ca, tls, *common]
+    where = f"repl@127.0.0.1:{db_cluster.primary.port} over TLS ({db_cluster.ca_file})"
     ret = single(salt_call, "sqlgate_replication.following", *source)
     assert (ret["result"], ret["changes"]) == (True, {}), ret
 
     moved = [arg if not arg.startswith("port=") else "port=1" for arg in source]
     ret = single(salt_call, "sqlgate_replication.following", *moved, test=True)
-    assert ret["result"] is None and ret["changes"]["source"]["new"] == "repl@127.0.0.1:1"
+    assert ret["result"] is None
+    assert ret["changes"]["source"]["new"] == f"repl@127.0.0.1:1 over TLS ({db_cluster.ca_file})"
     assert db_cluster.repl_password not in repr(ret)
     # A real change to a port nobody listens on, and back: the statement runs for real.
     try:
         ret = single(salt_call, "sqlgate_replication.following", *moved)
-        assert ret["result"] is True and ret["changes"]["source"]["new"] == "repl@127.0.0.1:1"
+        assert ret["result"] is True and ret["changes"]["source"]["new"].startswith(
+            "repl@127.0.0.1:1 over TLS"), ret
         assert db_cluster.repl_password not in repr(ret)
     finally:
         ret = single(salt_call, "sqlgate_replication.following", *source)
     assert ret["result"] is True, ret
-    assert ret["changes"]["source"] == {"old": "repl@127.0.0.1:1",
-                                        "new": f"repl@127.0.0.1:{db_cluster.primary.port}"}
+    assert ret["changes"]["source"]["new"] == where
+    db_cluster.wait_for_replicas()
+
+    # A replica set up before TLS (the primary refuses it now) is switched to TLS and catches up.
+    replica.sql("STOP REPLICA")
+    replica.sql("CHANGE MASTER TO MASTER_SSL=0, MASTER_SSL_CA=''")
+    replica.sql("START REPLICA")
+    ret = {}
+    try:
+        ret = single(salt_call, "sqlgate_replication.following", *source)
+    finally:
+        if ret.get("result") is not True:  # leave the shared replica as it was
+            replica.sql("STOP REPLICA")
+            replica.sql(f"CHANGE MASTER TO MASTER_SSL=1, MASTER_SSL_CA='{db_cluster.ca_file}'")
+            replica.sql("START REPLICA")
+    assert ret["result"] is True, ret
+    assert ret["changes"]["source"] == {"old": f"repl@127.0.0.1:{db_cluster.primary.port}",
+                                        "new": where}
     db_cluster.wait_for_replicas()
 
     threads = ["name=sqlgate-db-replication-running", *common]

@@ -5,9 +5,9 @@ import pytest
 from services.config import GatekeeperConfig, NodeAddress, ProxyConfig, load_config
 
 
-def test_defaults_match_the_seed_ports():
+def test_default_ports():
     assert load_config(ProxyConfig, [], {}).port == 5000
-    assert load_config(GatekeeperConfig, [], {}).port == 80
+    assert load_config(GatekeeperConfig, [], {}).port == 443  # HTTPS by default
 
 
 def test_env_file_then_environment_then_flags(tmp_path):

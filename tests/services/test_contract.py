@@ -6,13 +6,11 @@ import json
 import subprocess
 import sys
 import uuid
-from http.client import HTTPConnection
-from urllib.parse import urlsplit
 
 import pytest
 
 from cluster.loopback.services import PROJECT_ROOT
-from tests.conftest import http
+from tests.conftest import connection, http
 
 REPLICAS = {"replica1", "replica2"}
 
@@ -43,8 +41,7 @@ def test_missing_or_wrong_key_is_401_and_nothing_runs(gatekeeper, db_cluster, sc
 
 def test_key_is_checked_before_the_body_is_read(gatekeeper):
     """An unauthorised client cannot make the Gatekeeper read (or buffer) a large body."""
-    parts = urlsplit(gatekeeper.url)
-    conn = HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn = connection(gatekeeper)
     conn.putrequest("POST", "/query")
     conn.putheader("Content-Type", "application/json")
     conn.putheader("Content-Length", "1000000")
@@ -106,11 +103,11 @@ def test_reads_that_belong_to_the_primary_stay_there(query, sql):
 
 
 def test_replicas_refuse_writes_from_the_app_user(db_cluster):
-    """The safety net behind the classifier: replicas are read-only for the app user."""
+    """The safety net behind the classifier: replicas are read-only for the app users."""
     import pymysql
 
-    replica = db_cluster.replicas[0]
-    with replica.connect(db_cluster.app_user, db_cluster.app_password) as conn, \
+    replica, user = db_cluster.replicas[0], db_cluster.app_users["write"]
+    with replica.connect(user.name, user.password) as conn, \
             conn.cursor() as cursor, pytest.raises(pymysql.err.MySQLError) as error:
         cursor.execute("INSERT INTO sqlgate_test.items (name) VALUES ('on-a-replica')")
     assert error.value.args[0] == 1290  # --read-only
@@ -186,8 +183,7 @@ def test_oversized_body_is_refused(gatekeeper, api_key):
 
 def test_oversized_chunked_body_is_refused(gatekeeper, api_key):
     """No Content-Length to check up front: the cap holds while the chunks arrive."""
-    parts = urlsplit(gatekeeper.url)
-    conn = HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn = connection(gatekeeper)
     chunks = [b'{"sql": "SELECT \'', *([b"x" * 1000] * 6), b"'\"}"]
     conn.request("POST", "/query", body=iter(chunks), encode_chunked=True,
                  headers={"X-API-Key": api_key, "Content-Type": "application/json"})

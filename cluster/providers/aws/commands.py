@@ -1,10 +1,14 @@
-"""``up``, ``status`` and ``down`` of the AWS provider: EC2 hosts in the default VPC,
+"""``up``, ``status``, ``down`` and ``keys`` of the AWS provider: EC2 hosts in the default VPC,
 configured by the same Salt tree.
 
-``up`` launches a Salt master and one instance per host of ``plan_hosts``; the master's
-cloud-init runs the orchestration once every minion answers, and ``up`` waits for the
-Gatekeeper's ``/health``. ``status`` reads the instances and asks Salt on the master (over SSH
-with the admin key made by ``up``). ``down`` removes everything tagged with the cluster's name.
+``up`` allocates the Gatekeeper's Elastic IP (its public certificate names it), launches a Salt
+master and one instance per host of ``plan_hosts``; the master's cloud-init runs the
+orchestration once every minion answers, and ``up`` waits for the Gatekeeper's ``/health`` over
+HTTPS, then turns every instance's metadata endpoint off (the user data it serves holds private
+keys). A second ``up`` sends the running master a new bundle over SSH and runs the orchestration
+again. ``status`` reads the instances and asks Salt on the master (over SSH with the admin key
+made by ``up``). ``down`` removes everything tagged with the cluster's name. ``keys`` changes
+the key set in ``.cluster/aws/``; ``--apply`` sends it to the master at once.
 
 When boto3 talks to something that is not AWS (``AWS_ENDPOINT_URL`` pointing at a moto server),
 the steps that need real machines are skipped with a line that says so.
@@ -13,8 +17,11 @@ the steps that need real machines are skipped with a line that says so.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -28,10 +35,12 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+from cluster import keys as api_keys
 from cluster.errors import ClusterError
 from cluster.pillar import build_pillar, write_pillar_tree
+from cluster.pki import ClusterTls
 from cluster.providers.aws import resources as res
-from cluster.providers.aws.bundle import build_bundle
+from cluster.providers.aws.bundle import Bundle, build_bundle
 from cluster.providers.aws.keys import ClusterKeys
 from cluster.providers.aws.plan import (
     AwsPlan,
@@ -40,12 +49,16 @@ from cluster.providers.aws.plan import (
     print_plan,
 )
 from cluster.providers.aws.remote import (
+    apply_states,
     print_access,
     print_remote_status,
+    push_bundle,
+    run_orchestration,
     wait_for_health,
     write_known_hosts,
 )
 from cluster.providers.aws.userdata import MasterBoot, master_user_data, minion_user_data
+from cluster.providers.deploy import cluster_tls, https_url, public_host, public_trust, publish_ca
 from cluster.record import (
     ClusterRecord,
     HostRecord,
@@ -54,9 +67,10 @@ from cluster.record import (
     remove_record,
     write_record,
 )
-from cluster.secrets import load_or_create
+from cluster.salt_setup import OrchestrationResult
+from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import default_cluster_dir
-from cluster.topology import SALT_MASTER
+from cluster.topology import ROLES, SALT_MASTER, Host, plan_hosts
 
 PROVIDER = "aws"
 SAKILA_URL = "https://downloads.mysql.com/docs/sakila-db.tar.gz"
@@ -152,24 +166,58 @@ def connect_for(args: argparse.Namespace) -> res.Aws:
 
 # --- up ----------------------------------------------------------------------------------
 
-def _pillar_bundle(plan: AwsPlan, keys: ClusterKeys) -> tuple[bytes, str]:
+def secrets_file() -> Path:
+    return provider_dir() / "secrets.json"
+
+
+def keys_file() -> Path:
+    return provider_dir() / api_keys.KEYS_FILE
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the pillar is made of: the secrets, the certificates and the key set."""
+
+    secrets: ClusterSecrets
+    tls: ClusterTls
+    keyset: api_keys.KeySet
+
+
+def tls_names(minions: list[Host], public_ip: str) -> dict[str, list[str]]:
+    """A minion's certificate names its host (its private address is only known after
+    launch); the Gatekeeper's also names its Elastic IP."""
+    return {host.name: [public_ip] if host.role == "gatekeeper" else [] for host in minions}
+
+
+def deployment(cluster_name: str, minions: list[Host], public_ip: str,
+               cert_file: str | None = None, key_file: str | None = None,
+               keyset: api_keys.KeySet | None = None) -> Deployment:
+    secrets = load_or_create(secrets_file())
+    keyset = (keyset or api_keys.KeySet.load(keys_file())).with_admin(secrets.api_key)
+    keyset.save(keys_file())
+    tls = cluster_tls(provider_dir(), cluster_name, tls_names(minions, public_ip),
+                      cert_file, key_file)
+    return Deployment(secrets, tls, keyset)
+
+
+def make_bundle(cluster_name: str, minions: list[Host], keys: ClusterKeys,
+                deployed: Deployment) -> Bundle:
     """The bundle for the master: Salt tree, pillar (with this cluster's secrets), keys."""
-    secrets = load_or_create(provider_dir() / "secrets.json")
-    pillar = build_pillar(plan.cluster_name, plan.minions, secrets, provider=PROVIDER,
-                          sakila_source=SAKILA_URL)
+    pillar = build_pillar(cluster_name, minions, deployed.secrets, provider=PROVIDER,
+                          sakila_source=SAKILA_URL, tls=deployed.tls,
+                          api_keys=deployed.keyset.pillar())
     with tempfile.TemporaryDirectory() as tmp:
-        write_pillar_tree(pillar, plan.minions, Path(tmp))
-        bundle = build_bundle(Path(tmp), keys)
-    return bundle.data, bundle.sha256
+        write_pillar_tree(pillar, minions, Path(tmp))
+        return build_bundle(Path(tmp), keys)
 
 
-def _launch_master(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, context: dict) -> dict:
+def _launch_master(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, bundle: Bundle,
+                   context: dict) -> dict:
     res.ensure_bucket(aws)
-    data, sha256 = _pillar_bundle(plan, keys)
-    urls = res.upload_bundle(aws, data, BUNDLE_URL_TTL_S)
+    urls = res.upload_bundle(aws, bundle.data, BUNDLE_URL_TTL_S)
     say(f"uploaded the Salt tree, pillar and code to s3://{res.bucket_name(aws)} "
-        f"({len(data) // 1024} KiB)")
-    boot = MasterBoot(urls.fetch, urls.delete, sha256, [h.name for h in plan.minions])
+        f"({len(bundle.data) // 1024} KiB)")
+    boot = MasterBoot(urls.fetch, urls.delete, bundle.sha256, [h.name for h in plan.minions])
     return res.launch_instance(aws, plan.launch(SALT_MASTER, master_user_data(boot, keys),
                                                 **context))
 
@@ -188,11 +236,12 @@ def check_existing(plan: AwsPlan, existing: dict[str, dict], had_keys: bool) -> 
                            "(--replicas changed?): run 'bootstrap.py down' first to change it")
 
 
-def _launch_all(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, context: dict) -> dict[str, dict]:
+def _launch_all(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, bundle: Bundle,
+                context: dict) -> dict[str, dict]:
     """The master first (the minions need its private address), then the missing minions."""
     instances = res.find_instances(aws)
     if SALT_MASTER.name not in instances:
-        instances[SALT_MASTER.name] = _launch_master(aws, plan, keys, context)
+        instances[SALT_MASTER.name] = _launch_master(aws, plan, keys, bundle, context)
         say(f"launched saltmaster ({instances[SALT_MASTER.name]['InstanceId']})")
     master_address = instances[SALT_MASTER.name]["PrivateIpAddress"]
     for host in plan.minions:
@@ -204,27 +253,55 @@ def _launch_all(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, context: dict) -
     return instances
 
 
-def record(aws: res.Aws, plan: AwsPlan, instances: dict[str, dict], key_file: Path | None) -> Path:
+def record(aws: res.Aws, plan: AwsPlan, instances: dict[str, dict], key_file: Path | None,
+           address: dict, url: str, ca_file: str | None) -> Path:
     """Write ``.cluster/aws.json`` (mode 0600): what status, down and the load tests read."""
-    secrets = load_or_create(provider_dir() / "secrets.json")
-    public = instances.get("gatekeeper", {}).get("PublicIpAddress")
+    secrets = load_or_create(secrets_file())
     hosts = tuple(
         HostRecord(host.name, host.role, inst.get("PrivateIpAddress"),
-                   public_address=inst.get("PublicIpAddress"), instance_id=inst["InstanceId"])
+                   public_address=(address["PublicIp"] if host.role == "gatekeeper"
+                                   else inst.get("PublicIpAddress")),
+                   instance_id=inst["InstanceId"])
         for host in plan.all_hosts if (inst := instances.get(host.name))
     )
     return write_record(ClusterRecord(
-        provider=PROVIDER, cluster_name=aws.cluster_name,
-        gatekeeper_url=f"http://{public}" if public else None, api_key=secrets.api_key,
-        hosts=hosts, sb_password=secrets.sb_password,
+        provider=PROVIDER, cluster_name=aws.cluster_name, gatekeeper_url=url,
+        api_key=secrets.api_key, ca_file=ca_file, hosts=hosts, sb_password=secrets.sb_password,
         provider_data={
             "region": aws.region,
             "account": aws.account,
             "bucket": res.bucket_name(aws),
+            "elastic_ip": address["PublicIp"],
+            "elastic_ip_allocation": address["AllocationId"],
             "ssh_user": "ubuntu",
             "ssh_key_file": str(key_file) if key_file else None,
             "known_hosts_file": str(provider_dir() / "ssh" / "known_hosts"),
         }))
+
+
+def print_result(result: OrchestrationResult) -> None:
+    if result.changed:
+        for minion, states in sorted(result.changed.items()):
+            say(f"  {minion}: {len(states)} state(s) changed")
+    else:
+        say("  no changes: every host was already in its configured state")
+
+
+def update_running(recorded: ClusterRecord, master: str, bundle: Bundle) -> None:
+    """A second ``up``: the running master takes the new bundle (code, pillar: certificates,
+    key set) over SSH and runs the orchestration again."""
+    say("the master was running already: sending it the new bundle over SSH, then running "
+        "the orchestration")
+    try:
+        push_bundle(recorded, master, bundle.data)
+        result = run_orchestration(recorded, master)
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+        raise ClusterError(f"could not update the cluster through the master: {error}") from None
+    if not result.ok:
+        for line in result.failed[:20]:
+            say(f"  FAILED {line}")
+        raise ClusterError("the orchestration failed on the master (see above)")
+    print_result(result)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -236,11 +313,18 @@ def _up(args: argparse.Namespace) -> int:
         return 0
     say(f"cluster {aws.cluster_name} in {aws.region} (account {aws.account}), "
         f"{plan.instance_type}, image {plan.image.image_id} ({plan.image.source})")
-    check_existing(plan, existing, (provider_dir() / "secrets.json").exists())
+    check_existing(plan, existing, secrets_file().exists())
     keys = ClusterKeys.load_or_create(provider_dir(), [h.name for h in plan.minions],
                                       aws.cluster_name)
     write_known_hosts(provider_dir() / "ssh" / "known_hosts", keys)
     group_ids = res.ensure_security_groups(aws, plan.network, plan.admin_cidr, say)
+    address, allocated = res.ensure_address(aws)
+    public_ip = address["PublicIp"]
+    if allocated:
+        say(f"allocated Elastic IP {public_ip} for the Gatekeeper ({address['AllocationId']})")
+    deployed = deployment(aws.cluster_name, plan.minions, public_ip, args.tls_cert,
+                          args.tls_key)
+    bundle = make_bundle(aws.cluster_name, plan.minions, keys, deployed)
     key_name, key_file = args.key_name, None
     if not key_name:
         key_name, created = res.ensure_key_pair(aws, keys.admin.public)
@@ -248,25 +332,39 @@ def _up(args: argparse.Namespace) -> int:
         if created:
             say(f"imported key pair {key_name} (private key: {key_file})")
     context = {"group_ids": group_ids, "key_name": key_name}
-    instances = _launch_all(aws, plan, keys, context)
+    instances = _launch_all(aws, plan, keys, bundle, context)
     if all(h.name in existing for h in plan.all_hosts):
         say("all instances already exist: nothing launched")
-    path = record(aws, plan, instances, key_file)
+    if res.associate_address(aws, address, instances["gatekeeper"]["InstanceId"],
+                             RUNNING_DEADLINE_S):
+        say(f"associated {public_ip} with the Gatekeeper")
+    url = https_url(public_host(deployed.tls, public_ip))
+    ca_file = publish_ca(PROVIDER, deployed.tls)
+    path = record(aws, plan, instances, key_file, address, url, ca_file)
     if aws.simulated:
         say(f"{aws.endpoint} is not AWS: skipping the wait for running instances, Salt, "
-            "the orchestration and /health")
+            "the orchestration, /health and turning the metadata endpoints off")
         say(f"wrote {path}")
         return 0
     ids = [i["InstanceId"] for i in instances.values()]
     instances = {res.host_of(i): i for i in res.wait_running(aws, ids, RUNNING_DEADLINE_S).values()}
-    path = record(aws, plan, instances, key_file)
-    say("instances running; Salt installs itself, then the master runs the orchestration")
-    url = read_record(PROVIDER).gatekeeper_url
-    if not wait_for_health(url, args.wait_minutes * 60, say):
+    path = record(aws, plan, instances, key_file, address, url, ca_file)
+    if SALT_MASTER.name in existing:
+        update_running(read_record(PROVIDER), instances[SALT_MASTER.name]["PublicIpAddress"],
+                       bundle)
+    else:
+        say("instances running; Salt installs itself, then the master runs the orchestration")
+    trust = {"ca_file": ca_file, "also_trust": public_trust(provider_dir()),
+             "address": public_ip}
+    if not wait_for_health(url, args.wait_minutes * 60, say, **trust):
         say("the Gatekeeper did not answer in time: 'python bootstrap.py status' shows where "
             "it stands (the master logs to /var/log/sqlgate-orchestrate.log)")
         return 1
-    print_access(url, path, say)
+    disabled = res.disable_metadata(aws, instances.values())
+    if disabled:
+        say(f"turned the metadata endpoint off on {len(disabled)} instance(s): their user data "
+            "(which holds Salt and SSH private keys) is no longer served to them")
+    print_access(url, path, ca_file, say)
     return 0
 
 
@@ -295,7 +393,9 @@ def _status(args: argparse.Namespace) -> int:
     if recorded is None:
         say(f"no cluster record ({record_path(PROVIDER)}): cannot reach Salt on the master")
         return 1
-    return print_remote_status(recorded, instances, say)
+    return print_remote_status(recorded, instances, say, ca_file=recorded.ca_file,
+                               also_trust=public_trust(provider_dir()),
+                               address=recorded.provider_data.get("elastic_ip"))
 
 
 status = guarded(_status)
@@ -309,6 +409,9 @@ def _down(args: argparse.Namespace) -> int:
     instances = res.find_instances(aws)
     terminated = res.terminate_instances(aws, instances.values(), TERMINATE_DEADLINE_S)
     say(f"terminated {len(terminated)} instance(s)" if terminated else "no instances")
+    released = res.release_address(aws)
+    if released:
+        say(f"released Elastic IP {released}")
     res.delete_security_groups(aws, TERMINATE_DEADLINE_S, say)
     if res.delete_bucket(aws):
         say(f"deleted bucket {res.bucket_name(aws)}")
@@ -321,3 +424,34 @@ def _down(args: argparse.Namespace) -> int:
 
 
 down = guarded(_down)
+
+
+# --- keys --------------------------------------------------------------------------------
+
+def keys(args: argparse.Namespace) -> int:
+    """The key set in ``.cluster/aws/``; ``--apply`` sends the master a bundle with it and
+    runs the Gatekeeper's states there (the services keep running)."""
+    admin = load_or_create(secrets_file()).api_key if secrets_file().exists() else None
+    return api_keys.run(args, keys_file(), admin, apply_keys if admin is not None else None)
+
+
+def apply_keys(keyset: api_keys.KeySet) -> int:
+    recorded = read_record(PROVIDER)
+    master = next((h.public_address for h in recorded.hosts if h.role == "saltmaster"),
+                  None) if recorded else None
+    public_ip = recorded.provider_data.get("elastic_ip") if recorded else None
+    if not (master and public_ip):
+        raise ClusterError(f"--apply: no running cluster in {record_path(PROVIDER)}; the next "
+                           "'bootstrap.py up' applies the key set")
+    minions = plan_hosts(sum(1 for h in recorded.hosts if h.role == "replica"))
+    cluster_keys = ClusterKeys.load_or_create(provider_dir(), [h.name for h in minions],
+                                              recorded.cluster_name)
+    deployed = deployment(recorded.cluster_name, minions, public_ip, keyset=keyset)
+    bundle = make_bundle(recorded.cluster_name, minions, cluster_keys, deployed)
+    gatekeepers = [h.name for h in minions if h.role == "gatekeeper"]
+    try:
+        push_bundle(recorded, master, bundle.data)
+        result = apply_states(recorded, master, gatekeepers, ROLES["gatekeeper"].states or "")
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+        raise ClusterError(f"--apply: could not reach Salt on the master: {error}") from None
+    return api_keys.report_applied(result)

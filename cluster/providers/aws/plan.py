@@ -98,7 +98,8 @@ def describe_plan(aws: res.Aws, plan: AwsPlan, existing: dict[str, dict],
     for group, rules in rule_lines(aws, plan.admin_cidr).items():
         lines.append(f"  [{mark(group in groups)}] {res.group_name(aws, group)}")
         lines.extend(f"      {rule}" for rule in rules)
-    lines.append(f"instances ({plan.instance_type}, IMDSv2 required, tags "
+    lines.append(f"instances ({plan.instance_type}, IMDSv2 required and turned off once "
+                 f"configured, tags "
                  f"{res.CLUSTER_TAG}={aws.cluster_name}, {res.ROLE_TAG}=<role>):")
     for host in plan.all_hosts:
         found = existing.get(host.name)
@@ -106,6 +107,10 @@ def describe_plan(aws: res.Aws, plan: AwsPlan, existing: dict[str, dict],
         lines.append(f"  [{mark(bool(found))}] {host.name:<11} role {host.role:<10} "
                      f"group {res.group_name(aws, host.group)}{note}")
     lines.append("other resources:")
+    address = res.find_address(aws)
+    lines.append(f"  [{mark(bool(address))}] Elastic IP for the Gatekeeper"
+                 + (f" {address['PublicIp']}" if address else "")
+                 + " (its HTTPS certificate names it; released by down)")
     lines.append(f"  [{mark(res.bucket_exists(aws))}] bucket {res.bucket_name(aws)} "
                  "(Salt tree, pillar and code for the master; removed by down)")
     if key_name:

@@ -1,8 +1,9 @@
-"""Talking to the running cluster: the Gatekeeper over HTTP, Salt on the master over SSH.
+"""Talking to the running cluster: the Gatekeeper over HTTPS, Salt on the master over SSH.
 
 ``status`` runs ``salt`` on the master through SSH as ``ubuntu`` with the admin key that ``up``
 imported, against a known_hosts line for the master's pre-generated host key (no
-trust-on-first-use). SSH is open to the admin CIDR only.
+trust-on-first-use). SSH is open to the admin CIDR only. A second ``up`` (and ``keys --apply``)
+sends the master a new bundle the same way and runs Salt there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster import access
+from cluster import access, salt_setup
 from cluster.formula import db_settings
 from cluster.providers.aws.keys import ClusterKeys, known_hosts_line
 from cluster.record import ClusterRecord
@@ -23,6 +24,8 @@ from cluster.topology import DATABASE_SERVICE, ROLES
 MASTER_ALIAS = "sqlgate-saltmaster"  # known_hosts name of the master, whatever its address
 HEALTH_POLL_S = 10
 AWS_DB_FLAVOUR = "mysql"  # Ubuntu's, as in salt/sqlgate/osmap.yaml
+MASTER_SCRIPT = "/usr/local/sbin/sqlgate-bootstrap"  # the master's first-boot script
+ORCHESTRATION_TIMEOUT_S = 1800
 
 
 def role_services() -> dict[str, str]:
@@ -37,19 +40,23 @@ def write_known_hosts(path: Path, keys: ClusterKeys) -> None:
     path.write_text(known_hosts_line(MASTER_ALIAS, keys.ssh_host))
 
 
-def wait_for_health(url: str, deadline_s: float, say: Callable[[str], None]) -> bool:
-    """Poll ``url/health`` until it answers 200 or ``deadline_s`` passes; progress each minute."""
+def wait_for_health(url: str, deadline_s: float, say: Callable[[str], None],
+                    **trust) -> bool:
+    """Poll ``url/health`` until it answers 200 or ``deadline_s`` passes; progress each minute.
+    ``trust``: how the certificate is checked (``access.get_status``)."""
     say(f"waiting up to {deadline_s / 60:.0f} min for {url}/health")
     start = time.monotonic()
-    if not access.wait_for_health(url, deadline_s, poll_s=HEALTH_POLL_S, progress=say):
+    if not access.wait_for_health(url, deadline_s, poll_s=HEALTH_POLL_S, progress=say,
+                                  **trust):
         return False
     say(f"{url}/health answered after {(time.monotonic() - start) / 60:.1f} min")
     return True
 
 
-def print_access(url: str, cluster_file: Path, say: Callable[[str], None]) -> None:
+def print_access(url: str, cluster_file: Path, ca_file: str | None,
+                 say: Callable[[str], None]) -> None:
     for line in access.access_lines(url, f'"api_key" in {cluster_file}',
-                                    access.key_from_json(cluster_file)):
+                                    access.key_from_json(cluster_file), ca_file):
         say(line)
 
 
@@ -66,23 +73,63 @@ def ssh_command(recorded: ClusterRecord, address: str, remote: list[str]) -> lis
     return [*command, f"{ssh.get('ssh_user', 'ubuntu')}@{address}", shlex.join(remote)]
 
 
-def salt_json(recorded: ClusterRecord, address: str, target: list[str], *fun: str) -> dict:
-    """``salt -L target fun...`` on the master; the minions' returns by id."""
-    remote = ["sudo", "salt", "--out=json", "--static", "--timeout=20", "-L", ",".join(target),
-              *fun]
+def _remote_json(recorded: ClusterRecord, address: str, remote: list[str],
+                 timeout_s: float = 120) -> dict:
     done = subprocess.run(ssh_command(recorded, address, remote), capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=timeout_s, check=False)
     if done.returncode not in (0, 1, 2) or not done.stdout.strip():
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
                            else f"ssh exited {done.returncode}")
     return json.loads(done.stdout)
 
 
+def salt_json(recorded: ClusterRecord, address: str, target: list[str], *fun: str,
+              timeout_s: float = 20) -> dict:
+    """``salt -L target fun...`` on the master; the minions' returns by id."""
+    remote = ["sudo", "salt", "--out=json", "--static", f"--timeout={timeout_s:g}", "-L",
+              ",".join(target), *fun]
+    return _remote_json(recorded, address, remote, timeout_s + 100)
+
+
+def master_function(function: str, *args: str) -> list[str]:
+    """A function of the master's first-boot script, run as root on the master."""
+    return ["sudo", "bash", "-c", f'. {MASTER_SCRIPT} && {function} "$@"', "sqlgate", *args]
+
+
+def push_bundle(recorded: ClusterRecord, address: str, bundle: bytes) -> None:
+    """The master takes a new bundle (Salt tree, pillar, code) on stdin, as its first boot
+    took the one from S3 (``update_from_bundle``)."""
+    done = subprocess.run(ssh_command(recorded, address,
+                                      master_function("update_from_bundle", "/dev/stdin")),
+                          input=bundle, capture_output=True, timeout=900, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"the master did not take the new bundle ({done.returncode}): "
+                           f"{tail[0]}")
+
+
+def run_orchestration(recorded: ClusterRecord, address: str) -> salt_setup.OrchestrationResult:
+    """``state.orchestrate orch`` on the master, as its first boot ran it."""
+    output = _remote_json(recorded, address,
+                          ["sudo", "salt-run", "state.orchestrate", "orch", "--out=json"],
+                          ORCHESTRATION_TIMEOUT_S)
+    return salt_setup.summarize_orchestration(output)
+
+
+def apply_states(recorded: ClusterRecord, address: str, minions: list[str],
+                 states: str) -> salt_setup.OrchestrationResult:
+    """Fresh pillar, then ``states`` on ``minions`` (a new key set on the Gatekeeper)."""
+    salt_json(recorded, address, minions, "saltutil.refresh_pillar", "wait=True", timeout_s=60)
+    returns = salt_json(recorded, address, minions, "state.apply", states, timeout_s=300)
+    return salt_setup.summarize_states(returns, minions)
+
+
 def print_remote_status(recorded: ClusterRecord, instances: dict[str, dict],
-                        say: Callable[[str], None]) -> int:
-    """Health, each host's service (through Salt: no answer = minion down) and replication."""
+                        say: Callable[[str], None], **trust) -> int:
+    """Health, each host's service (through Salt: no answer = minion down) and replication.
+    ``trust``: how the Gatekeeper's certificate is checked (``access.get_status``)."""
     url = recorded.gatekeeper_url
-    healthy = bool(url) and access.health_ok(url)
+    healthy = bool(url) and access.health_ok(url, **trust)
     say(f"gatekeeper {url}/health: {'ok' if healthy else 'NOT answering'}")
     master = instances.get("saltmaster", {}).get("PublicIpAddress")
     if not master:

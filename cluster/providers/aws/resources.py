@@ -367,6 +367,81 @@ def wait_running(aws: Aws, ids: list[str], deadline_s: float) -> dict[str, dict]
     return poll(described, deadline_s, 5, "the instances to run")
 
 
+def disable_metadata(aws: Aws, instances: Iterable[dict]) -> list[str]:
+    """Turn each instance's metadata endpoint off (IMDSv2 stays required should it come back):
+    once the cluster is configured nothing on it needs the endpoint, and the user data it
+    serves holds private keys. The ids whose endpoint was still on."""
+    changed = []
+    for instance in instances:
+        if metadata_enabled(instance):
+            aws.ec2.modify_instance_metadata_options(
+                InstanceId=instance["InstanceId"], HttpEndpoint="disabled", HttpTokens="required")
+            changed.append(instance["InstanceId"])
+    return changed
+
+
+def metadata_enabled(instance: dict) -> bool:
+    return instance.get("MetadataOptions", {}).get("HttpEndpoint", "enabled") != "disabled"
+
+
+# --- the Gatekeeper's public address -------------------------------------------------------
+
+def find_address(aws: Aws) -> dict | None:
+    """The cluster's Elastic IP (tagged with the cluster and the Gatekeeper's role)."""
+    found = aws.ec2.describe_addresses(Filters=[
+        aws.cluster_filter, {"Name": f"tag:{ROLE_TAG}", "Values": ["gatekeeper"]}])["Addresses"]
+    return found[0] if found else None
+
+
+def ensure_address(aws: Aws) -> tuple[dict, bool]:
+    """The Gatekeeper's Elastic IP, allocated before anything is launched so that its public
+    certificate can name it and the URL survives a stop/start; ``(address, created)``."""
+    found = find_address(aws)
+    if found:
+        return found, False
+    created = aws.ec2.allocate_address(
+        Domain="vpc", TagSpecifications=aws.tag_spec("elastic-ip", "gatekeeper",
+                                                     **{ROLE_TAG: "gatekeeper"}))
+    return {"AllocationId": created["AllocationId"], "PublicIp": created["PublicIp"]}, True
+
+
+# EC2 refuses to associate an address with an instance that is not running yet.
+NOT_READY_CODES = ("IncorrectInstanceState", "InvalidInstanceID.NotFound",
+                   "InvalidInstanceID", "IncorrectState")
+
+
+def associate_address(aws: Aws, address: dict, instance_id: str, deadline_s: float) -> bool:
+    """Attach the Elastic IP to the Gatekeeper's instance (waiting until EC2 accepts: a pending
+    instance cannot have it); False when it already was."""
+    current = aws.ec2.describe_addresses(AllocationIds=[address["AllocationId"]])["Addresses"]
+    if current and current[0].get("InstanceId") == instance_id:
+        return False
+
+    def associate() -> bool:
+        try:
+            aws.ec2.associate_address(AllocationId=address["AllocationId"],
+                                      InstanceId=instance_id, AllowReassociation=True)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in NOT_READY_CODES:
+                return False
+            raise
+        return True
+
+    poll(associate, deadline_s, 5, f"the Gatekeeper's instance to take {address['PublicIp']}")
+    return True
+
+
+def release_address(aws: Aws) -> str | None:
+    """Release the cluster's Elastic IP (after its instance is gone); the address it was."""
+    found = find_address(aws)
+    if not found:
+        return None
+    if found.get("AssociationId"):
+        aws.ec2.disassociate_address(AssociationId=found["AssociationId"])
+    aws.ec2.release_address(AllocationId=found["AllocationId"])
+    return found["PublicIp"]
+
+
 # --- key pair ----------------------------------------------------------------------------
 
 def admin_key_name(aws: Aws) -> str:

@@ -13,15 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import ClusterError
+from cluster.keys import KEYS_FILE
+from cluster.providers.deploy import https_url
 from cluster.providers.local.hosts import PRIVATE_DIRS, RUNTIME_ROOT, NamespaceHost, run, short_name
 from cluster.state import CLUSTER_DIR_ENV, PROJECT_ROOT, default_cluster_dir
-from cluster.topology import GATEKEEPER_PORT, SALT_MASTER, plan_hosts
+from cluster.topology import SALT_MASTER, plan_hosts
 
 PROVIDER = "local"
 VENV_BIN = Path(sys.executable).parent
 # Resolved: the hosts must see the files where the path points, even through a symlink.
 SAKILA_DIR = (PROJECT_ROOT.parent / "shared" / "datasets" / "sakila").resolve()
-NEEDED_COMMANDS = ("ip", "nft", "nsenter", "unshare", "mount", "mariadbd", "supervisord", "curl")
+NEEDED_COMMANDS = ("ip", "nft", "nsenter", "unshare", "mount", "mariadbd", "supervisord", "curl",
+                   "useradd")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,16 @@ class LocalCluster:
                     index=len(self.hosts), state_dir=self.state_dir))
 
     @property
+    def gatekeeper_address(self) -> str:
+        """The Gatekeeper's public address: locally its namespace address, which the machine
+        (the "Internet") reaches over the bridge."""
+        return self.host("gatekeeper").address
+
+    @property
     def gatekeeper_url(self) -> str:
-        return f"http://{self.host('gatekeeper').address}:{GATEKEEPER_PORT}"
+        """The endpoint with the cluster CA's certificate (one the user brings may name
+        another host: the record then says so)."""
+        return https_url(self.gatekeeper_address)
 
     @property
     def runtime_dir(self) -> Path:
@@ -107,6 +118,15 @@ class LocalCluster:
     @property
     def api_key_file(self) -> Path:
         return self.state_dir / "api_key"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.state_dir / KEYS_FILE
+
+    def tls_names(self) -> dict[str, list[str]]:
+        """Each minion's certificate names its host and private address (the Gatekeeper's is
+        also its public one)."""
+        return {host.name: [host.address] for host in self.minions}
 
     def paths_hosts_read(self) -> list[Path]:
         """The machine's directories the hosts use in place: the checkout (Salt tree, code),

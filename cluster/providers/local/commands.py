@@ -1,11 +1,13 @@
-"""``up``, ``status`` and ``down`` of the local provider.
+"""``up``, ``status``, ``down`` and ``keys`` of the local provider.
 
 ``up`` bakes the "image" (the Debian packages come from ``packages.apt``; the hosts cannot reach
-PyPI, so the services' dependencies are served by the Salt master as a wheelhouse), builds a
-bridge (the VPC) and one namespace host per machine of the plan plus the Salt master, loads each
-host's nftables rules (its security group, from ``INGRESS_RULES``), starts a real salt-master
-and one salt-minion per host with pre-seeded keys, and runs the orchestration. ``status`` asks
-Salt; ``down`` removes every process, namespace, mount, interface and file ``up`` made.
+PyPI, so the services' dependencies are served by the Salt master as a wheelhouse), makes the
+cluster's certificates and key set, builds a bridge (the VPC) and one namespace host per
+machine of the plan plus the Salt master, loads each host's nftables rules (its security group,
+from ``INGRESS_RULES``), starts a real salt-master (as its host's ``salt`` user) and one
+salt-minion per host with pre-seeded keys, and runs the orchestration. ``status`` asks Salt;
+``down`` removes every process, namespace, mount, interface and file ``up`` made. ``keys``
+changes the key set, which the next ``up`` applies (or ``--apply``, at once).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import time
 from pathlib import Path
 
 from cluster import access
+from cluster import keys as api_keys
 from cluster.errors import ClusterError
 from cluster.pillar import build_pillar, write_pillar_tree
+from cluster.pki import ClusterTls
+from cluster.providers.deploy import cluster_tls, https_url, public_host, public_trust, publish_ca
 from cluster.providers.local.cluster import (
     PROVIDER,
     SAKILA_DIR,
@@ -44,8 +49,11 @@ from cluster.providers.local.network import (
     remove_bridge,
 )
 from cluster.providers.local.salt import (
+    apply_states,
     configure_salt,
     orchestrate,
+    own_master_files,
+    prepare_master,
     runs,
     salt,
     salt_command,
@@ -53,40 +61,57 @@ from cluster.providers.local.salt import (
     wait_for_minions,
 )
 from cluster.record import ClusterRecord, HostRecord, read_record, remove_record, write_record
-from cluster.salt_setup import OrchestrationResult
+from cluster.salt_setup import OrchestrationResult, summarize_states
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import write_private
-from cluster.topology import Host
+from cluster.topology import ROLES, Host
 
 SUPERVISOR_CONFIG = "/etc/supervisor/supervisord.conf"
 HEALTH_DEADLINE_S = 60
+SHOWN_STATES = 6  # a host with this many changed states or fewer has them named
 
 
-def cluster_record(cluster: LocalCluster, secrets: ClusterSecrets) -> ClusterRecord:
-    """What the demo and the load tests need: the endpoint and key, the hosts, and for the
-    sysbench baseline the ``sb`` password and a ``salt`` command line that runs on the master."""
+def cluster_record(cluster: LocalCluster, secrets: ClusterSecrets, url: str,
+                   ca_file: str | None) -> ClusterRecord:
+    """What the demo and the load tests need: the endpoint, its CA and the key, the hosts, and
+    for the sysbench baseline the ``sb`` password and a ``salt`` command line that runs on the
+    master."""
     return ClusterRecord(
-        provider=PROVIDER, cluster_name=cluster.name, gatekeeper_url=cluster.gatekeeper_url,
-        api_key=secrets.api_key,
+        provider=PROVIDER, cluster_name=cluster.name, gatekeeper_url=url,
+        api_key=secrets.api_key, ca_file=ca_file,
         hosts=tuple(HostRecord(h.name, h.role, h.address, namespace=h.namespace)
                     for h in cluster.hosts),
         salt_command=tuple(salt_command(cluster)), sb_password=secrets.sb_password,
         provider_data={"subnet": str(cluster.subnet), "bridge": cluster.bridge,
                        "api_key_file": str(cluster.api_key_file),
+                       "keys_file": str(cluster.keys_file),
                        "state_dir": str(cluster.state_dir)})
 
 
-def _print_summary(cluster: LocalCluster, result: OrchestrationResult, path: Path) -> None:
+def _print_summary(cluster: LocalCluster, result: OrchestrationResult, record: ClusterRecord,
+                   path: Path) -> None:
     if result.changed:
         for minion, states in sorted(result.changed.items()):
-            print(f"  {minion}: {len(states)} state(s) changed")
+            which = f" ({', '.join(states)})" if len(states) <= SHOWN_STATES else ""
+            print(f"  {minion}: {len(states)} state(s) changed{which}")
     else:
         print("  no changes: every host was already in its configured state")
     print()
-    for line in access.access_lines(cluster.gatekeeper_url,
+    for line in access.access_lines(record.gatekeeper_url or cluster.gatekeeper_url,
                                     f"in {cluster.api_key_file} (and in {path}, mode 0600)",
-                                    f"$(cat {cluster.api_key_file})"):
+                                    f"$(cat {cluster.api_key_file})", record.ca_file):
         print(line)
+
+
+def write_pillar(cluster: LocalCluster, secrets: ClusterSecrets, tls: ClusterTls,
+                 keyset: api_keys.KeySet) -> Path:
+    """The pillar tree the master serves, in the cluster's state directory."""
+    plan = [Host(h.name, h.role) for h in cluster.minions]
+    pillar = build_pillar(cluster.name, plan, secrets, provider=PROVIDER,
+                          sakila_source=str(SAKILA_DIR), tls=tls, api_keys=keyset.pillar())
+    pillar_dir = cluster.state_dir / "pillar"
+    write_pillar_tree(pillar, plan, pillar_dir)
+    return pillar_dir
 
 
 def up(args: argparse.Namespace) -> int:
@@ -101,13 +126,14 @@ def up(args: argparse.Namespace) -> int:
     os.chmod(cluster.state_dir.parent, 0o700)
     secrets = load_or_create(cluster.secrets_file)
     write_private(cluster.api_key_file, secrets.api_key + "\n")
+    keyset = api_keys.prepare(cluster.keys_file, secrets.api_key)
+    tls = cluster_tls(cluster.state_dir, cluster.name, cluster.tls_names(),
+                      getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
+    url = https_url(public_host(tls, cluster.gatekeeper_address))
+    ca_file = publish_ca(PROVIDER, tls)
 
     fileserver = bake_fileserver(cluster)
-    plan = [Host(h.name, h.role) for h in cluster.minions]
-    pillar = build_pillar(cluster.name, plan, secrets, provider=PROVIDER,
-                          sakila_source=str(SAKILA_DIR))
-    pillar_dir = cluster.state_dir / "pillar"
-    write_pillar_tree(pillar, plan, pillar_dir)
+    pillar_dir = write_pillar(cluster, secrets, tls, keyset)
 
     print(f"hosts on bridge {cluster.bridge} ({cluster.subnet}) ...", flush=True)
     make_private_mount(cluster.runtime_dir)
@@ -116,7 +142,9 @@ def up(args: argparse.Namespace) -> int:
     for host in cluster.hosts:
         if not host.system_exists():
             host.create_system(keep_visible=cluster.paths_hosts_read())
-    configure_salt(cluster, fileserver, pillar_dir)
+    prepare_master(cluster, fileserver, pillar_dir)
+    configure_salt(cluster)
+    own_master_files(cluster, pillar_dir)
     start_salt(cluster)
     wait_for_minions(cluster)
     print("salt master and minions are up; orchestrating ...", flush=True)
@@ -126,12 +154,15 @@ def up(args: argparse.Namespace) -> int:
             print(f"  FAILED {line}", file=sys.stderr)
         raise ClusterError(f"the orchestration failed (full output: "
                            f"{cluster.state_dir / 'orchestrate.json'})")
-    if not access.wait_for_health(cluster.gatekeeper_url, deadline_s=HEALTH_DEADLINE_S):
-        raise ClusterError(f"the Gatekeeper at {cluster.gatekeeper_url} is not healthy after "
+    if not access.wait_for_health(url, deadline_s=HEALTH_DEADLINE_S, ca_file=ca_file,
+                                  also_trust=public_trust(cluster.state_dir),
+                                  address=cluster.gatekeeper_address):
+        raise ClusterError(f"the Gatekeeper at {url} is not healthy after "
                            f"{HEALTH_DEADLINE_S}s")
-    path = write_record(cluster_record(cluster, secrets))
+    record = cluster_record(cluster, secrets, url, ca_file)
+    path = write_record(record)
     print(f"cluster {cluster.name} is up in {time.monotonic() - started:.0f}s")
-    _print_summary(cluster, result, path)
+    _print_summary(cluster, result, record, path)
     return 0
 
 
@@ -151,8 +182,14 @@ def status(args: argparse.Namespace) -> int:
     replication = access.replication_report(
         ask, [m.name for m in cluster.minions if m.role == "replica"],
         [m.name for m in cluster.minions if m.role == "proxy"])
-    print(f"cluster {cluster.name}: Gatekeeper {cluster.gatekeeper_url}")
-    healthy = True
+    record = read_record(PROVIDER)
+    ours = record if record is not None and record.cluster_name == cluster.name else None
+    url = ours.gatekeeper_url if ours and ours.gatekeeper_url else cluster.gatekeeper_url
+    healthy = access.health_ok(url, ca_file=ours.ca_file if ours else None,
+                               also_trust=public_trust(cluster.state_dir),
+                               address=cluster.gatekeeper_address)
+    print(f"cluster {cluster.name}: Gatekeeper {url}/health: "
+          f"{'ok' if healthy else 'NOT answering'}")
     for host in cluster.hosts:
         line = f"  {host.name:<11} {host.role:<10} {host.address:<15} {host.namespace:<24}"
         running = services.get(host.name)
@@ -201,3 +238,39 @@ def down(args: argparse.Namespace) -> int:
         remove_record(PROVIDER)
     print(f"cluster {cluster.name} is down: no process, namespace, mount or file left")
     return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    """The key set in the cluster's state directory; ``--apply`` writes the pillar again and
+    runs the Gatekeeper's states through the master (the services keep running)."""
+    cluster = LocalCluster.plan(args)
+    secrets_file = cluster.secrets_file
+    try:
+        admin = load_or_create(secrets_file).api_key if secrets_file.exists() else None
+        return api_keys.run(args, cluster.keys_file, admin,
+                            _applier(cluster) if admin is not None else None)
+    except PermissionError as error:
+        raise ClusterError(f"{error.filename}: permission denied (the local cluster's files "
+                           "belong to root: run it with sudo)") from None
+
+
+def _applier(cluster: LocalCluster):
+    def apply(keyset: api_keys.KeySet) -> int:
+        require_root("keys --apply")
+        record = read_record(PROVIDER)
+        if record is None or record.cluster_name != cluster.name or \
+                not cluster.master.network_exists():
+            raise ClusterError(f"--apply: cluster {cluster.name} is not running; the next "
+                               "'bootstrap.py up' applies the key set")
+        recorded = LocalCluster.plan(argparse.Namespace(
+            cluster_name=cluster.name, subnet=record.provider_data["subnet"],
+            replicas=sum(1 for h in record.hosts if h.role == "replica")))
+        secrets = load_or_create(recorded.secrets_file)
+        tls = cluster_tls(recorded.state_dir, recorded.name, recorded.tls_names())
+        pillar_dir = write_pillar(recorded, secrets, tls, keyset)
+        own_master_files(recorded, pillar_dir)
+        gatekeepers = [h.name for h in recorded.minions if h.role == "gatekeeper"]
+        answers = apply_states(recorded, gatekeepers, ROLES["gatekeeper"].states or "")
+        return api_keys.report_applied(summarize_states(answers, gatekeepers))
+
+    return apply

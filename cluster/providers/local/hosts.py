@@ -16,9 +16,10 @@ import hashlib
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,29 @@ class NamespaceHost:
             steps.append(f"mkdir -p {target} && mount --bind {stage}/{number} {target}")
         return steps
 
+    def share(self, binds: dict[str, Path], reachable: Sequence[Path] = ()) -> None:
+        """For the host's unprivileged users, in this host only (once per host): mount each
+        ``binds`` source directory at its target path, and make each ``reachable`` path
+        reachable: an ancestor that others may not enter (``/root`` holding the interpreter,
+        say) is replaced by an empty tmpfs into which the reachable paths are bound back, so
+        nothing else of the machine's directory shows. The machine's own modes stay as they
+        are."""
+        stage = "/run/.sqlgate-stage"
+        steps = ["[ ! -e /run/.sqlgate-shared ] || exit 0"]
+        for target, source in binds.items():
+            steps.append(f"mkdir -p {shlex.quote(target)} && "
+                         f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
+        for blocked, paths in sorted(blocked_ancestors(reachable).items()):
+            staged = [f"{stage}/{len(steps)}-{number}" for number in range(len(paths))]
+            for path, place in zip(paths, staged, strict=True):
+                steps.append(f"mkdir -p {place} && mount --bind {shlex.quote(str(path))} {place}")
+            steps.append(f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(blocked))}")
+            for path, place in zip(paths, staged, strict=True):
+                steps.append(f"mkdir -p {shlex.quote(str(path))} && "
+                             f"mount --bind {place} {shlex.quote(str(path))} && umount {place}")
+        steps.append("touch /run/.sqlgate-shared")
+        self.run(["sh", "-ec", "\n".join(steps)])
+
     # --- use -------------------------------------------------------------------------------
 
     def enter(self, args: list[str], env: dict[str, str] | None = None) -> list[str]:
@@ -230,6 +254,24 @@ def stop_processes(hosts: list[NamespaceHost], grace_s: float = 10) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL if now >= deadline else signal.SIGTERM)
         time.sleep(0.2)
+
+
+def closed_to_others(directory: Path) -> bool:
+    """Others (not owner, not group) may not enter ``directory``."""
+    return not os.stat(directory).st_mode & stat.S_IXOTH
+
+
+def blocked_ancestors(paths: Sequence[Path], closed: Callable[[Path], bool] = closed_to_others,
+                      ) -> dict[Path, list[Path]]:
+    """``paths`` by their first ancestor (from ``/`` down) that is ``closed``; paths every
+    user can already reach are left out."""
+    blocked: dict[Path, list[Path]] = {}
+    for path in dict.fromkeys(p.resolve() for p in paths):
+        for ancestor in reversed(path.parents):
+            if closed(ancestor):
+                blocked.setdefault(ancestor, []).append(path)
+                break
+    return blocked
 
 
 def _is_mount_point(path: Path) -> bool:

@@ -1,10 +1,18 @@
 """Salt on the local cluster: the master and minions of ``cluster.salt_setup`` written into
 their namespace hosts, started from this machine's virtualenv, and the ``salt`` commands that
-``up`` and ``status`` run on the master."""
+``up`` and ``status`` run on the master.
+
+The master runs as the ``salt`` user of its host, as on AWS: the user is made inside the
+master's host (its ``/etc`` is an overlay), the formula, the project's code and the pillar are
+bound into the host under ``MASTER_ROOTS`` (the cluster's state directory stays private), the
+interpreter's directories are made reachable there, and the pillar belongs to ``salt`` alone.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from cluster import salt_setup
@@ -16,6 +24,14 @@ from cluster.waiting import wait_until
 
 MINION_DEADLINE_S = 120
 ORCHESTRATION_TIMEOUT_S = 1200
+# Inside the master's host: the formula, the project's code and wheelhouse, the pillar.
+MASTER_ROOTS = "/run/sqlgate-master"
+FORMULA_ROOT, SOURCE_ROOT, PILLAR_ROOT = (f"{MASTER_ROOTS}/{name}"
+                                          for name in ("salt", "source", "pillar"))
+ADD_MASTER_USER = (
+    f"id -u {salt_setup.MASTER_USER} >/dev/null 2>&1 || useradd --system --user-group "
+    f"--home-dir /var/cache/salt --no-create-home --shell /usr/sbin/nologin "
+    f"{salt_setup.MASTER_USER}")
 
 
 def hosts_file(cluster: LocalCluster) -> str:
@@ -23,13 +39,54 @@ def hosts_file(cluster: LocalCluster) -> str:
     return "\n".join(lines) + "\n"
 
 
-def configure_salt(cluster: LocalCluster, fileserver: Path, pillar_dir: Path) -> None:
+def prepare_master(cluster: LocalCluster, fileserver: Path, pillar_dir: Path) -> None:
+    """The master's host gets its ``salt`` user and, under ``MASTER_ROOTS``, the trees the
+    master serves; the interpreter and the virtualenv become reachable for that user."""
+    master = cluster.master
+    master.run(["sh", "-ec", ADD_MASTER_USER])
+    master.share({FORMULA_ROOT: PROJECT_ROOT / "salt", SOURCE_ROOT: fileserver,
+                  PILLAR_ROOT: pillar_dir},
+                 reachable=[Path(sys.base_prefix), Path(sys.prefix)])
+
+
+def master_user_ids(cluster: LocalCluster) -> tuple[int, int]:
+    """uid and gid of ``salt`` in the master's host (the same numbers on this machine)."""
+    found = cluster.master.run(["sh", "-c", f"id -u {salt_setup.MASTER_USER}; "
+                                            f"id -g {salt_setup.MASTER_USER}"]).stdout.split()
+    return int(found[0]), int(found[1])
+
+
+def own_master_files(cluster: LocalCluster, pillar_dir: Path) -> None:
+    """The master's own directories and the pillar belong to ``salt``; the pillar (every
+    secret of the cluster) is readable by nobody else: directories 0700, files 0600."""
+    user = salt_setup.MASTER_USER
+    dirs = " ".join(salt_setup.MASTER_DIRS)
+    # The files were written with umask 077: the directories above the master's own must let
+    # its user through (they hold nothing secret; the keys' directory stays 0700).
+    parents = " ".join(sorted({str(Path(d).parent) for d in salt_setup.MASTER_DIRS}
+                              | {str(Path(salt_setup.MASTER_CONFIG).parent.parent),
+                                 str(Path(salt_setup.MASTER_CONFIG).parent)}))
+    cluster.master.run(["sh", "-ec", f"mkdir -p {dirs} && chown -R {user}:{user} {dirs} && "
+                                     f"chmod 0755 {parents}"])
+    uid, gid = master_user_ids(cluster)
+    os.chown(pillar_dir, uid, gid)
+    os.chmod(pillar_dir, 0o700)
+    for root, dirs_in, files in os.walk(pillar_dir):
+        for name in dirs_in:
+            os.chown(Path(root) / name, uid, gid)
+            os.chmod(Path(root) / name, 0o700)
+        for name in files:
+            os.chown(Path(root) / name, uid, gid)
+            os.chmod(Path(root) / name, 0o600)
+
+
+def configure_salt(cluster: LocalCluster) -> None:
     """Configs and pre-seeded keys: the master accepts exactly our minions, they trust it."""
     master = cluster.master
     keys = salt_setup.SaltKeys.load_or_create(cluster.state_dir / "salt-pki",
                                               [m.name for m in cluster.minions])
     master_config = salt_setup.master_config(
-        [str(PROJECT_ROOT / "salt"), str(fileserver)], str(pillar_dir),
+        [FORMULA_ROOT, SOURCE_ROOT], PILLAR_ROOT,
         interface=master.address, worker_threads=4, log_level_logfile="info")
     for item in salt_setup.master_files(keys, master_config):
         master.write_file(item.path, item.content, item.mode)
@@ -88,6 +145,15 @@ def wait_for_minions(cluster: LocalCluster) -> None:
         missing = [m.name for m in cluster.minions if answered.get(m.name) is not True]
         raise ClusterError(f"minions not answering after {MINION_DEADLINE_S}s: "
                            f"{', '.join(missing)}") from None
+
+
+def apply_states(cluster: LocalCluster, minions: list[str], states: str) -> dict:
+    """Fresh pillar, then ``states`` on ``minions``: the returns by minion (state id ->
+    result), for a change that needs no orchestration (a new key set)."""
+    targets = ",".join(minions)
+    salt(cluster, "-L", targets, "saltutil.refresh_pillar", "wait=True", "-t", "60")
+    answer = salt(cluster, "-L", targets, "state.apply", states, "-t", "300", timeout=400)
+    return answer if isinstance(answer, dict) else {}
 
 
 def orchestrate(cluster: LocalCluster) -> salt_setup.OrchestrationResult:

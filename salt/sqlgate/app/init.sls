@@ -1,4 +1,5 @@
 # The project's code in a virtualenv, run by an unprivileged user: shared by Proxy and Gatekeeper.
 include:
   - .user
+  - .tls
   - .install

@@ -1,9 +1,16 @@
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
+{%- from tpldir.split('/')[0] ~ '/tls.jinja' import tls with context %}
 {%- set db = sqlgate.db %}
 {%- set host = sqlgate.hosts[grains.id] %}
+{#- The flavour without a per-user statement limit bounds statements with a server option. #}
+{%- set options = salt['defaults.deepcopy'](db.server_options) %}
+{%- if db.statement_limit_server %}
+{%-   do options.update({db.statement_limit_server: (db.statement_seconds * 1000) | int}) %}
+{%- endif %}
 
 include:
   - .package
+  - .tls
 
 {#- The database's directories belong to the database user. #}
 sqlgate-db-directories:
@@ -29,7 +36,7 @@ sqlgate-db-initialised:
     - require:
       - file: sqlgate-db-directories
 
-{#- The server's settings for GTID replication (files/server.cnf.jinja). #}
+{#- The server's settings for GTID replication and TLS (files/server.cnf.jinja). #}
 sqlgate-db-config:
   file.managed:
     - name: {{ db.config_dir }}/{{ db.config_file_name }}
@@ -43,7 +50,8 @@ sqlgate-db-config:
         socket: {{ db.socket }}
         datadir: {{ db.datadir }}
         binlog_expire_seconds: {{ db.binlog_expire_seconds }}
-        options: {{ db.server_options | json }}
+        options: {{ options | json }}
         replica_options: {{ (db.replica_options if host.role == 'replica' else {}) | json }}
+        tls: {{ tls | json }}
     - require:
       - sls: sqlgate.db.package

@@ -1,11 +1,13 @@
-{#- Replication from the primary, by GTID, with the formula's own states
-    (_states/sqlgate_replication.py): they read the replica's status, so a second highstate
-    changes nothing. The password goes to the client on stdin, never on a command line or into
-    the state output. #}
+{#- Replication from the primary, by GTID, over TLS checked against the cluster CA, with the
+    formula's own states (_states/sqlgate_replication.py): they read the replica's status, so a
+    second highstate changes nothing, and a replica set up before TLS is switched to it. The
+    password goes to the client on stdin, never on a command line or into the state output. #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, roles, address_of with context %}
+{%- from tpldir.split('/')[0] ~ '/tls.jinja' import tls with context %}
 {%- set db = sqlgate.db %}
 
 include:
+  - .tls
   - .service
 
 {#- The replica follows the primary (the flavour's CHANGE statement, flavours.yaml). #}
@@ -13,13 +15,16 @@ sqlgate-db-replication-source:
   sqlgate_replication.following:
     - source: {{ address_of(roles.primary[0]) }}
     - port: {{ sqlgate.ports.mysql }}
-    - user: repl
+    - user: {{ db.repl_user }}
     - password: {{ sqlgate.secrets.repl_password | json }}
     - change_source: {{ db.change_source | json }}
+    - ssl_ca: {{ tls.ca }}
+    - change_source_ssl: {{ db.change_source_ssl | json }}
     - client: {{ db.client }}
     - socket: {{ db.socket }}
     - require:
       - cmd: {{ db.service }}-ready
+      - file: sqlgate-tls-ca
 
 {#- Its IO and SQL threads run (an IO thread still `Connecting` counts as running). #}
 sqlgate-db-replication-running:

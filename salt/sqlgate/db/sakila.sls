@@ -1,10 +1,11 @@
-{#- The Sakila sample database, loaded once on the primary (its schema file drops and recreates
-    `sakila`, so the load is guarded by the last table the data file fills). `source` is a
-    directory holding sakila-schema.sql and sakila-data.sql, or the URL of the official archive. #}
+{#- The Sakila sample database, loaded on the primary only into an absent or empty `sakila`
+    schema (_states/sqlgate_schema.py): its schema file begins with DROP SCHEMA, so it never
+    runs when the schema has a table, nor when that cannot be checked (the state fails then).
+    `source` is a directory holding sakila-schema.sql and sakila-data.sql, or the URL of the
+    official archive. #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
 {%- set sakila = sqlgate.sakila %}
 {%- set db = sqlgate.db %}
-{%- set client = db.client ~ ' --socket=' ~ db.socket %}
 
 include:
   - .users
@@ -23,20 +24,18 @@ sqlgate-db-sakila-archive:
 {%-   endif %}
     - if_missing: {{ directory }}/sakila-data.sql
     - require_in:
-      - cmd: sqlgate-db-sakila-loaded
+      - sqlgate_schema: sqlgate-db-sakila-loaded
 {%- else %}
 {%-   set directory = sakila.source %}
 {%- endif %}
 
 sqlgate-db-sakila-loaded:
-  cmd.run:
-    - name: >-
-        {{ client }} < {{ directory }}/sakila-schema.sql
-        && {{ client }} < {{ directory }}/sakila-data.sql
-    - unless:
-      - fun: sqlgate_db.has_rows
-        table: sakila.store
-        client: {{ db.client }}
-        socket: {{ db.socket }}
+  sqlgate_schema.loaded:
+    - name: sakila
+    - files:
+      - {{ directory }}/sakila-schema.sql
+      - {{ directory }}/sakila-data.sql
+    - client: {{ db.client }}
+    - socket: {{ db.socket }}
     - require:
       - sls: sqlgate.db.users

@@ -179,3 +179,46 @@ def test_nesting_too_deep_for_the_parser_goes_to_the_primary():
     result = classify("SELECT " + "(" * 5000 + "1" + ")" * 5000)
     assert result.query_type == "write" and "parser" in result.reason
     assert result.kind is Kind.OTHER
+
+
+@pytest.mark.parametrize(("sql", "scope"), [
+    ("SELECT * FROM sakila.actor", "read"),
+    ("SHOW TABLES FROM sakila", "read"),
+    ("EXPLAIN SELECT * FROM t", "read"),
+    ("SELECT LAST_INSERT_ID()", "read"),  # a read only the primary can answer
+    ("WITH x AS (SELECT 1) SELECT * FROM x", "read"),
+    ("INSERT INTO t VALUES (1)", "write"),
+    ("UPDATE t SET a = 1", "write"),
+    ("DELETE FROM t", "write"),
+    ("REPLACE INTO t VALUES (1)", "write"),
+    ("INSERT INTO t SELECT * FROM u", "write"),
+    ("SELECT * FROM t FOR UPDATE", "write"),
+    ("SET @a = 1", "write"),
+    ("SAVEPOINT s", "write"),
+    ("CREATE TABLE t (a INT)", "admin"),
+    ("CREATE INDEX i ON t (a)", "admin"),
+    ("CREATE VIEW v AS SELECT 1", "admin"),
+    ("DROP TABLE t", "admin"),
+    ("ALTER TABLE t ADD COLUMN b INT", "admin"),
+    ("TRUNCATE TABLE t", "admin"),
+    ("RENAME TABLE t TO u", "admin"),
+    ("CREATE TEMPORARY TABLE t (a INT)", "admin"),
+    ("LOCK TABLES t WRITE", "admin"),
+    ("CALL p()", "admin"),  # a procedure may do anything
+    ("DO SLEEP(1)", "admin"),
+    ("OPTIMIZE TABLE t", "admin"),
+    ("SELEC 1", "admin"),  # not understood: may be anything
+])
+def test_each_statement_needs_a_scope(sql, scope):
+    assert classify(sql).scope == scope
+
+
+@pytest.mark.parametrize("sql", [
+    "SHOW GRANTS", "show grants for current_user", "SHOW CREATE USER app_read",
+    "SHOW PROCESSLIST", "SHOW FULL PROCESSLIST", "KILL 7", "KILL QUERY 7",
+    "KILL CONNECTION 7", "SELECT * FROM information_schema.PROCESSLIST",
+    "SELECT COUNT(*) FROM (SELECT * FROM INFORMATION_SCHEMA.processlist) AS p",
+])
+def test_what_shows_or_ends_other_clients_sessions_is_refused(sql):
+    """Clients of a scope share its database user, which sees and may end its own sessions."""
+    assert classify(sql).kind is Kind.ACCOUNT

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from cluster.loopback import gatekeeper_service
 from cluster.loopback.processes import free_port
 from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
-from tests.conftest import http, proxy_env
+from tests.conftest import http, proxy_service
 
 
 @pytest.fixture
 def own_proxy(db_cluster, tmp_path) -> Iterator[ServiceProcess]:
-    service = ServiceProcess("services.proxy", proxy_env(db_cluster),
-                             log_path=tmp_path / "proxy.log")
+    service = proxy_service(db_cluster, tmp_path / "proxy.log")
     with service.running():
         yield service
 
@@ -88,8 +88,8 @@ def test_a_dead_primary_makes_writes_503_and_reads_go_on(own_proxy, db_cluster, 
 
 def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
     """Slow statements filling the pool shed load with a 503; the node stays up for others."""
-    env = proxy_env(db_cluster, PROXY_POOL_MAX_SIZE="2", PROXY_CONNECT_TIMEOUT="1")
-    service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
+    service = proxy_service(db_cluster, tmp_path / "proxy.log", PROXY_POOL_MAX_SIZE="2",
+                            PROXY_CONNECT_TIMEOUT="1")
     with service.running():
         slow = [threading.Thread(target=read, args=(service, "direct", "SELECT SLEEP(3)"))
                 for _ in range(2)]
@@ -110,9 +110,9 @@ def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
 
 def test_no_node_at_all_is_503_everywhere(db_cluster, tmp_path):
     closed = [free_port() for _ in range(3)]
-    env = proxy_env(db_cluster, PROXY_PRIMARY=f"primary=127.0.0.1:{closed[0]}",
-                    PROXY_REPLICAS=f"replica1=127.0.0.1:{closed[1]},replica2=127.0.0.1:{closed[2]}")
-    service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
+    service = proxy_service(
+        db_cluster, tmp_path / "proxy.log", PROXY_PRIMARY=f"primary=127.0.0.1:{closed[0]}",
+        PROXY_REPLICAS=f"replica1=127.0.0.1:{closed[1]},replica2=127.0.0.1:{closed[2]}")
     with service.running(expect_healthy=False):
         status, health = service.health()
         assert status == 503 and health["status"] == "unavailable"
@@ -150,9 +150,9 @@ class SilentServer:
 
 def test_a_silent_node_costs_a_timeout_not_a_hang(db_cluster, tmp_path):
     silent = SilentServer()
-    env = proxy_env(db_cluster, PROXY_PRIMARY=f"primary=127.0.0.1:{silent.port}",
-                    PROXY_CONNECT_TIMEOUT="1")
-    service = ServiceProcess("services.proxy", env, log_path=tmp_path / "proxy.log")
+    service = proxy_service(db_cluster, tmp_path / "proxy.log",
+                            PROXY_PRIMARY=f"primary=127.0.0.1:{silent.port}",
+                            PROXY_CONNECT_TIMEOUT="1")
     try:
         service.start()  # healthy: the replicas answer
         began = time.monotonic()
@@ -165,12 +165,9 @@ def test_a_silent_node_costs_a_timeout_not_a_hang(db_cluster, tmp_path):
         silent.close()
 
 
-def test_the_gatekeeper_without_its_proxy_answers_503(api_key, tmp_path):
-    service = ServiceProcess("services.gatekeeper", {
-        "GATEKEEPER_LISTEN_ADDRESS": "127.0.0.1",
-        "GATEKEEPER_PROXY_URL": f"http://127.0.0.1:{free_port()}",
-        "GATEKEEPER_API_KEY": api_key,
-    }, log_path=tmp_path / "gatekeeper.log")
+def test_the_gatekeeper_without_its_proxy_answers_503(db_cluster, keys_file, api_key, tmp_path):
+    service = gatekeeper_service(db_cluster, f"https://127.0.0.1:{free_port()}", keys_file,
+                                 tmp_path / "gatekeeper.log")
     with service.running(expect_healthy=False):
         answer = http(service.url + "/query", {"sql": "SELECT 1"}, {"X-API-Key": api_key})
         assert answer.status == 503

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from cluster.loopback import gatekeeper_service, write_keys_file
 from cluster.loopback.faults import cpu_limited
 from cluster.loopback.mariadb import MariaDBCluster, MariaDBNode
 from cluster.loopback.services import ServiceProcess
@@ -25,7 +26,8 @@ from cluster.waiting import wait_until
 from loadtest.consistency import run_pairs
 from loadtest.workload import DEFAULT_TABLE, create_table_sql
 from services.client import Client
-from tests.conftest import proxy_env
+from services.contract import SCOPE_HEADER
+from tests.conftest import proxy_service
 
 LEDGER = "sqlgate_test.ledger"
 POINT_READ = "SELECT first_name FROM sakila.actor WHERE actor_id = ?"
@@ -40,7 +42,7 @@ class Stack:
     ledger: dict[str, set[int]] = field(default_factory=lambda: {LEDGER: set()})
 
     def client(self) -> Client:
-        return Client(self.gatekeeper.url, self.api_key, timeout=20)
+        return self.gatekeeper.client(self.api_key, timeout=20)
 
     def node(self, name: str) -> MariaDBNode:
         return next(node for node in self.db.nodes if node.name == name)
@@ -67,18 +69,15 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                        "tag VARCHAR(64) NOT NULL)")
         db.primary.sql(create_table_sql(DEFAULT_TABLE))
         db.wait_for_replicas()
-        proxy = ServiceProcess("services.proxy", proxy_env(
-            db, PROXY_HEALTH_INTERVAL="0.1", PROXY_MAX_REPLICA_LAG="1",
-            PROXY_REPLICA_RECOVERY_CHECKS="3", PROXY_CAUSAL_WAIT="0.2"),
-            log_path=logs / "proxy.log")
+        proxy = proxy_service(db, logs / "proxy.log", PROXY_HEALTH_INTERVAL="0.1",
+                              PROXY_MAX_REPLICA_LAG="1", PROXY_REPLICA_RECOVERY_CHECKS="3",
+                              PROXY_CAUSAL_WAIT="0.2")
         api_key = secrets.token_urlsafe(24)
-        gatekeeper = ServiceProcess("services.gatekeeper", {
-            "GATEKEEPER_LISTEN_ADDRESS": "127.0.0.1", "GATEKEEPER_API_KEY": api_key},
-            log_path=logs / "gatekeeper.log")
-        with proxy.running():
-            gatekeeper.env["GATEKEEPER_PROXY_URL"] = proxy.url
-            with gatekeeper.running():
-                yield Stack(db, proxy, gatekeeper, api_key)
+        gatekeeper = gatekeeper_service(db, proxy.url,
+                                        write_keys_file(logs / "keys.json", api_key),
+                                        logs / "gatekeeper.log")
+        with proxy.running(), gatekeeper.running():
+            yield Stack(db, proxy, gatekeeper, api_key)
     finally:
         db.destroy()
 
@@ -141,10 +140,11 @@ def test_tokens_make_every_read_see_its_write_on_a_lagging_replica(stack, healed
     replica1.sql("STOP SLAVE")
     replica1.sql("CHANGE MASTER TO MASTER_DELAY=2")
     replica1.sql("START SLAVE")
-    tolerant = ServiceProcess("services.proxy", proxy_env(
-        stack.db, PROXY_HEALTH_INTERVAL="0.1", PROXY_MAX_REPLICA_LAG="30",
-        PROXY_CAUSAL_WAIT="0.2"), log_path=tmp_path / "tolerant-proxy.log")
-    with tolerant.running(), Client(tolerant.url) as client:
+    tolerant = proxy_service(stack.db, tmp_path / "tolerant-proxy.log",
+                             PROXY_HEALTH_INTERVAL="0.1", PROXY_MAX_REPLICA_LAG="30",
+                             PROXY_CAUSAL_WAIT="0.2")
+    # The pairs' writes need the write scope, which the Gatekeeper would state for a key.
+    with tolerant.running(), tolerant.client(headers={SCOPE_HEADER: "write"}) as client:
         wait_until(lambda: tolerant.health()[1]["nodes"]["replica1"]["lag_ms"] > 1000, 10,
                    "replica1 lagging")
         results = [run_pairs(client, 60, mode, with_token)

@@ -10,6 +10,7 @@ the same connection; with sixteen, many connections are dirtied and probed concu
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from services.config import NodeAddress, ProxyConfig
 from services.proxy import session
 from services.proxy.pools import NodePool, SqlError
 from services.statements import Statement
-from tests.conftest import http, proxy_env
+from tests.conftest import http, proxy_service
 
 PROBE_LOCK = "sqlgate_probe_lock"
 PROBE_TABLE = "sqlgate_test.session_probe_tmp"
@@ -98,9 +99,8 @@ def leaking_procedure(db_cluster):
 def pooled_proxy(request, db_cluster, leaking_procedure,
                  tmp_path_factory) -> Iterator[ServiceProcess]:
     size = request.param
-    service = ServiceProcess("services.proxy", proxy_env(
-        db_cluster, PROXY_POOL_MAX_SIZE=str(size), PROXY_MAX_TRANSACTIONS=str(size // 2)),
-        log_path=tmp_path_factory.mktemp("logs") / f"proxy-pool{size}.log")
+    service = proxy_service(db_cluster, tmp_path_factory.mktemp("logs") / f"proxy-pool{size}.log",
+                            PROXY_POOL_MAX_SIZE=str(size), PROXY_MAX_TRANSACTIONS=str(size // 2))
     service.pool_size = size
     with service.running():
         yield service
@@ -135,9 +135,10 @@ def assert_clean(proxy: ServiceProcess, fresh: list, probes: int) -> None:
 
 @pytest.fixture
 def fresh_fingerprint(db_cluster) -> list:
-    """What a brand-new connection of the app user has, as the Proxy reports it."""
-    node = db_cluster.primary
-    with node.connect(db_cluster.app_user, db_cluster.app_password, charset="utf8mb4") as conn, \
+    """What a brand-new connection of the admin scope's user has (the scope ``http()`` asks
+    the Proxy for), as the Proxy reports it."""
+    node, user = db_cluster.primary, db_cluster.app_users["admin"]
+    with node.connect(user.name, user.password, charset="utf8mb4") as conn, \
             conn.cursor() as cursor:
         cursor.execute(FINGERPRINT)
         row = list(cursor.fetchone())
@@ -199,16 +200,17 @@ def test_state_set_inside_a_transaction_ends_with_it(proxy, fresh_fingerprint):
 def test_the_server_refuses_a_second_statement_on_a_pooled_connection(db_cluster):
     """Multi-statements are off on every pooled connection: even text that got past the
     classifier could not carry a second statement."""
-    config = ProxyConfig(db_user=db_cluster.app_user, db_password=db_cluster.app_password)
+    user = db_cluster.app_users["admin"]
+    config = ProxyConfig(db_user=user.name, db_password=user.password,
+                         db_tls_ca=str(db_cluster.ca_file))
     address = NodeAddress("primary", "127.0.0.1", db_cluster.primary.port)
 
     async def attempt() -> tuple[int, bool]:
         pool = NodePool(address, "primary", config)
-        await pool.start()
         try:
             with pytest.raises(SqlError) as error:
-                await pool.execute(Statement.plain("SELECT 1; SELECT 2"), 10)
-            result = await pool.execute(Statement.plain("SELECT 1;"), 10)
+                await pool.execute(Statement.plain("SELECT 1; SELECT 2"), 10, scope="admin")
+            result = await pool.execute(Statement.plain("SELECT 1;"), 10, scope="admin")
             return error.value.code, result.rows == [(1,)]
         finally:
             await pool.close()
@@ -227,10 +229,12 @@ def test_a_reset_connection_is_a_new_connection(db_cluster, fresh_fingerprint):
     import asyncmy
 
     async def dirty_then_reset() -> list:
+        user = db_cluster.app_users["admin"]
         conn = await asyncmy.connect(host="127.0.0.1", port=db_cluster.primary.port,
-                                     user=db_cluster.app_user,
-                                     password=db_cluster.app_password, autocommit=True,
-                                     charset="utf8mb4")
+                                     user=user.name, password=user.password, autocommit=True,
+                                     charset="utf8mb4",
+                                     ssl=ssl.create_default_context(
+                                         cafile=str(db_cluster.ca_file)))
         try:
             await session.prepare(conn)
             async with conn.cursor() as cursor:
@@ -262,9 +266,8 @@ def test_ledger_of_acknowledged_writes_survives_every_session_statement(db_clust
                                                                        tmp_path):
     """2,000 acknowledged inserts interleaved with every refused or harmless statement:
     every acknowledged row is on the primary and on both replicas, and no other row is."""
-    service = ServiceProcess("services.proxy", proxy_env(db_cluster, PROXY_POOL_MAX_SIZE="4",
-                                                         PROXY_MAX_TRANSACTIONS="1"),
-                             log_path=tmp_path / "proxy.log")
+    service = proxy_service(db_cluster, tmp_path / "proxy.log", PROXY_POOL_MAX_SIZE="4",
+                            PROXY_MAX_TRANSACTIONS="1")
     run = f"ledger-{uuid.uuid4().hex[:8]}"
     disturbances = [sql for sql, _ in REFUSED] + HARMLESS
 

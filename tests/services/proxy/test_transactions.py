@@ -19,7 +19,7 @@ import pytest
 
 from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
-from tests.conftest import Answer, http, proxy_env, scratch_tables
+from tests.conftest import Answer, http, proxy_service, scratch_tables
 
 TRANSACTION_ID = re.compile(r"([A-Za-z0-9-]{1,63})\.([A-Za-z0-9_-]{24})")
 
@@ -372,11 +372,9 @@ def test_concurrent_requests_on_one_transaction_are_serialised(api, db_cluster, 
 
 @pytest.fixture(scope="module")
 def small_proxy(db_cluster, tmp_path_factory) -> Iterator[ServiceProcess]:
-    env = proxy_env(db_cluster, PROXY_TRANSACTION_IDLE_TIMEOUT="1",
-                    PROXY_TRANSACTION_MAX_AGE="3", PROXY_MAX_TRANSACTIONS="2",
-                    PROXY_POOL_MAX_SIZE="4")
-    service = ServiceProcess("services.proxy", env,
-                             log_path=tmp_path_factory.mktemp("logs") / "small-proxy.log")
+    service = proxy_service(db_cluster, tmp_path_factory.mktemp("logs") / "small-proxy.log",
+                            PROXY_TRANSACTION_IDLE_TIMEOUT="1", PROXY_TRANSACTION_MAX_AGE="3",
+                            PROXY_MAX_TRANSACTIONS="2", PROXY_POOL_MAX_SIZE="4")
     with service.running():
         yield service
 

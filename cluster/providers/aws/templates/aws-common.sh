@@ -38,3 +38,10 @@ PIN
     # shellcheck disable=SC2086  # a space-separated list of pinned requirements
     salt-pip install -q $SALT_PIP_REQUIREMENTS
 }
+
+# Once configured, the instance never runs cloud-init again: bootstrap.py turns the metadata
+# endpoint off after the first boot, and a cloud-init that found no metadata would take the next
+# boot for a new instance's (new SSH host keys, the user data's files gone).
+first_boot_done() {
+    touch "${SQLGATE_ROOT:-}/etc/cloud/cloud-init.disabled"
+}

@@ -2,9 +2,14 @@
 # First boot of the Salt master: install Salt, unpack the bundle (Salt tree, pillar, project code,
 # master config and the pre-generated keys), wait for every expected minion, then run the
 # orchestration. Its last line says how it went; bootstrap.py waits for the Gatekeeper's /health.
+# A later `bootstrap.py up` sends a new bundle over SSH and unpacks it with `unpack_bundle`.
 set -euo pipefail
 . "${SQLGATE_ENV:-/etc/sqlgate/bootstrap.env}"
 . "${SQLGATE_COMMON:-/usr/local/lib/sqlgate/common.sh}"
+
+# Tests point this at a scratch directory.
+ROOT=${SQLGATE_ROOT:-}
+PILLAR_DIR=$ROOT/srv/sqlgate/pillar
 
 fetch_bundle() {
     local bundle=/root/sqlgate-bundle.tar.gz
@@ -13,16 +18,47 @@ fetch_bundle() {
     # The secrets inside need not stay in S3 once here (down deletes the bucket in any case).
     curl -fsS -X DELETE "$BUNDLE_DELETE_URL" >/dev/null \
         || log "could not delete the bundle from S3; 'down' will"
-    # Only srv/sqlgate and etc/salt are in it; keys and pillar arrive with mode 0600/0700.
-    tar -xzf "$bundle" -C / --no-same-owner
+    unpack_bundle "$bundle"
     rm -f "$bundle"
 }
 
-own_master_pki() {
-    # The onedir master runs as the "salt" user when the package made one.
+# Only srv/sqlgate and etc/salt are in the bundle: the tree it had before goes (a file the
+# project dropped must not linger), then the master's files get their owner.
+unpack_bundle() {
+    rm -rf "$ROOT/srv/sqlgate"
+    tar -xzf "$1" -C "$ROOT/" --no-same-owner
+    own_master_files
+}
+
+# The onedir master runs as the "salt" user the package made (as root without one): its keys
+# and the pillar, which holds every secret of the cluster, are that user's and nobody else's.
+# tar leaves them root's, which the master could not read.
+own_master_files() {
     local owner=root
     if id salt >/dev/null 2>&1; then owner=salt; fi
-    chown -R "$owner:$owner" /etc/salt/pki/master
+    chown -R "$owner:$(id -gn "$owner")" "$ROOT/etc/salt/pki/master" "$PILLAR_DIR"
+    find "$PILLAR_DIR" -type d -exec chmod 0700 {} +
+    find "$PILLAR_DIR" -type f -exec chmod 0600 {} +
+}
+
+# A later `bootstrap.py up` or `keys --apply`, over SSH with the bundle on stdin: the new tree
+# and pillar; the master restarts only when its configuration or keys changed; every minion
+# must answer (one launched by this `up` may still be booting) before Salt runs anything.
+update_from_bundle() {
+    local before after
+    before=$(master_state)
+    unpack_bundle "$1"
+    after=$(master_state)
+    if [ "$before" != "$after" ]; then
+        log "the master's configuration changed: restarting it"
+        systemctl restart salt-master
+    fi
+    wait_for_minions
+}
+
+master_state() {
+    { cat "$ROOT/etc/salt/master.d/sqlgate.conf" "$ROOT/etc/salt/pki/master/master.pem" \
+        2>/dev/null || true; } | sha256sum
 }
 
 wait_for_minions() {
@@ -43,7 +79,6 @@ main() {
     install_salt salt-master
     systemctl stop salt-master
     fetch_bundle
-    own_master_pki
     systemctl enable --now salt-master
     wait_for_minions
     salt -L "$MINION_IDS" saltutil.sync_all --out=quiet || log "sync_all reported a problem"
@@ -51,6 +86,7 @@ main() {
     if salt-run state.orchestrate orch --out=highstate --state-output=mixed \
             > /var/log/sqlgate-orchestrate.log 2>&1; then
         touch /var/lib/sqlgate/orchestration.ok
+        first_boot_done
         log "orchestration succeeded"
     else
         touch /var/lib/sqlgate/orchestration.failed

@@ -24,6 +24,7 @@ main() {
     wait_for_master
     systemctl enable salt-minion
     systemctl restart salt-minion
+    first_boot_done
     log "salt-minion $MINION_ID started, master $MASTER_ADDRESS"
 }
 

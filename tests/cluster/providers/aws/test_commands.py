@@ -159,7 +159,11 @@ def test_cluster_file_is_private_and_complete(aws_env, cluster_up):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     data = json.loads(path.read_text())
     assert data["provider_data"]["region"] == REGION and data["api_key"]
-    assert data["gatekeeper_url"].startswith("http://")
+    elastic_ip = data["provider_data"]["elastic_ip"]
+    assert data["gatekeeper_url"] == f"https://{elastic_ip}"
+    assert data["ca_file"] == str(aws_env.cluster_dir / "aws-ca.crt")
+    assert (aws_env.cluster_dir / "aws-ca.crt").read_text() == \
+        (aws_env.cluster_dir / "aws" / "tls" / "ca.crt").read_text()
     ec2 = aws_env.client("ec2")
     real = {tags_of(i)[res.HOST_TAG]: i for i in live_instances(ec2)}
     for host in data["hosts"]:
@@ -168,7 +172,8 @@ def test_cluster_file_is_private_and_complete(aws_env, cluster_up):
         assert host["address"] == instance["PrivateIpAddress"]
         assert host["role"] == tags_of(instance)[res.ROLE_TAG]
     assert "skipping the wait" in cluster_up and "is not AWS" in cluster_up
-    for key in (aws_env.cluster_dir / "aws").rglob("*.pem"):
+    for key in [*(aws_env.cluster_dir / "aws").rglob("*.pem"),
+                *(aws_env.cluster_dir / "aws").rglob("*.key")]:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
@@ -270,6 +275,8 @@ def snapshot(aws_env) -> dict:
                    for n, g in groups_by_name(ec2).items()},
         "buckets": bucket_names(s3),
         "key_pairs": [k["KeyPairId"] for k in ec2.describe_key_pairs()["KeyPairs"]],
+        "addresses": sorted((a["AllocationId"], a.get("InstanceId"))
+                            for a in ec2.describe_addresses()["Addresses"]),
         "cluster_file": json.loads((aws_env.cluster_dir / "aws.json").read_text()),
     }
 
@@ -308,7 +315,9 @@ def assert_nothing_left(aws_env) -> None:
     assert groups_by_name(ec2) == {}
     assert [b for b in bucket_names(s3) if "bundle" in b] == []
     assert ec2.describe_key_pairs()["KeyPairs"] == []
+    assert ec2.describe_addresses()["Addresses"] == []
     assert not (aws_env.cluster_dir / "aws.json").exists()
+    assert not (aws_env.cluster_dir / "aws-ca.crt").exists()
     assert not (aws_env.cluster_dir / "aws").exists()
 
 
@@ -328,6 +337,7 @@ def test_down_after_a_partial_up(aws_env, capsys):
     plan = AwsPlan.make(aws, args, ADMIN_CIDR)
     group_ids = res.ensure_security_groups(aws, plan.network, ADMIN_CIDR, print)
     res.ensure_bucket(aws)
+    res.ensure_address(aws)
     res.upload_bundle(aws, b"partial", 60)
     res.launch_instance(aws, plan.launch(SALT_MASTER, "#cloud-config\n{}\n", group_ids, None))
     ec2 = aws_env.client("ec2")
@@ -335,6 +345,7 @@ def test_down_after_a_partial_up(aws_env, capsys):
     code, out, err = run(capsys, "down", "--region", REGION)
     assert code == 0, err
     assert "terminated 1 instance(s)" in out and "deleted bucket" in out
+    assert "released Elastic IP" in out
     assert_nothing_left(aws_env)
 
 
@@ -371,7 +382,9 @@ def test_dry_run_creates_nothing(aws_env, capsys):
     assert bucket_names(s3) == [] and ec2.describe_key_pairs()["KeyPairs"] == []
     assert not (aws_env.cluster_dir / "aws.json").exists()
     assert "[create] sqlgate-gatekeeper" in out
-    assert "tcp 80 from 0.0.0.0/0" in out
+    assert "tcp 443 from 0.0.0.0/0" in out and "tcp 80 from 0.0.0.0/0" in out
+    assert "[create] Elastic IP for the Gatekeeper" in out
+    assert ec2.describe_addresses()["Addresses"] == []
     assert "tcp 5000 from sqlgate-gatekeeper" in out
     assert f"tcp 22 from {ADMIN_CIDR}" in out
     assert "replica3" in out and "t3.micro" in out and "bucket sqlgate-bundle-" in out

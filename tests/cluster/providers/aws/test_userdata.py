@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import shutil
 import socket
+import stat
 import subprocess
 import textwrap
 
 import pytest
 import yaml
 
+from cluster.providers.aws.bundle import build_bundle
 from cluster.providers.aws.keys import ClusterKeys
 from cluster.providers.aws.userdata import (
     TEMPLATES,
@@ -20,6 +22,7 @@ from cluster.providers.aws.userdata import (
     master_user_data,
     minion_user_data,
 )
+from cluster.state import write_private
 from cluster.topology import plan_hosts
 
 MINIONS = [h.name for h in plan_hosts(20)]  # the largest cluster we promise to fit
@@ -148,3 +151,86 @@ def test_minion_gives_up_when_the_master_never_listens(tmp_path):
         done = run_wait_for_master(tmp_path, port, wait_seconds=1)
     assert done.returncode == 1
     assert f"the master 127.0.0.1:{port} did not answer in 1s" in done.stdout
+
+
+# --- the master's files: owned by the master's user, the pillar private ----------------------
+
+@pytest.fixture(scope="module")
+def bundle(keys, tmp_path_factory) -> bytes:
+    """A real bundle whose pillar has a file in a subdirectory (as write_pillar_tree makes)."""
+    pillar = tmp_path_factory.mktemp("pillar")
+    write_private(pillar / "top.sls", "base: {}\n")
+    write_private(pillar / "sqlgate" / "gatekeeper.sls", "sqlgate: {}\n")
+    return build_bundle(pillar, keys).data
+
+
+def master_shell(tmp_path, call: str, salt_user: bool = True) -> subprocess.CompletedProcess:
+    """Source the master's script with ``/`` at ``tmp_path/root``; ``id``, ``chown``,
+    ``systemctl`` and ``salt`` are stand-ins that log what they were asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.log"
+    users = "salt|root" if salt_user else "root"
+    stand_ins = {
+        "id": f'case "$*" in "-gn salt"|"-gn root") echo "$2";; {users}) ;; *) exit 1;; esac',
+        "chown": f'echo "chown $*" >> {log}',
+        "systemctl": f'echo "systemctl $*" >> {log}',
+        "salt": 'echo "gatekeeper: True"',
+    }
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env_file = tmp_path / "master.env"
+    env_file.write_text("MINION_IDS=gatekeeper\nMINION_WAIT_SECONDS=5\nMINION_POLL_SECONDS=0.1\n")
+    (tmp_path / "root").mkdir(exist_ok=True)
+    return subprocess.run(
+        ["bash", "-c", f". {TEMPLATES / 'aws-master.sh'}; {call}"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SQLGATE_ENV": str(env_file),
+             "SQLGATE_COMMON": str(TEMPLATES / "aws-common.sh"),
+             "SQLGATE_ROOT": str(tmp_path / "root")},
+        capture_output=True, text=True, timeout=60)
+
+
+def calls(tmp_path) -> list[str]:
+    log = tmp_path / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize(("salt_user", "owner"), [(True, "salt:salt"), (False, "root:root")])
+def test_the_pillar_becomes_the_master_users_and_nobody_elses(tmp_path, bundle, salt_user,
+                                                              owner):
+    """The onedir master runs as ``salt``: a pillar left root's 0700 by tar is never read."""
+    (tmp_path / "bundle.tar.gz").write_bytes(bundle)
+    stale = tmp_path / "root/srv/sqlgate/pillar/sqlgate/retired.sls"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old: secret\n")
+    done = master_shell(tmp_path, f"unpack_bundle {tmp_path / 'bundle.tar.gz'}", salt_user)
+    assert done.returncode == 0, done.stderr
+    root = tmp_path / "root"
+    pillar = root / "srv/sqlgate/pillar"
+    assert calls(tmp_path) == [f"chown -R {owner} {root}/etc/salt/pki/master {pillar}"]
+    assert (pillar / "sqlgate" / "gatekeeper.sls").read_text() == "sqlgate: {}\n"
+    assert not stale.exists()  # the previous tree went first
+    for path in [pillar, *pillar.rglob("*")]:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    assert (root / "srv/sqlgate/salt/top.sls").exists()
+
+
+def test_an_update_restarts_the_master_only_when_its_configuration_changed(tmp_path, bundle):
+    (tmp_path / "bundle.tar.gz").write_bytes(bundle)
+    update = f"update_from_bundle {tmp_path / 'bundle.tar.gz'}"
+    assert master_shell(tmp_path, update).returncode == 0
+    assert "systemctl restart salt-master" in calls(tmp_path)  # nothing was there before
+    (tmp_path / "calls.log").unlink()
+    done = master_shell(tmp_path, update)
+    assert done.returncode == 0, done.stderr
+    assert not any(call.startswith("systemctl") for call in calls(tmp_path))
+
+
+def test_first_boot_turns_cloud_init_off_for_later_boots(tmp_path):
+    (tmp_path / "root/etc/cloud").mkdir(parents=True)
+    assert master_shell(tmp_path, "first_boot_done").returncode == 0
+    assert (tmp_path / "root/etc/cloud/cloud-init.disabled").exists()
+    minion = (TEMPLATES / "aws-minion.sh").read_text()
+    assert "first_boot_done" in minion.split("main() {")[1]

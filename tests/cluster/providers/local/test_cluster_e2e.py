@@ -1,13 +1,19 @@
 """End to end: ``bootstrap.py up --provider local`` through a real Salt master and minions, the
-acceptance checks of the local cluster, a second ``up`` that changes nothing, and ``down``.
+acceptance checks of the local cluster (HTTPS with the cluster CA, plain HTTP only redirected,
+the Proxy closed to anyone without the cluster's certificate, scoped keys enforced, errors
+that name no internal address, the Salt master as ``salt`` with a private pillar), a second
+``up`` that changes nothing, another that applies a changed key set without restarting the
+services, and ``down``.
 
 The cluster has its own name, subnet and cluster directory, so it cannot collide with a
-developer's running cluster; it is taken down even when a check fails.
+developer's running cluster; it is taken down even when a check fails. Run one at a time:
+``flock /tmp/sqlgate-e2e.lock .venv/bin/python -m pytest <this file> -x -q``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -23,19 +29,24 @@ from pathlib import Path
 
 import pytest
 
+from cluster.pki import CertificateAuthority
 from cluster.providers.local.hosts import RUNTIME_ROOT
 from cluster.record import ClusterRecord, HostRecord, read_record
 from cluster.state import PROJECT_ROOT
+from cluster.topology import PROXY_PORT, REDIRECT_PORT
 from cluster.waiting import wait_until
 from loadtest.consistency import run_pairs
 from loadtest.workload import DEFAULT_TABLE, create_table_sql
-from services.client import Client
+from services.client import Client, TlsFiles
 
 pytestmark = pytest.mark.cluster
 
 CLUSTER_NAME = "sqlgate-e2e"
 SUBNET = "10.213.251.0/24"
 ACTOR_COUNT = "SELECT COUNT(*) FROM sakila.actor"
+SECRET_LINE = re.compile(r"secret \(shown this once, stored nowhere\): (\S+)")
+# Keys made before the first up (unlimited, so that the checks never meet a rate limit).
+KEYS = {"e2e-read": "read", "e2e-write": "write"}
 
 
 @dataclass
@@ -43,9 +54,11 @@ class E2ECluster:
     directory: Path
     first_up: subprocess.CompletedProcess[str]
     record: ClusterRecord
+    secrets: dict[str, str]  # key name -> secret, as `keys add` showed them
 
-    def bootstrap(self, command: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
-        return run_bootstrap(command, self.directory, timeout)
+    def bootstrap(self, command: str, *extra: str,
+                  timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+        return run_bootstrap(command, self.directory, *extra, timeout=timeout)
 
     def host(self, name: str) -> HostRecord:
         return self.record.host(name)
@@ -54,11 +67,26 @@ class E2ECluster:
     def namespaces(self) -> list[str]:
         return [h.namespace for h in self.record.hosts]
 
+    @property
+    def url(self) -> str:
+        return self.record.gatekeeper_url
 
-def run_bootstrap(command: str, directory: Path,
+    @property
+    def tls_dir(self) -> Path:
+        """The cluster's certificates and keys on this machine (the hosts have copies)."""
+        return Path(self.record.provider_data["state_dir"]) / "tls"
+
+    def add_key(self, name: str, scope: str) -> str:
+        added = self.bootstrap("keys", "add", name, "--scope", scope, "--rate", "0",
+                               "--burst", "0", timeout=60)
+        assert added.returncode == 0, added.stdout + added.stderr
+        return SECRET_LINE.search(added.stdout).group(1)
+
+
+def run_bootstrap(command: str, directory: Path, *extra: str,
                   timeout: float = 1500) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "bootstrap.py", command, "--provider", "local",
+        [sys.executable, "bootstrap.py", command, *extra, "--provider", "local",
          "--cluster-name", CLUSTER_NAME, "--subnet", SUBNET],
         cwd=PROJECT_ROOT, env={**os.environ, "SQLGATE_CLUSTER_DIR": str(directory)},
         capture_output=True, text=True, timeout=timeout, check=False)
@@ -70,10 +98,16 @@ def cluster() -> Iterator[E2ECluster]:
         pytest.skip("the local cluster needs root (namespaces, bridge, mounts)")
     directory = PROJECT_ROOT / ".cluster" / "e2e-test"
     try:
+        secrets = {}
+        for name, scope in KEYS.items():  # keys added before the cluster exists: up deploys them
+            added = run_bootstrap("keys", directory, "add", name, "--scope", scope, "--rate",
+                                  "0", "--burst", "0", timeout=60)
+            assert added.returncode == 0, added.stdout + added.stderr
+            secrets[name] = SECRET_LINE.search(added.stdout).group(1)
         first_up = run_bootstrap("up", directory)
         assert first_up.returncode == 0, first_up.stdout + first_up.stderr
         record = read_record("local", directory)
-        yield E2ECluster(directory, first_up, record)
+        yield E2ECluster(directory, first_up, record, secrets)
     finally:
         # Idempotent: test_down_leaves_nothing normally did it already.
         run_bootstrap("down", directory, timeout=300)
@@ -81,14 +115,22 @@ def cluster() -> Iterator[E2ECluster]:
             directory.rmdir()
 
 
-def post(url: str, api_key: str, path: str, body: dict) -> tuple[int, dict]:
-    with Client(url, api_key, timeout=10) as client:
-        answer = client.post(path, body)
+def client(cluster: E2ECluster, api_key: str | None = None) -> Client:
+    """A client of the Gatekeeper over HTTPS, checked against the cluster CA."""
+    return Client(cluster.url, cluster.record.api_key if api_key is None else api_key,
+                  timeout=10, tls=TlsFiles(ca_file=cluster.record.ca_file))
+
+
+def post(cluster: E2ECluster, path: str, body: dict,
+         api_key: str | None = None) -> tuple[int, dict]:
+    with client(cluster, api_key) as gatekeeper:
+        answer = gatekeeper.post(path, body)
     return answer.status, answer.json
 
 
-def query(url: str, api_key: str, sql: str, mode: str) -> dict:
-    status, answer = post(url, api_key, "/query", {"sql": sql, "mode": mode})
+def query(cluster: E2ECluster, sql: str, mode: str = "direct",
+          api_key: str | None = None) -> dict:
+    status, answer = post(cluster, "/query", {"sql": sql, "mode": mode}, api_key)
     assert status == 200, answer
     return answer
 
@@ -120,18 +162,51 @@ def running(pid: int) -> bool:
 
 def test_up_prints_the_url_the_key_file_and_a_working_curl_line(cluster):
     out = cluster.first_up.stdout
-    assert f"Gatekeeper: {cluster.record.gatekeeper_url}" in out
+    assert cluster.url == f"https://{cluster.host('gatekeeper').address}"
+    assert f"Gatekeeper: {cluster.url}" in out
     assert cluster.record.provider_data["api_key_file"] in out
     curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl "))
+    assert f"--cacert {cluster.record.ca_file}" in curl
     reply = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30,
                            check=True)
     assert json.loads(reply.stdout)["rows"] == [[200]]
+    # Without the cluster CA, curl refuses the certificate (exit 60): HTTPS is really checked.
+    unchecked = subprocess.run(["bash", "-c", curl.replace(
+        f"--cacert {cluster.record.ca_file} ", "")], capture_output=True, text=True, timeout=30)
+    assert unchecked.returncode == 60, unchecked
+
+
+def test_plain_http_does_not_reach_the_api(cluster):
+    """Port 80 answers at most with a redirect to HTTPS, with the key or without."""
+    address = cluster.host("gatekeeper").address
+    connection = http.client.HTTPConnection(address, REDIRECT_PORT, timeout=5)
+    try:
+        connection.request("POST", "/query", body=json.dumps({"sql": ACTOR_COUNT}),
+                           headers={"X-API-Key": cluster.record.api_key,
+                                    "Content-Type": "application/json"})
+        response = connection.getresponse()
+        body = response.read()
+    except OSError:
+        return  # nothing listens: nothing reached the API either
+    finally:
+        connection.close()
+    assert response.status in (301, 302, 307, 308), (response.status, body)
+    assert response.getheader("Location", "").startswith(f"https://{address}")
+    assert b"rows" not in body
 
 
 def test_cluster_file_is_private_and_complete(cluster):
     path = cluster.directory / "local.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert cluster.record.api_key
+    assert cluster.record.ca_file == str(cluster.directory / "local-ca.crt")
+    assert Path(cluster.record.ca_file).read_text() == (cluster.tls_dir / "ca.crt").read_text()
+    for key in cluster.tls_dir.rglob("*.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    keys_file = Path(cluster.record.provider_data["keys_file"])
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    for secret in (cluster.record.api_key, *cluster.secrets.values()):
+        assert secret not in keys_file.read_text()
     roles = {h.name: h.role for h in cluster.record.hosts}
     assert roles == {"saltmaster": "saltmaster", "gatekeeper": "gatekeeper", "proxy": "proxy",
                      "primary": "primary", "replica1": "replica", "replica2": "replica"}
@@ -145,14 +220,14 @@ def test_cluster_file_is_private_and_complete(cluster):
                                              ("random", {"replica1", "replica2"}),
                                              ("ping", {"replica1", "replica2"})])
 def test_sakila_actor_count_in_every_mode(cluster, mode, nodes):
-    answer = query(cluster.record.gatekeeper_url, cluster.record.api_key, ACTOR_COUNT, mode)
+    answer = query(cluster, ACTOR_COUNT, mode)
     assert answer["rows"] == [[200]]
     assert answer["node"] in nodes
 
 
 def test_from_the_machine_only_the_gatekeeper_answers(cluster):
-    assert tcp_answers(cluster.host("gatekeeper").address, 80)
-    assert not tcp_answers(cluster.host("proxy").address, 5000)
+    assert tcp_answers(cluster.host("gatekeeper").address, 443)
+    assert not tcp_answers(cluster.host("proxy").address, PROXY_PORT)
     for name in ("primary", "replica1", "replica2"):
         assert not tcp_answers(cluster.host(name).address, 3306), name
 
@@ -163,12 +238,63 @@ def test_database_port_is_closed_to_the_gatekeeper_and_open_to_the_proxy(cluster
     assert tcp_answers_from(cluster.host("proxy").namespace, primary, 3306)
 
 
+def proxy_health(cluster: E2ECluster, namespace: str, address: str,
+                 cert: str | None) -> subprocess.CompletedProcess[str]:
+    """curl the Proxy's /health from ``namespace`` over HTTPS (the Proxy's certificate checked
+    for its name), with the client certificate of host ``cert`` or none."""
+    tls = cluster.tls_dir
+    own = ["--cert", str(tls / "hosts" / f"{cert}.crt"),
+           "--key", str(tls / "hosts" / f"{cert}.key")] if cert else []
+    return subprocess.run(
+        ["ip", "netns", "exec", namespace, "curl", "-fsS", "--max-time", "5",
+         "--cacert", str(tls / "ca.crt"), *own,
+         "--resolve", f"proxy:{PROXY_PORT}:{address}", f"https://proxy:{PROXY_PORT}/health"],
+        capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_the_proxy_refuses_a_client_without_the_cluster_certificate(cluster, tmp_path):
+    gatekeeper, proxy = cluster.host("gatekeeper"), cluster.host("proxy")
+    refused = proxy_health(cluster, gatekeeper.namespace, proxy.address, cert=None)
+    assert refused.returncode != 0 and refused.stdout == "", refused
+    # A certificate of another CA is refused too.
+    other = tmp_path
+    CertificateAuthority.create("other").issue("gatekeeper", client=True).write(other, "intruder")
+    stranger = subprocess.run(
+        ["ip", "netns", "exec", gatekeeper.namespace, "curl", "-fsS", "--max-time", "5",
+         "--cacert", str(cluster.tls_dir / "ca.crt"), "--cert", str(other / "intruder.crt"),
+         "--key", str(other / "intruder.key"), "--resolve",
+         f"proxy:{PROXY_PORT}:{proxy.address}", f"https://proxy:{PROXY_PORT}/health"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert stranger.returncode != 0 and stranger.stdout == "", stranger
+    # The Gatekeeper's own certificate opens it: the refusals above are the certificate's doing.
+    admitted = proxy_health(cluster, gatekeeper.namespace, proxy.address, cert="gatekeeper")
+    assert admitted.returncode == 0 and "nodes" in json.loads(admitted.stdout), admitted
+    # From the machine nothing reaches the Proxy's port at all.
+    assert not tcp_answers(proxy.address, PROXY_PORT)
+
+
+def service_pids(namespace: str, module: str) -> set[int]:
+    """The pids in ``namespace`` running ``python -m <module>``."""
+    found = set()
+    for pid in subprocess.run(["ip", "netns", "pids", namespace], capture_output=True,
+                              text=True, check=True).stdout.split():
+        with contextlib.suppress(OSError):
+            if f"-m\0{module}\0" in Path(f"/proc/{pid}/cmdline").read_text():
+                found.add(int(pid))
+    return found
+
+
+def uids(pid: int) -> list[str]:
+    """Real, effective, saved and filesystem uid of ``pid``."""
+    return Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split("\n")[0].split()
+
+
 def proxy_service_uid(pid: str) -> str | None:
     """The real uid of ``pid`` if it is the Proxy service (None for others or gone ones)."""
     try:
         if b"services.proxy" not in Path(f"/proc/{pid}/cmdline").read_bytes():
             return None
-        return Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0]
+        return uids(int(pid))[0]
     except OSError:
         return None
 
@@ -178,9 +304,8 @@ def test_proxy_pings_the_replicas_without_root(cluster):
     proxy = cluster.host("proxy")
     deadline = time.monotonic() + 30
     while True:
-        health = subprocess.run(
-            ["ip", "netns", "exec", proxy.namespace, "curl", "-fsS",
-             "http://127.0.0.1:5000/health"], capture_output=True, text=True, check=True)
+        health = proxy_health(cluster, proxy.namespace, "127.0.0.1", cert="proxy")
+        assert health.returncode == 0, health
         nodes = json.loads(health.stdout)["nodes"]
         if all(nodes[name]["icmp_rtt_ms"] is not None for name in ("replica1", "replica2")):
             break
@@ -204,37 +329,96 @@ def test_status_shows_both_replicas_running_without_lag(cluster):
         time.sleep(2)
     for service in ("sqlgate-gatekeeper RUNNING", "sqlgate-proxy RUNNING", "mariadb RUNNING"):
         assert service in status.stdout
+    assert f"Gatekeeper {cluster.url}/health: ok" in status.stdout
+
+
+def test_the_salt_master_runs_as_salt_with_a_pillar_only_it_reads(cluster):
+    master = cluster.host("saltmaster")
+    pids = [int(pid) for pid in subprocess.run(["ip", "netns", "pids", master.namespace],
+                                               capture_output=True, text=True,
+                                               check=True).stdout.split()
+            if b"salt-master" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert pids
+    (ids,) = {tuple(uids(pid)) for pid in pids}  # every process: the same four uids
+    uid = ids[0]
+    assert set(ids) == {uid} and uid != "0"
+    passwd = subprocess.run(["nsenter", f"--mount={RUNTIME_ROOT / CLUSTER_NAME}/saltmaster.mnt",
+                             "getent", "passwd", "salt"], capture_output=True, text=True,
+                            check=True).stdout
+    assert passwd.split(":")[2] == uid
+    pillar = Path(cluster.record.provider_data["state_dir"]) / "pillar"
+    for path in [pillar, *pillar.rglob("*")]:
+        info = path.stat()
+        assert str(info.st_uid) == uid, path
+        assert stat.S_IMODE(info.st_mode) == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_scopes_are_enforced_and_a_write_key_cannot_drop_a_table(cluster):
+    table = "sakila.sqlgate_e2e_scopes"
+    query(cluster, f"CREATE TABLE IF NOT EXISTS {table} (id INT PRIMARY KEY)")  # admin key
+    write, read = cluster.secrets["e2e-write"], cluster.secrets["e2e-read"]
+    status, refused = post(cluster, "/query", {"sql": f"DROP TABLE {table}"}, write)
+    assert status == 403 and "write" in refused["error"], refused
+    assert query(cluster, f"SELECT COUNT(*) FROM {table}")["rows"] == [[0]]  # still there
+    status, refused = post(cluster, "/query",
+                           {"sql": f"INSERT INTO {table} VALUES (1)"}, read)
+    assert status == 403 and "read" in refused["error"], refused
+    status, inserted = post(cluster, "/query",
+                            {"sql": f"REPLACE INTO {table} VALUES (1)"}, write)
+    assert status == 200, inserted  # the write key does write
+    assert query(cluster, f"SELECT COUNT(*) FROM {table}", api_key=read)["rows"] == [[1]]
+    status, refused = post(cluster, "/query", {"sql": "SELECT 1"}, "not-a-key-of-the-cluster")
+    assert status == 401, refused
+
+
+def test_no_public_error_names_an_internal_address(cluster):
+    internal = [h.address for h in cluster.record.hosts if h.role != "gatekeeper"]
+    write = cluster.secrets["e2e-write"]
+    errors = [
+        post(cluster, "/query", {"sql": "SELECT * FROM sakila.no_such_table"}),
+        post(cluster, "/query", {"sql": "SELEC broken"}),
+        post(cluster, "/query", {"sql": "SELECT * FROM mysql.user"}, write),
+        post(cluster, "/query", {"sql": "DROP TABLE sakila.actor"}, write),
+        post(cluster, "/query", {"sql": "SET autocommit = 0"}),
+        post(cluster, "/query", {"sql": "SELECT 1", "mode": "nope"}),
+        post(cluster, "/transactions/x.y/commit", {}),
+    ]
+    for status, answer in errors:
+        text = json.dumps(answer)
+        assert 400 <= status < 600, answer
+        assert not any(address in text for address in internal), text
+        assert f":{PROXY_PORT}" not in text and ":3306" not in text, text
+        assert "app_read" not in text and "app_write" not in text and "'app'@" not in text
 
 
 def test_a_transfer_in_a_transaction_through_the_gatekeeper(cluster):
     """Parameters, a transaction and its commit across the real hosts and firewall; a lone
     session statement is refused rather than leaked into the pool."""
-    url, key = cluster.record.gatekeeper_url, cluster.record.api_key
     table = "sakila.sqlgate_e2e_accounts"
-    assert post(url, key, "/batch", {"statements": [
+    assert post(cluster, "/batch", {"statements": [
         {"sql": f"CREATE TABLE IF NOT EXISTS {table} (id INT PRIMARY KEY, "
                 "balance DECIMAL(12,2) NOT NULL)"}], "transaction": False})[0] == 200
-    seeded = post(url, key, "/batch", {"statements": [
+    seeded = post(cluster, "/batch", {"statements": [
         {"sql": f"REPLACE INTO {table} VALUES (?, ?)", "params": [account, "100.00"]}
         for account in (1, 2)]})
     assert seeded[0] == 200, seeded
-    status, opened = post(url, key, "/transactions", {})
+    status, opened = post(cluster, "/transactions", {})
     assert status == 201, opened
     tx = opened["transaction_id"]
     for sql, params in ((f"UPDATE {table} SET balance = balance - :amount WHERE id = :id",
                          {"amount": {"type": "decimal", "value": "25.50"}, "id": 1}),
                         (f"UPDATE {table} SET balance = balance + :amount WHERE id = :id",
                          {"amount": {"type": "decimal", "value": "25.50"}, "id": 2})):
-        status, moved = post(url, key, "/query", {"sql": sql, "params": params,
-                                                  "transaction_id": tx})
+        status, moved = post(cluster, "/query", {"sql": sql, "params": params,
+                                                 "transaction_id": tx})
         assert (status, moved["rowcount"]) == (200, 1), moved
-    outside = query(url, key, f"SELECT balance FROM {table} ORDER BY id", "direct")
+    outside = query(cluster, f"SELECT balance FROM {table} ORDER BY id")
     assert outside["rows"] == [["100.00"], ["100.00"]]  # not visible before the commit
-    status, committed = post(url, key, f"/transactions/{tx}/commit", {})
+    status, committed = post(cluster, f"/transactions/{tx}/commit", {})
     assert (status, committed["status"]) == (200, "committed"), committed
-    after = query(url, key, f"SELECT balance FROM {table} ORDER BY id", "direct")
+    after = query(cluster, f"SELECT balance FROM {table} ORDER BY id")
     assert after["rows"] == [["74.50"], ["125.50"]]
-    status, refused = post(url, key, "/query", {"sql": "SET autocommit = 0"})
+    status, refused = post(cluster, "/query", {"sql": "SET autocommit = 0"})
     assert status == 400 and "POST /transactions" in refused["error"]
 
 
@@ -250,18 +434,18 @@ def test_reads_see_their_writes_while_a_replica_sql_thread_is_stopped(cluster):
     """The issue's measure: 1,000 write-then-read pairs through the Gatekeeper in random mode
     with the write's token, while replica1's SQL thread is stopped: no stale read. replica1
     leaves the rotation (shown by status), and comes back after START REPLICA."""
-    url, key = cluster.record.gatekeeper_url, cluster.record.api_key
-    with Client(url, key) as client:
-        assert client.query(create_table_sql(DEFAULT_TABLE)).ok
-        salt_sql(cluster, "replica1", "STOP REPLICA SQL_THREAD")
-        try:
-            status = cluster.bootstrap("status", timeout=120)
-            assert "OUT of rotation: replication SQL thread stopped" in status.stdout, \
-                status.stdout
-            with_token = run_pairs(client, 1000, "random", with_token=True)
-            without = run_pairs(client, 1000, "random", with_token=False)
-        finally:
-            salt_sql(cluster, "replica1", "START REPLICA SQL_THREAD")
+    with client(cluster) as gatekeeper:
+        assert gatekeeper.query(create_table_sql(DEFAULT_TABLE)).ok
+    salt_sql(cluster, "replica1", "STOP REPLICA SQL_THREAD")
+    try:
+        status = cluster.bootstrap("status", timeout=120)
+        assert "OUT of rotation: replication SQL thread stopped" in status.stdout, status.stdout
+        # A connection of its own: the Gatekeeper closes idle ones (status takes a while).
+        with client(cluster) as gatekeeper:
+            with_token = run_pairs(gatekeeper, 1000, "random", with_token=True)
+            without = run_pairs(gatekeeper, 1000, "random", with_token=False)
+    finally:
+        salt_sql(cluster, "replica1", "START REPLICA SQL_THREAD")
     print(f"\n{with_token.line()}\n{without.line()}")
     assert (with_token.failed, with_token.pairs, with_token.stale) == (0, 1000, 0), \
         with_token.errors[:5]
@@ -275,6 +459,36 @@ def test_second_up_reports_no_changes(cluster):
     again = cluster.bootstrap("up")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "no changes" in again.stdout, again.stdout
+
+
+def answers(cluster: E2ECluster, api_key: str) -> int:
+    with client(cluster, api_key) as gatekeeper:
+        return gatekeeper.query(ACTOR_COUNT).status
+
+
+def test_a_changed_key_set_is_applied_without_restarting_the_services(cluster):
+    services = {"gatekeeper": "services.gatekeeper", "proxy": "services.proxy"}
+    before = {name: service_pids(cluster.host(name).namespace, module)
+              for name, module in services.items()}
+    assert all(before.values()), before
+    new = cluster.add_key("e2e-new", "read")
+    revoked = cluster.bootstrap("keys", "revoke", "e2e-read", timeout=60)
+    assert revoked.returncode == 0 and "next 'bootstrap.py up' applies" in revoked.stdout
+    assert answers(cluster, new) == 401  # not yet: the file only
+    assert answers(cluster, cluster.secrets["e2e-read"]) == 200
+
+    again = cluster.bootstrap("up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    changed = {line.split(":")[0].strip() for line in again.stdout.splitlines()
+               if "state(s) changed" in line}
+    assert changed == {"gatekeeper"}, again.stdout  # its keys file, nothing else
+    # The Gatekeeper picks the new file up by itself within a second or so.
+    wait_until(lambda: answers(cluster, new) == 200, 15, "the new key to work")
+    wait_until(lambda: answers(cluster, cluster.secrets["e2e-read"]) == 401, 15,
+               "the revoked key to be refused")
+    after = {name: service_pids(cluster.host(name).namespace, module)
+             for name, module in services.items()}
+    assert after == before, again.stdout  # nothing was restarted
 
 
 def test_down_leaves_nothing(cluster):

@@ -14,38 +14,108 @@ import yaml
 import bootstrap
 from cluster.access import replica_fields
 from cluster.errors import ClusterError
-from cluster.pillar import SECRETS_OF_ROLE, build_pillar, write_pillar_tree
+from cluster.pillar import SECRETS_OF_ROLE, build_pillar, checked_api_keys, write_pillar_tree
 from cluster.providers.local.cluster import LocalCluster
 from cluster.providers.local.firewall import ruleset
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import PROJECT_ROOT, write_private
 from cluster.topology import plan_hosts
+from tests.salt.pillars import api_keys, cluster_tls
 
 
-def test_pillar_gives_each_host_only_its_roles_secrets(tmp_path):
+def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path):
     hosts = plan_hosts(2)
     secrets = ClusterSecrets.generate()
-    pillar = build_pillar("c", hosts, secrets, provider="local", sakila_source="/data/sakila")
+    tls = cluster_tls(hosts, public=True)
+    pillar = build_pillar("c", hosts, secrets, provider="local", sakila_source="/data/sakila",
+                          tls=tls, api_keys=api_keys())
     write_pillar_tree(pillar, hosts, tmp_path)
+
+    def read(name: str) -> dict:
+        return yaml.safe_load((tmp_path / "sqlgate" / f"{name}.sls").read_text())
 
     top = yaml.safe_load((tmp_path / "top.sls").read_text())["base"]
     assert top["*"] == ["sqlgate.common"]
-    assert top["replica2"] == ["sqlgate.replica"] and top["gatekeeper"] == ["sqlgate.gatekeeper"]
-    common = (tmp_path / "sqlgate" / "common.sls").read_text()
-    for value in (secrets.api_key, secrets.app_password, secrets.repl_password):
-        assert value not in common
-    gatekeeper = yaml.safe_load((tmp_path / "sqlgate" / "gatekeeper.sls").read_text())
-    assert gatekeeper == {"sqlgate": {"secrets": {"api_key": secrets.api_key}}}
+    assert top["replica2"] == ["sqlgate.replica", "sqlgate.host-replica2"]
+    assert top["gatekeeper"] == ["sqlgate.gatekeeper", "sqlgate.host-gatekeeper"]
+    common = read("common")
+    assert common["sqlgate"]["tls"] == {"ca": tls.ca}  # the CA's certificate, public
+    assert "secrets" not in common["sqlgate"] and "api_keys" not in common["sqlgate"]
+    # The Gatekeeper holds the keys' hashes and the public certificate, and no password.
+    assert read("gatekeeper") == {"sqlgate": {
+        "api_keys": api_keys(),
+        "tls": {"gatekeeper_public": {"cert": tls.public.cert, "key": tls.public.key}}}}
     for role, names in SECRETS_OF_ROLE.items():
-        granted = yaml.safe_load((tmp_path / "sqlgate" / f"{role}.sls").read_text())
-        assert set(granted["sqlgate"]["secrets"]) == set(names)
+        assert set(read(role)["sqlgate"].get("secrets", {})) == set(names)
+    assert set(SECRETS_OF_ROLE["proxy"]) == {"app_read_password", "app_write_password",
+                                             "app_admin_password", "monitor_password"}
+    assert set(SECRETS_OF_ROLE["primary"]) == set(SECRETS_OF_ROLE["proxy"]) | {
+        "repl_password", "sb_password"}
+    # Each private key is in its own host's file, and in no other file.
+    texts = {path.name: path.read_text() for path in tmp_path.rglob("*.sls")}
+    for host in hosts:
+        assert read(f"host-{host.name}") == {"sqlgate": {"tls": {
+            "cert": tls.hosts[host.name].cert, "key": tls.hosts[host.name].key}}}
+        key_line = tls.hosts[host.name].key.splitlines()[1]
+        assert [name for name, text in texts.items() if key_line in text] == \
+            [f"host-{host.name}.sls"]
+    # The admin key's secret is in no pillar file; only hashes are.
+    assert not any(secrets.api_key in text for text in texts.values())
     for path in tmp_path.rglob("*.sls"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
+    # A host that leaves the plan leaves no private key behind.
+    fewer = plan_hosts(1)
+    write_pillar_tree(build_pillar("c", fewer, secrets, provider="local",
+                                   sakila_source="/data/sakila", tls=tls, api_keys=[]),
+                      fewer, tmp_path)
+    assert not (tmp_path / "sqlgate" / "host-replica2.sls").exists()
+    assert (tmp_path / "sqlgate" / "host-replica1.sls").exists()
+
+
+def test_a_minion_sees_its_files_merged():
+    hosts = plan_hosts(1)
+    tls = cluster_tls(hosts)
+    pillar = build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
+                          sakila_source="/data/sakila", tls=tls, api_keys=api_keys())
+    seen = pillar.of("gatekeeper")["sqlgate"]
+    assert seen["tls"] == {"ca": tls.ca, "cert": tls.hosts["gatekeeper"].cert,
+                           "key": tls.hosts["gatekeeper"].key}
+    assert seen["api_keys"] == api_keys() and "secrets" not in seen
+    proxy = pillar.of("proxy")["sqlgate"]
+    assert "api_keys" not in proxy and proxy["tls"]["key"] == tls.hosts["proxy"].key
+
+
+def test_pillar_needs_every_minions_certificate():
+    hosts = plan_hosts(1)
+    tls = cluster_tls([host for host in hosts if host.name != "proxy"])
+    with pytest.raises(ValueError, match="no TLS certificate for proxy"):
+        build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
+                     sakila_source="/data/sakila", tls=tls, api_keys=[])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"secret": "s3cret"}, "fields must be exactly"),
+    ({"scope": "root"}, "scope must be one of read, write, admin"),
+    ({"sha256": "s3cret"}, "64 lower-case hex"),
+    ({"rate": -1.0}, "cannot be negative"),
+    ({"name": ""}, "empty or given twice"),
+])
+def test_the_key_set_is_refused_unless_it_holds_hashes_only(change, message):
+    hosts = plan_hosts(1)
+    entry = {**api_keys()[1], **change}
+    with pytest.raises(ValueError, match=message):
+        build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
+                     sakila_source="/data/sakila", tls=cluster_tls(hosts), api_keys=[entry])
+    with pytest.raises(ValueError, match="given twice"):
+        checked_api_keys([api_keys()[0], api_keys()[0]])
+
 
 def test_pillar_numbers_database_servers_and_names_no_address():
-    pillar = build_pillar("c", plan_hosts(3), ClusterSecrets.generate(), provider="aws",
-                          sakila_source="https://example.invalid/sakila.tgz")
+    hosts = plan_hosts(3)
+    pillar = build_pillar("c", hosts, ClusterSecrets.generate(), provider="aws",
+                          sakila_source="https://example.invalid/sakila.tgz",
+                          tls=cluster_tls(hosts), api_keys=[]).common
     hosts = pillar["sqlgate"]["hosts"]
     assert [hosts[n].get("server_id") for n in ("primary", "replica1", "replica2", "replica3")] \
         == [1, 2, 3, 4]
@@ -68,9 +138,15 @@ def test_database_firewall_accepts_mysql_from_proxy_and_databases_only():
 
 
 def test_only_the_gatekeeper_accepts_from_anywhere():
-    assert "\n        tcp dport 80 accept" in ruleset("gatekeeper", ADDRESSES, "10.9.0.1")
+    gatekeeper = ruleset("gatekeeper", ADDRESSES, "10.9.0.1")
+    assert "\n        tcp dport 443 accept" in gatekeeper  # HTTPS
+    assert "\n        tcp dport 80 accept" in gatekeeper  # the redirect to it
+    for group in ("proxy", "database", "saltmaster"):
+        assert "\n        tcp dport" not in ruleset(group, ADDRESSES, "10.9.0.1"), group
     proxy = ruleset("proxy", ADDRESSES, "10.9.0.1")
     assert "ip saddr { 10.9.0.3 } tcp dport 5000 accept" in proxy
+    assert [line for line in proxy.splitlines() if "dport 5000" in line] == [
+        line for line in proxy.splitlines() if "ip saddr { 10.9.0.3 } tcp dport 5000" in line]
     salt = ruleset("saltmaster", ADDRESSES, "10.9.0.1")
     assert "tcp dport 4505-4506" in salt and "10.9.0.1, " not in salt
 
@@ -127,6 +203,21 @@ def test_secrets_files_with_retired_keys_still_load(tmp_path):
     assert load_or_create(path) == created
 
 
+def test_a_secrets_file_of_an_older_version_keeps_its_secrets_and_gains_the_new_ones(tmp_path):
+    path = tmp_path / "secrets.json"
+    old = {"api_key": "old-key", "repl_password": "old-repl", "app_password": "old-app",
+           "sb_password": "old-sb"}
+    write_private(path, json.dumps(old))
+    loaded = load_or_create(path)
+    assert (loaded.api_key, loaded.repl_password, loaded.sb_password) == \
+        ("old-key", "old-repl", "old-sb")
+    new = {loaded.app_read_password, loaded.app_write_password, loaded.app_admin_password,
+           loaded.monitor_password}
+    assert len(new) == 4 and all(len(secret) >= 32 for secret in new)
+    assert load_or_create(path) == loaded  # written back: the next `up` gets the same ones
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def test_replica_fields_use_mysql_8_names_for_both_flavours():
     mariadb = {"Slave_IO_Running": "Yes", "Slave_SQL_Running": "No", "Seconds_Behind_Master": 0}
     assert replica_fields(mariadb) == {"Replica_IO_Running": "Yes", "Replica_SQL_Running": "No",
@@ -162,15 +253,21 @@ def test_the_pillar_carries_the_role_table_and_the_ports_of_the_firewall():
     from cluster/topology.py like the firewall rules, so no role can lack its states or
     secrets, and no service can listen where the firewall does not let traffic in."""
     from cluster.topology import INGRESS_RULES, MINION_ROLES, ROLES
-    pillar = build_pillar("c", plan_hosts(2), ClusterSecrets.generate(), provider="local",
-                          sakila_source="/data/sakila")["sqlgate"]
+    hosts = plan_hosts(2)
+    pillar = build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
+                          sakila_source="/data/sakila", tls=cluster_tls(hosts),
+                          api_keys=[]).common["sqlgate"]
     assert pillar["role_order"] == ["primary", "replica", "proxy", "gatekeeper"]
     for role in MINION_ROLES:
         assert pillar["roles"][role] == {"states": ROLES[role].states}
-        assert ROLES[role].secrets and ROLES[role].service
+        assert ROLES[role].service
+        # Every role but the Gatekeeper (API key hashes only) has database passwords.
+        assert bool(ROLES[role].secrets) is (role != "gatekeeper"), role
     assert set(SECRETS_OF_ROLE) == set(MINION_ROLES)
     opened = {(rule.group, rule.ports[0]) for rule in INGRESS_RULES if rule.ports}
-    assert {("gatekeeper", pillar["ports"]["gatekeeper"]), ("proxy", pillar["ports"]["proxy"]),
-            ("database", pillar["ports"]["mysql"])} <= opened
+    ports = pillar["ports"]
+    assert ports["gatekeeper"] == 443 and ports["redirect"] == 80
+    assert {("gatekeeper", ports["gatekeeper"]), ("gatekeeper", ports["redirect"]),
+            ("proxy", ports["proxy"]), ("database", ports["mysql"])} <= opened
     defaults = yaml.safe_load((PROJECT_ROOT / "salt/sqlgate/defaults.yaml").read_text())
     assert defaults["sqlgate"]["ports"] == pillar["ports"]

@@ -1,0 +1,248 @@
+"""The API keys: who may call, with which scope, how often.
+
+The Gatekeeper host holds only hashes: ``keys_file`` is JSON, ``{"keys": [{"name": "ci",
+"scope": "write", "sha256": "<hex of sha256(secret)>", "rate": 50.0, "burst": 100}]}``, so a
+copy of it (or of the pillar it comes from) lets nobody in. An offered key is hashed and
+compared with every hash in constant time, so the time an answer takes says nothing about how
+close a guess was, nor which key it was close to.
+
+The file is checked every second and a changed one replaces the whole set at once (a request
+sees the old set or the new one, never a mix); one that does not parse or check out is logged
+and the old set stays. Each key has a token bucket (``rate`` requests per second, at most
+``burst`` at once, ``rate`` 0: unlimited) that survives a reload while the key keeps its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.contract import API_KEY_HEADER, SCOPES, ApiError
+
+log = logging.getLogger(__name__)
+
+# Names go into a header to the Proxy and into the audit log: short and plain.
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+KEY_FIELDS = frozenset({"name", "scope", "sha256", "rate", "burst"})
+INLINE_KEY_NAME = "default"
+MIN_SECRET_LENGTH = 16
+
+
+def hash_secret(secret: str) -> str:
+    """What a keys file holds for a secret: the hex of its sha256."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    scope: str
+    digest: bytes          # sha256 of the secret
+    rate: float = 0.0      # requests per second; 0: unlimited
+    burst: int = 0         # requests at once, when rate > 0
+
+    @classmethod
+    def inline(cls, secret: str) -> ApiKey:
+        """The development shortcut: an inline secret is one unlimited admin key."""
+        return cls(INLINE_KEY_NAME, "admin", hashlib.sha256(secret.encode()).digest())
+
+
+def parse_keys(text: str, source: str = "the keys file") -> tuple[ApiKey, ...]:
+    """The keys of a keys file, or ValueError naming the first problem (never a secret: the
+    file holds none)."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{source}: not JSON: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError(f'{source}: expected {{"keys": [...]}}')
+    keys: list[ApiKey] = []
+    for index, item in enumerate(data["keys"]):
+        keys.append(_parse_key(item, f"{source}: keys[{index}]"))
+    names = [key.name for key in keys]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"{source}: the name {name!r} is used twice")
+    digests = [key.digest for key in keys]
+    if len(set(digests)) != len(digests):
+        raise ValueError(f"{source}: two keys have the same sha256 (one secret, two names)")
+    return tuple(keys)
+
+
+def _parse_key(item: Any, where: str) -> ApiKey:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: each key is an object {{name, scope, sha256, rate?, burst?}}")
+    unknown = sorted(set(item) - KEY_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    name, scope, digest = item.get("name"), item.get("scope"), item.get("sha256")
+    if not isinstance(name, str) or not KEY_NAME.fullmatch(name):
+        raise ValueError(f"{where}: 'name' must be 1-64 of A-Z a-z 0-9 . _ - "
+                         "(starting with a letter or digit)")
+    where = f"{where} ({name})"
+    if scope not in SCOPES:
+        raise ValueError(f"{where}: 'scope' must be one of {', '.join(SCOPES)}")
+    if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest.lower()):
+        raise ValueError(f"{where}: 'sha256' must be 64 hex digits (the sha256 of the secret)")
+    rate = item.get("rate", 0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (
+            0 <= rate < math.inf):
+        raise ValueError(f"{where}: 'rate' must be a number of requests per second, >= 0")
+    burst = item.get("burst", max(1, math.ceil(rate)))
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < (1 if rate else 0):
+        raise ValueError(f"{where}: 'burst' must be a whole number, at least 1 for a key with "
+                         "a rate")
+    return ApiKey(name, scope, bytes.fromhex(digest), float(rate), burst)
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; a request takes one."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """0 when a token was taken, else the seconds until one is there."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+    def reconfigure(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = min(self.tokens, burst)
+
+
+@dataclass(frozen=True)
+class _FileState:
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+class KeyRing:
+    """The key set in force: the keys file's (reloaded when it changes) plus the inline key."""
+
+    def __init__(self, keys_file: str = "", inline_secret: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not keys_file and not inline_secret:
+            raise ValueError("no API key: set GATEKEEPER_KEYS_FILE")
+        self._path = Path(keys_file) if keys_file else None
+        self._inline = (ApiKey.inline(inline_secret),) if inline_secret else ()
+        self._clock = clock
+        self._state: _FileState | None = None
+        self._text: str | None = None
+        self._buckets: dict[str, TokenBucket] = {}
+        self.keys: tuple[ApiKey, ...] = ()
+        if self._path is not None:
+            self._state = self._stat()
+            self._install(self._read(), first=True)
+        else:
+            self._install_keys(self._inline)
+
+    # --- the set and its reloads -------------------------------------------------------------
+
+    def _stat(self) -> _FileState:
+        assert self._path is not None
+        info = os.stat(self._path)
+        return _FileState(info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def _read(self) -> str:
+        assert self._path is not None
+        return self._path.read_text()
+
+    def _install(self, text: str, first: bool = False) -> None:
+        keys = parse_keys(text, str(self._path))
+        if self._inline and any(key.name == INLINE_KEY_NAME for key in keys):
+            raise ValueError(f"{self._path}: the name {INLINE_KEY_NAME!r} is the inline "
+                             "GATEKEEPER_API_KEY's")
+        if not keys and not self._inline:
+            raise ValueError(f"{self._path}: no keys (nobody could call)")
+        self._text = text
+        self._install_keys(self._inline + keys)
+        log.info("%s %d API key(s) from %s: %s", "loaded" if first else "reloaded", len(keys),
+                 self._path, ", ".join(f"{key.name} ({key.scope})" for key in keys) or "none")
+
+    def _install_keys(self, keys: tuple[ApiKey, ...]) -> None:
+        now = self._clock()
+        buckets: dict[str, TokenBucket] = {}
+        for key in keys:
+            if key.rate <= 0:
+                continue
+            bucket = self._buckets.get(key.name)
+            if bucket is None:
+                bucket = TokenBucket(key.rate, key.burst, now)
+            else:
+                bucket.reconfigure(key.rate, key.burst)
+            buckets[key.name] = bucket
+        self._buckets = buckets
+        self.keys = keys  # one assignment: a request sees the old set or the new one
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the keys file if it changed; True when a new set is in force. A file that
+        is gone or wrong leaves the old set, and is logged once per change."""
+        if self._path is None:
+            return False
+        try:
+            state = self._stat()
+        except OSError as error:
+            if self._state is not None:
+                log.error("the keys file is unreadable, keeping the %d key(s) in force: %s",
+                          len(self.keys), error)
+                self._state = None
+            return False
+        if state == self._state:
+            return False
+        self._state = state
+        try:
+            text = self._read()
+            if text == self._text:
+                return False
+            self._install(text)
+        except (OSError, ValueError) as error:
+            log.error("the keys file changed but is not usable, keeping the %d key(s) in "
+                      "force: %s", len(self.keys), error)
+            return False
+        return True
+
+    # --- per request -------------------------------------------------------------------------
+
+    def authenticate(self, offered: str | None) -> ApiKey:
+        """The key whose secret was offered, or the 401. Every hash is compared, whichever
+        matches, so the time taken does not depend on which (if any) did."""
+        digest = hashlib.sha256((offered or "").encode()).digest()
+        found: ApiKey | None = None
+        for key in self.keys:
+            if hmac.compare_digest(key.digest, digest):
+                found = key
+        if found is None or not offered:
+            raise ApiError(401, f"missing or wrong {API_KEY_HEADER} header",
+                           headers={"WWW-Authenticate": API_KEY_HEADER})
+        return found
+
+    def admit(self, key: ApiKey) -> None:
+        """Take one request from the key's bucket, or the 429 saying when to retry."""
+        bucket = self._buckets.get(key.name)
+        if bucket is None:
+            return
+        wait = bucket.take(self._clock())
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise ApiError(429, f"the key {key.name!r} is over its rate limit of "
+                           f"{key.rate:g} requests per second: retry in {retry_after} s",
+                           headers={"Retry-After": str(retry_after)}, retry_after=retry_after)
