@@ -154,3 +154,17 @@ def aws_env(moto_server, tmp_path, monkeypatch) -> AwsEnv:
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     return AwsEnv(moto_server.url, cluster_dir, variables)
+
+
+def run_bootstrap(capsys, *argv: str) -> tuple[int, str, str]:
+    """``bootstrap.py ... --provider aws`` in this process (the environment points at moto):
+    its exit code, standard output and standard error."""
+    import bootstrap
+
+    code = bootstrap.main([*argv, "--provider", "aws"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def bootstrap_up(capsys, *extra: str) -> tuple[int, str, str]:
+    return run_bootstrap(capsys, "up", "--admin-cidr", ADMIN_CIDR, *extra)

@@ -208,13 +208,21 @@ class KeyRing:
             return False
         if state == self._state:
             return False
-        self._state = state
+        seen, self._state = self._state, state
         try:
             text = self._read()
-            if text == self._text:
-                return False
+        except OSError as error:
+            # Not read, so not seen: the next check tries again (logged once).
+            if seen is not None:
+                log.error("the keys file changed but cannot be read, keeping the %d key(s) "
+                          "in force: %s", len(self.keys), error)
+            self._state = None
+            return False
+        if text == self._text:
+            return False
+        try:
             self._install(text)
-        except (OSError, ValueError) as error:
+        except ValueError as error:  # the same text would fail again: wait for a change
             log.error("the keys file changed but is not usable, keeping the %d key(s) in "
                       "force: %s", len(self.keys), error)
             return False

@@ -55,16 +55,24 @@ def test_db_settings_have_the_flavour_under_the_defaults(flavour, service, optio
     assert db["change_source"].startswith(change_source)
     for field in ("source", "port", "user", "password"):
         assert "{" + field + "}" in db["change_source"]
-    # The defaults' db part, whatever the flavour.
-    assert db["app_schemas"] == ["sakila", "sqlgate"]
-    assert db["app_privileges"].split(", ")[:4] == ["SELECT", "INSERT", "UPDATE", "DELETE"]
-    assert "ALL" not in db["app_privileges"]
+    # The defaults' db part, whatever the flavour: one user per key scope, each a superset of
+    # the weaker one's rights, none with ALL; the monitor alone in the heartbeat's schema.
+    assert db["app_schemas"] == ["sakila"]
+    privileges = {scope: set(spec["privileges"].split(", "))
+                  for scope, spec in db["app_users"].items()}
+    assert privileges["read"] == {"SELECT"}
+    assert privileges["write"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    assert privileges["read"] < privileges["write"] < privileges["admin"]
+    assert not any("ALL" in names or "PROCESS" in names for names in privileges.values())
+    assert db["monitor"]["schema"] == "sqlgate" and db["monitor"]["schema"] not in \
+        db["app_schemas"]
     assert db["bench_schema"] == "sbtest"
     assert db["binlog_expire_seconds"] == 604800
     assert db["socket"] == "/run/mysqld/mysqld.sock"
     # The rest of the defaults, untouched by the flavour.
     settings = formula_settings(flavour)
-    assert settings["ports"] == {"gatekeeper": 80, "proxy": 5000, "mysql": 3306}
+    assert settings["ports"] == {"gatekeeper": 443, "redirect": 80, "proxy": 5000,
+                                 "mysql": 3306}
     assert settings["app"]["user"] == "sqlgate"
     assert settings["service_manager"] == ""
 
@@ -122,16 +130,18 @@ def test_settings_match_what_map_jinja_yields(flavour, tmp_path):
 
 
 def test_the_loopback_overrides_only_the_connect_retry():
-    formula = db_settings(FLAVOUR)["change_source"].format(
-        source="127.0.0.1", port=3306, user="repl", password="secret")
-    loopback = change_source_sql("127.0.0.1", 3306, "repl", "secret")
+    db = db_settings(FLAVOUR)
+    formula = (db["change_source"].format(source="127.0.0.1", port=3306, user="repl",
+                                          password="secret")
+               + ", " + db["change_source_ssl"].format(ssl=1, ssl_ca="/ca.crt"))
+    loopback = change_source_sql("127.0.0.1", 3306, "repl", "secret", "/ca.crt")
     retry = re.compile(r"MASTER_CONNECT_RETRY=\d+")
     assert retry.sub("", loopback) == retry.sub("", formula)
     assert f"MASTER_CONNECT_RETRY={CONNECT_RETRY_SECONDS}" in loopback
 
 
 GRANT = re.compile(r"^GRANT (?P<privileges>.+) ON (?P<object>\S+) TO \S+"
-                   r"(?: IDENTIFIED BY PASSWORD '[^']*')?$")
+                   r"(?: IDENTIFIED BY PASSWORD '[^']*')?(?: REQUIRE SSL)?(?: WITH .*)?$")
 
 
 def grants(node, account: str) -> dict[str, set[str]]:
@@ -149,13 +159,29 @@ def test_loopback_users_have_the_formulas_grants(db_cluster):
     db = db_settings(FLAVOUR)
     app_schemas = (*db["app_schemas"], "sqlgate_test")
     assert db_cluster.app_schemas == app_schemas
-    app = {"*.*": {db["monitor_privilege"]},
-           **{f"`{schema}`.*": set(db["app_privileges"].split(", ")) for schema in app_schemas}}
+    monitor = {"*.*": {db["monitor_privilege"]},
+               f"`{db['monitor']['schema']}`.*": set(db["monitor"]["privileges"].split(", "))}
     sb = {"*.*": {"USAGE"}, f"`{db['bench_schema']}`.*": {"ALL PRIVILEGES"}}
     for node in db_cluster.nodes:  # made on the primary, replicated to the others
-        assert grants(node, "'app'@'%'") == app, node.name
+        for scope, spec in db["app_users"].items():
+            wanted = {"*.*": {"USAGE"}, **{f"`{schema}`.*": set(spec["privileges"].split(", "))
+                                           for schema in app_schemas}}
+            assert grants(node, f"'{spec['user']}'@'%'") == wanted, (node.name, scope)
+        assert grants(node, f"'{db['monitor']['user']}'@'%'") == monitor, node.name
         assert grants(node, "'repl'@'%'") == {"*.*": {"REPLICATION SLAVE"}}, node.name
         assert grants(node, "'sb'@'localhost'") == sb, node.name
+    network_users = [spec["user"] for spec in db["app_users"].values()]
+    rows = db_cluster.primary.sql(
+        "SELECT User, ssl_type, max_user_connections, max_statement_time FROM mysql.user "
+        "WHERE Host = '%' AND User IN ("
+        + ", ".join(f"'{name}'" for name in (*network_users, db["monitor"]["user"], "repl"))
+        + ")")
+    assert {row["User"] for row in rows} == {*network_users, db["monitor"]["user"], "repl"}
+    assert all(row["ssl_type"] == "ANY" for row in rows), rows  # REQUIRE SSL
+    for row in rows:
+        if row["User"] in network_users:
+            assert row["max_user_connections"] == db["max_user_connections"], row
+            assert float(row["max_statement_time"]) == db["statement_seconds"], row
     schemas = {row["Database"] for row in db_cluster.primary.sql("SHOW DATABASES")}
     assert {*app_schemas, db["bench_schema"]} <= schemas
 

@@ -173,3 +173,19 @@ def test_an_empty_key_set_is_refused(tmp_path):
     path.write_text(keys_text())
     with pytest.raises(ValueError, match="no keys"):
         KeyRing(str(path))
+
+
+def test_a_changed_file_that_cannot_be_read_yet_is_read_once_it_can(tmp_path, monkeypatch):
+    """A new file whose read fails (Salt still placing it, a permission not set yet) is tried
+    again on the next check, not taken as seen."""
+    path = tmp_path / "keys.json"
+    path.write_text(keys_text(entry("a", "a-secret")))
+    ring = KeyRing(str(path))
+    path.write_text(keys_text(entry("a", "a-secret"), entry("b", "b-secret")))
+    real_read = KeyRing._read
+    monkeypatch.setattr(KeyRing, "_read", lambda self: (_ for _ in ()).throw(
+        PermissionError("not yet")))
+    assert not ring.reload_if_changed()
+    monkeypatch.setattr(KeyRing, "_read", real_read)
+    assert ring.reload_if_changed()
+    assert ring.authenticate("b-secret").name == "b"

@@ -35,20 +35,11 @@ from cluster.topology import (
     plan_hosts,
 )
 from tests.aws_moto import ADMIN_CIDR, NEWEST_JAMMY, REGION, REPO
+from tests.aws_moto import bootstrap_up as up
+from tests.aws_moto import run_bootstrap as run
 
 CLUSTER_NAME = "sqlgate"
 HOSTS = [SALT_MASTER, *plan_hosts(2)]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """``bootstrap.py`` in this process (the environment points at moto)."""
-    code = bootstrap.main([*argv, "--provider", "aws"])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def up(capsys, *extra: str) -> tuple[int, str, str]:
-    return run(capsys, "up", "--admin-cidr", ADMIN_CIDR, *extra)
 
 
 def cluster_filter() -> list[dict]:

@@ -17,26 +17,17 @@ import pytest
 import yaml
 from cryptography import x509
 
-import bootstrap
 from cluster.keys import hash_secret
 from cluster.pki import CertificateAuthority, covers
 from cluster.providers.aws import commands as aws_provider
 from cluster.providers.aws import resources as res
 from cluster.record import read_record
 from cluster.salt_setup import OrchestrationResult
-from tests.aws_moto import ADMIN_CIDR, REGION
+from tests.aws_moto import REGION
+from tests.aws_moto import bootstrap_up as up
+from tests.aws_moto import run_bootstrap as run
 
 CLUSTER_NAME = "sqlgate"
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = bootstrap.main([*argv, "--provider", "aws"])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def up(capsys, *extra: str) -> tuple[int, str, str]:
-    return run(capsys, "up", "--admin-cidr", ADMIN_CIDR, *extra)
 
 
 def live_instances(ec2) -> dict[str, dict]:
