@@ -16,7 +16,6 @@ the Gatekeeper, which reloads its keys file without a restart.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -29,6 +28,9 @@ from cluster.salt_setup import OrchestrationResult
 from cluster.state import write_private
 from services.contract import SCOPES
 
+# The Gatekeeper's own hash, so the key set written here is the one it compares with.
+from services.gatekeeper.keys import hash_secret
+
 KEYS_FILE = "api_keys.json"
 ADMIN_KEY = "admin"
 # A new key is rate-limited unless asked otherwise: a leaked key cannot flood the cluster.
@@ -37,11 +39,6 @@ DEFAULT_RATE = 50.0
 DEFAULT_BURST = 100
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SECRET_BYTES = 32
-
-
-def hash_secret(secret: str) -> str:
-    """What the Gatekeeper compares the offered key's hash with (hex SHA-256 of its UTF-8)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_secret() -> str:
