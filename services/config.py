@@ -49,6 +49,26 @@ def _parse_nodes(text: str) -> tuple[NodeAddress, ...]:
     return tuple(NodeAddress.parse(item) for item in text.split(",") if item.strip())
 
 
+def check_workers_and_metrics(config: Any, prefix: str) -> None:
+    """The fields both services share: process count and metrics port."""
+    if not 0 <= config.workers <= 64:
+        raise ValueError(f"{prefix}WORKERS: 0 (one per core) to 64")
+    if not 0 <= config.metrics_port <= 65535:
+        raise ValueError(f"{prefix}METRICS_PORT: a port number, 0-65535 (0: no metrics)")
+    if config.metrics_port and config.metrics_port == config.port:
+        raise ValueError(f"{prefix}METRICS_PORT must differ from {prefix}PORT")
+
+
+def worker_count(config: Any) -> int:
+    """How many processes ``workers`` means on this machine (0: one per usable core)."""
+    if config.workers:
+        return config.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     listen_address: str = "0.0.0.0"
@@ -106,6 +126,15 @@ class ProxyConfig:
     default_scope: str = "read"
     # Rows are cut (truncated: true) once the answer's rows would pass this many bytes.
     max_result_bytes: int = 8 * 1024 * 1024
+    # Processes serving the port(s) together: 0 one per core, N exactly N. Metrics add up
+    # across them, and a transaction's requests always reach the process that holds it.
+    workers: int = 1
+    # Prometheus metrics (GET /metrics) on a port of their own, never on the service's port:
+    # 0 none. With a TLS certificate it is HTTPS, and with a client CA it admits only clients
+    # with a certificate from that CA (the monitoring host's).
+    metrics_port: int = 0
+    # One JSON line per request on stderr (request id, key name, mode, node, status, times).
+    log_requests: bool = True
 
     ENV_PREFIX = "PROXY_"
 
@@ -136,6 +165,7 @@ class ProxyConfig:
             raise ValueError(f"PROXY_DEFAULT_SCOPE: one of {', '.join(SCOPES)}")
         if self.max_result_bytes < 1:
             raise ValueError("PROXY_MAX_RESULT_BYTES must be positive")
+        check_workers_and_metrics(self, self.ENV_PREFIX)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("PROXY_TLS_CERT and PROXY_TLS_KEY go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -188,6 +218,17 @@ class GatekeeperConfig:
     idle_timeout: float = 30.0
     body_timeout: float = 10.0
     max_header_bytes: int = 16384
+    # Processes serving the port(s) together: 0 one per core, N exactly N. Metrics add up
+    # across them, and a transaction's requests always reach the process that holds it.
+    workers: int = 1
+    # Prometheus metrics (GET /metrics) on a port of their own, never on the service's port:
+    # 0 none. With a TLS certificate it is HTTPS, and with a client CA it admits only clients
+    # with a certificate from that CA (the monitoring host's).
+    metrics_port: int = 0
+    # One JSON line per request on stderr (request id, key name, mode, node, status, times).
+    log_requests: bool = True
+    # The metrics port's client CA (the Proxy's port uses tls_client_ca for both).
+    metrics_client_ca: str = ""
 
     ENV_PREFIX = "GATEKEEPER_"
 
@@ -213,6 +254,9 @@ class GatekeeperConfig:
             raise ValueError("GATEKEEPER_PROXY_URL: https://host:port (http:// for development)")
         if not self.proxy_tls_name:
             raise ValueError("GATEKEEPER_PROXY_TLS_NAME: the name the Proxy's certificate carries")
+        check_workers_and_metrics(self, self.ENV_PREFIX)
+        if self.metrics_port and self.metrics_port in (self.port, self.redirect_port):
+            raise ValueError("GATEKEEPER_METRICS_PORT must differ from the other ports")
 
     @property
     def proxy_over_tls(self) -> bool:
