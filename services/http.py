@@ -28,6 +28,7 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
 from services.contract import REQUEST_ID_HEADER, ApiError
+from services.requestlog import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,14 @@ class JsonHandler(tornado.web.RequestHandler):
 
     max_body_bytes: int = 64 * 1024
     request_id: str | None = None
+    # What the request log and the metrics read (services.requestlog): the route's name (never
+    # the path: a label per path would let any client grow the metrics without bound), the
+    # key's name once known, what the request did, and why it was refused.
+    endpoint: str = "unknown"
+    key_name: str | None = None
+    trace: RequestTrace = RequestTrace()  # replaced in prepare(); never written to
+    error_cause: str | None = None
+    in_flight_counted = False
     _answered_early = False  # the answer went out before the body was in
     _dropping = False        # the body is refused: dropped as it comes
     _done = False
@@ -90,6 +99,10 @@ class JsonHandler(tornado.web.RequestHandler):
         the request before any of its body is read."""
 
     def prepare(self) -> None:
+        self.trace = RequestTrace()
+        requests = self.settings.get("request_log")
+        if requests is not None:
+            requests.started(self)
         self._chunks: list[bytes] = []
         self._size = 0
         try:
@@ -193,6 +206,7 @@ class JsonHandler(tornado.web.RequestHandler):
     def _error_body(self, error: ApiError) -> bytes:
         """Set the error's status and headers; return its JSON."""
         self.set_status(error.status)
+        self.error_cause = error.cause
         for name, value in error.headers.items():
             self.set_header(name, value)
         if error.status == 405:
@@ -224,16 +238,12 @@ class JsonHandler(tornado.web.RequestHandler):
             # still one log line, as for every request.
             self._done = True
             self.application.log_request(self)
-
-
-def log_failed_requests(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log costs a formatted line per request; keep only server-side failures
-    and slow answers, where a line is worth its cost."""
-    status = handler.get_status()
-    elapsed_ms = 1000.0 * handler.request.request_time()
-    if status >= 500 or elapsed_ms > 1000.0:
-        log.warning("%d %s %s %.1fms", status, handler.request.method, handler.request.uri,
-                    elapsed_ms)
+        elif not self._done:
+            # Gone before its answer: no longer in flight, and logged only if the handler
+            # still finishes it.
+            requests = self.settings.get("request_log")
+            if requests is not None:
+                requests.abandoned(self)
 
 
 class NotFoundHandler(JsonHandler):
@@ -250,6 +260,7 @@ class ServerOptions:
     body_timeout: float | None = None      # reading one request's whole body
     max_header_bytes: int | None = None    # request line and headers
     max_connections: int = 0               # clients at once; past it a 503 with Retry-After
+    on_refused: Callable[[], None] | None = None  # called for each client refused so
 
 
 @dataclass(frozen=True)
@@ -271,9 +282,11 @@ class LimitedHTTPServer(HTTPServer):
     closed at once, so the refusals themselves stay bounded.
     """
 
-    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
+    def initialize(self, *args: Any, max_connections: int = 0,
+                   on_refused: Callable[[], None] | None = None, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
+        self.on_refused = on_refused
         self.open_connections = 0
         self.refusing = 0
         self._warned_at = -10.0
@@ -288,6 +301,8 @@ class LimitedHTTPServer(HTTPServer):
                 self._warned_at = now
                 log.warning("at the limit of %d connections: refusing new ones",
                             self.max_connections)
+            if self.on_refused is not None:
+                self.on_refused()
             if self.refusing >= max(16, self.max_connections // 10):
                 stream.close()
                 return
@@ -334,7 +349,8 @@ def start_server(app: tornado.web.Application, address: str, port: int,
                                idle_connection_timeout=options.idle_timeout,
                                body_timeout=options.body_timeout,
                                max_header_size=options.max_header_bytes,
-                               max_connections=options.max_connections)
+                               max_connections=options.max_connections,
+                               on_refused=options.on_refused)
     server.listen(port, address)
     return server
 

@@ -4,8 +4,9 @@ import ssl
 import sys
 
 from services.config import GatekeeperConfig, load_config
-from services.gatekeeper.app import audit, make_gatekeeper_app
+from services.gatekeeper.app import make_gatekeeper_app, metrics_listener, request_log
 from services.gatekeeper.keys import KeyRing
+from services.gatekeeper.metrics import gatekeeper_metrics
 from services.gatekeeper.redirect import make_redirect_app
 from services.gatekeeper.tls import ServerCertificate, proxy_client_context
 from services.http import Listener, ServerOptions, serve
@@ -21,23 +22,26 @@ def main() -> None:
         if config.proxy_over_tls:
             proxy_client_context(config.proxy_ca, config.proxy_client_cert,
                                  config.proxy_client_key)
+        metrics = metrics_listener(config)
     except (ValueError, OSError, ssl.SSLError) as error:
         sys.exit(f"gatekeeper: bad configuration: {error}")
+    requests = request_log(config)
     options = ServerOptions(ssl_context=certificate.context if certificate else None,
                             idle_timeout=config.idle_timeout, body_timeout=config.body_timeout,
                             max_header_bytes=config.max_header_bytes,
-                            max_connections=config.max_connections)
-    also = []
+                            max_connections=config.max_connections,
+                            on_refused=gatekeeper_metrics().connection_refused)
+    also = [metrics] if metrics else []
     if config.redirect_port:
         # The redirect answers from the headers alone: short timeouts, the same header cap.
         redirect_options = ServerOptions(idle_timeout=min(config.idle_timeout, 10.0),
                                          body_timeout=min(config.body_timeout, 10.0),
                                          max_header_bytes=config.max_header_bytes,
                                          max_connections=config.max_connections)
-        also.append(Listener(make_redirect_app(config.port, audit), config.listen_address,
+        also.append(Listener(make_redirect_app(config.port, requests), config.listen_address,
                              config.redirect_port, redirect_options, "redirect to https"))
-    serve(lambda: make_gatekeeper_app(config, certificate), config.listen_address, config.port,
-          "gatekeeper", options, also)
+    serve(lambda: make_gatekeeper_app(config, certificate, requests), config.listen_address,
+          config.port, "gatekeeper", options, also)
 
 
 if __name__ == "__main__":

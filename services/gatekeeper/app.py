@@ -1,4 +1,5 @@
-"""Assembling the Gatekeeper: keys, the forwarder, the endpoints, the audit log."""
+"""Assembling the Gatekeeper: keys, the forwarder, the endpoints, the request log and the
+metrics port."""
 
 from __future__ import annotations
 
@@ -18,23 +19,40 @@ from services.gatekeeper.handlers import (
     OpenApiHandler,
 )
 from services.gatekeeper.keys import KeyRing
-from services.gatekeeper.tls import ServerCertificate, proxy_client_context
-from services.http import NotFoundHandler
+from services.gatekeeper.metrics import gatekeeper_metrics
+from services.gatekeeper.tls import (
+    ServerCertificate,
+    metrics_server_context,
+    proxy_client_context,
+)
+from services.http import Listener, NotFoundHandler, ServerOptions
+from services.metrics import announce, metrics_app
+from services.requestlog import RequestLog
 
-audit_log = logging.getLogger("sqlgate.audit")
 log = logging.getLogger(__name__)
 RELOAD_INTERVAL = 1.0  # seconds between looks at the keys file and the certificate
 
 
-def audit(handler: tornado.web.RequestHandler) -> None:
-    """One line per request: who (the key's name, never its secret), which request, what,
-    how it ended and how long it took. Never the body: it holds SQL parameter values."""
-    audit_log.info("key=%s request_id=%s endpoint=%s status=%d elapsed_ms=%.1f client=%s",
-                   getattr(handler, "key_name", None) or "-",
-                   getattr(handler, "request_id", None) or "-",
-                   getattr(handler, "endpoint", "unknown").replace(" ", "_"),
-                   handler.get_status(), 1000.0 * handler.request.request_time(),
-                   handler.request.remote_ip)
+def request_log(config: GatekeeperConfig) -> RequestLog:
+    """One JSON line per request, and its metrics: who (the key's name, never its secret),
+    which request, what, how it ended and how long it took. Never the body: it holds SQL
+    parameter values. Shared by the service's port and the redirect port."""
+    metrics = gatekeeper_metrics()
+    return RequestLog("gatekeeper", metrics.record, metrics.in_flight, config.log_requests)
+
+
+def metrics_listener(config: GatekeeperConfig) -> Listener | None:
+    """``GET /metrics`` on ``metrics_port`` (None when it is 0): HTTPS with the Gatekeeper's
+    certificate and, with ``metrics_client_ca``, only for that CA's client certificates (the
+    monitor host's); plain HTTP without a certificate (development)."""
+    if not config.metrics_port:
+        return None
+    context = (metrics_server_context(config.tls_cert, config.tls_key, config.metrics_client_ca)
+               if config.tls_cert else None)
+    options = ServerOptions(ssl_context=context, idle_timeout=30.0, body_timeout=10.0,
+                            max_header_bytes=16 * 1024, max_connections=32)
+    return Listener(metrics_app(), config.listen_address, config.metrics_port, options,
+                    "metrics, https" if context else "metrics, http")
 
 
 async def _reload_forever(keys: KeyRing, certificate: ServerCertificate | None) -> None:
@@ -49,8 +67,11 @@ async def _reload_forever(keys: KeyRing, certificate: ServerCertificate | None) 
 
 
 async def make_gatekeeper_app(config: GatekeeperConfig,
-                              certificate: ServerCertificate | None = None):
+                              certificate: ServerCertificate | None = None,
+                              requests: RequestLog | None = None):
     """The application and the coroutine that releases what it holds."""
+    announce("gatekeeper")
+    requests = requests or request_log(config)
     keys = KeyRing(config.keys_file, config.inline_api_key())
     ssl_context = (proxy_client_context(config.proxy_ca, config.proxy_client_cert,
                                         config.proxy_client_key)
@@ -80,7 +101,8 @@ async def make_gatekeeper_app(config: GatekeeperConfig,
              forward("POST /transactions/{id}/rollback")),
         ],
         default_handler_class=NotFoundHandler,
-        log_function=audit,
+        log_function=requests.finished,
+        request_log=requests,
     )
 
     async def close() -> None:

@@ -84,20 +84,20 @@ class ProxyForwarder:
         except TimeoutError:
             log.warning("request %s: the proxy did not answer %s %s in time", request_id,
                         method, path)
-            raise ApiError(504, "the proxy did not answer in time") from None
+            raise ApiError(504, "the proxy did not answer in time", cause="timeout") from None
         except aiohttp.ClientConnectorError as error:
             log.warning("request %s: the proxy is unreachable: %s", request_id, error)
-            raise ApiError(503, "the proxy is unreachable") from None
+            raise ApiError(503, "the proxy is unreachable", cause="unreachable") from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ssl.SSLError) as error:
             log.warning("request %s: bad answer from the proxy: %r", request_id, error)
-            raise ApiError(502, "bad answer from the proxy") from None
+            raise ApiError(502, "bad answer from the proxy", cause="bad_answer") from None
         return self._quiet(ProxyAnswer(status, data, content_type, location, retry_after),
                            request_id)
 
     async def _read(self, answer: aiohttp.ClientResponse, request_id: str) -> bytes:
         """The body, up to the cap: past it the connection is dropped, not read to its end."""
         cap = self.max_answer_bytes
-        too_large = ApiError(502, f"the answer is larger than {cap} bytes")
+        too_large = ApiError(502, f"the answer is larger than {cap} bytes", cause="too_large")
         if answer.content_length is not None and answer.content_length > cap:
             log.warning("request %s: the proxy's answer declares %d bytes, over the cap of %d",
                         request_id, answer.content_length, cap)
@@ -121,7 +121,7 @@ class ProxyForwarder:
         except ValueError as error:
             log.warning("request %s: the proxy answered %d without a JSON error (%s): %r",
                         request_id, answer.status, error, answer.body[:500])
-            raise ApiError(502, "bad answer from the proxy") from None
+            raise ApiError(502, "bad answer from the proxy", cause="bad_answer") from None
         if quiet is None:
             return answer
         log.info("request %s: internal details redacted from the proxy's %d answer: %s",

@@ -29,10 +29,10 @@ HEALTH_CACHE_SECONDS = 1.0
 
 
 class GatekeeperHandler(JsonHandler):
-    """``endpoint`` names the route in the audit log; ``key_name`` the caller, once known."""
+    """``endpoint`` names the route in the request log and the metrics; ``key_name`` the
+    caller, once known; ``relayed``: the answer is the Proxy's."""
 
-    endpoint = "unknown"
-    key_name: str | None = None
+    relayed = False
 
     def initialize(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -134,6 +134,7 @@ class ForwardHandler(GatekeeperHandler):
         if transaction_id is not None:
             checked_transaction_id(transaction_id, "the transaction id in the path")
         request = self.validate(self.body)
+        self.trace.mode = getattr(request, "mode", "")
         self.request_id = getattr(request, "request_id", None) or self.request_id
         self.set_header(REQUEST_ID_HEADER, self.request_id)
         self.relay(await self.forwarder.forward("POST", self.request.path, self.request_id,
@@ -141,6 +142,7 @@ class ForwardHandler(GatekeeperHandler):
                                                 key_name=self.key_name))
 
     def relay(self, answer: ProxyAnswer) -> None:
+        self.relayed = True
         self.set_status(answer.status)
         self.set_header("Content-Type", answer.content_type)
         if answer.location:

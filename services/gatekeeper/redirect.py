@@ -14,6 +14,7 @@ import tornado.web
 
 from services.contract import API_KEY_HEADER, ApiError
 from services.http import JsonHandler
+from services.requestlog import RequestLog
 
 # A host name or IPv4 address, or a bracketed IPv6 one, then maybe a port.
 HOST = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])"
@@ -22,7 +23,6 @@ HOST = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]
 
 class RedirectHandler(JsonHandler):
     endpoint = "redirect"
-    key_name = None
 
     def initialize(self, https_port: int) -> None:
         self.https_port = https_port
@@ -50,6 +50,9 @@ class RedirectHandler(JsonHandler):
     post = put = delete = patch = head = options = get
 
 
-def make_redirect_app(https_port: int, log_function=None) -> tornado.web.Application:
+def make_redirect_app(https_port: int,
+                      requests: RequestLog | None = None) -> tornado.web.Application:
+    """``requests``: the Gatekeeper's request log, which counts and logs redirects too."""
+    settings = {"log_function": requests.finished, "request_log": requests} if requests else {}
     return tornado.web.Application([(r".*", RedirectHandler, {"https_port": https_port})],
-                                   log_function=log_function)
+                                   **settings)

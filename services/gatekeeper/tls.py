@@ -50,6 +50,18 @@ class ServerCertificate:
         return True
 
 
+def metrics_server_context(cert_file: str, key_file: str, client_ca: str) -> ssl.SSLContext:
+    """The metrics port's HTTPS: the Gatekeeper's certificate and, with ``client_ca``, only
+    clients holding a certificate of that CA (the monitor host's), refused in the handshake.
+    Read once: a renewed certificate reaches this port at the next restart."""
+    context = _harden(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def proxy_client_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
     """How the Gatekeeper reaches the Proxy: the Proxy's certificate checked against the
     cluster CA (the system's store without one), and the Gatekeeper's own shown to it."""

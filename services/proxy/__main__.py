@@ -4,16 +4,18 @@ import sys
 
 from services.config import ProxyConfig, load_config
 from services.http import serve
-from services.proxy.app import make_proxy_app, server_options
+from services.proxy.app import make_proxy_app, metrics_listener, server_options
 
 
 def main() -> None:
     try:
         config = load_config(ProxyConfig)
         options = server_options(config)
+        metrics = metrics_listener(config)
     except (ValueError, OSError) as error:  # OSError: a certificate file missing or unreadable
         sys.exit(f"proxy: bad configuration: {error}")
-    serve(lambda: make_proxy_app(config), config.listen_address, config.port, "proxy", options)
+    serve(lambda: make_proxy_app(config), config.listen_address, config.port, "proxy", options,
+          also=[metrics] if metrics else [])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Assembling the Proxy: pools, health monitor, transactions, router, handlers, and TLS."""
+"""Assembling the Proxy: pools, health monitor, transactions, router, handlers, TLS, and the
+metrics port."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import tornado.web
 
 from services.config import ProxyConfig
 from services.contract import SCOPES
-from services.http import NotFoundHandler, ServerOptions, log_failed_requests
+from services.http import Listener, NotFoundHandler, ServerOptions
+from services.metrics import announce, metrics_app
 from services.proxy.handlers import (
     BatchHandler,
     HealthHandler,
@@ -18,11 +20,13 @@ from services.proxy.handlers import (
     TransactionsHandler,
 )
 from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
+from services.proxy.metrics import ProxyMetrics, proxy_metrics
 from services.proxy.pools import MONITOR, NodePool
 from services.proxy.quiet import Scrubber
 from services.proxy.router import QueryRouter
 from services.proxy.tokens import TokenCodec, derive_secret
 from services.proxy.transactions import TransactionManager
+from services.requestlog import RequestLog
 
 TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
 
@@ -46,6 +50,23 @@ def server_options(config: ProxyConfig) -> ServerOptions:
     return ServerOptions(ssl_context=server_tls_context(config))
 
 
+def metrics_listener(config: ProxyConfig) -> Listener | None:
+    """``GET /metrics`` on ``metrics_port`` (None when it is 0), with the service's own TLS:
+    HTTPS and, with ``tls_client_ca``, only for a client certificate of that CA (the monitor
+    host's); plain HTTP when the Proxy has no certificate (development)."""
+    if not config.metrics_port:
+        return None
+    context = server_tls_context(config)
+    options = ServerOptions(ssl_context=context, idle_timeout=30.0, body_timeout=10.0,
+                            max_header_bytes=16 * 1024, max_connections=32)
+    return Listener(metrics_app(), config.listen_address, config.metrics_port, options,
+                    "metrics, https" if context else "metrics, http")
+
+
+def request_log(config: ProxyConfig, metrics: ProxyMetrics) -> RequestLog:
+    return RequestLog("proxy", metrics.record, metrics.in_flight, config.log_requests)
+
+
 def token_secret(config: ProxyConfig) -> bytes:
     """The read-your-writes tokens' key: the configured one, else one derived from every
     database password the Proxy holds (the same on every Proxy of the cluster, known to no
@@ -65,18 +86,21 @@ def scrubber_for(config: ProxyConfig) -> Scrubber:
 
 async def make_proxy_app(config: ProxyConfig):
     """The application and the coroutine that releases what it holds."""
+    metrics = proxy_metrics()
+    announce("proxy")
+    requests = request_log(config, metrics)
     primary = NodeHealth(NodePool(config.primary, "primary", config))
     replicas = [NodeHealth(NodePool(address, "replica", config)) for address in config.replicas]
     cluster = ClusterHealth(primary, replicas)
-    monitor = HealthMonitor(cluster, config)
+    monitor = HealthMonitor(cluster, config, metrics)
     await monitor.check_nodes()  # know who is up before the first request
     monitor.start()
-    transactions = TransactionManager(cluster, config)
+    transactions = TransactionManager(cluster, config, metrics)
     transactions.start()
     router = QueryRouter(cluster, monitor, transactions, TokenCodec(token_secret(config)),
                          config.max_rows, causal_wait=config.causal_wait,
                          primary_fallback=config.read_fallback == "primary",
-                         max_result_bytes=config.max_result_bytes)
+                         max_result_bytes=config.max_result_bytes, metrics=metrics)
     handler_args = {"router": router, "max_body_bytes": config.max_body_bytes,
                     "default_scope": config.default_scope, "scrubber": scrubber_for(config)}
     app = tornado.web.Application(
@@ -89,7 +113,8 @@ async def make_proxy_app(config: ProxyConfig):
             (TRANSACTION_PATH, TransactionsHandler, handler_args),
         ],
         default_handler_class=NotFoundHandler,
-        log_function=log_failed_requests,
+        log_function=requests.finished,
+        request_log=requests,
     )
 
     async def close() -> None:

@@ -28,12 +28,16 @@ log = logging.getLogger(__name__)
 
 
 class IndexHandler(JsonHandler):
+    endpoint = "GET /"
+
     def get(self) -> None:
         self.send_json({"service": "proxy", "endpoints": ENDPOINTS, "modes": list(MODES)})
 
 
 class HealthHandler(JsonHandler):
     """200 while some node can serve (``degraded`` without the primary), 503 when none can."""
+
+    endpoint = "GET /health"
 
     def initialize(self, cluster: ClusterHealth, transactions: TransactionManager) -> None:
         self.cluster = cluster
@@ -67,6 +71,7 @@ class ProxyHandler(JsonHandler):
                                        f"header {REQUEST_ID_HEADER}")
         self.use_request_id(header_id or new_request_id())
         self.caller = caller_from_headers(self.request.headers, self.default_scope)
+        self.key_name = self.caller.key
         return self.caller
 
     def use_request_id(self, request_id: str | None) -> None:
@@ -101,27 +106,37 @@ class ProxyHandler(JsonHandler):
 
 
 class QueryHandler(ProxyHandler):
+    endpoint = "POST /query"
+
     async def post(self) -> None:
         self.start_request()
         request = parse_query_request(self.body, MODES)
         self.use_request_id(request.request_id)
-        await self.answer(self.router.run(request, self.request_id, self.caller))
+        await self.answer(self.router.run(request, self.request_id, self.caller, self.trace))
 
 
 class BatchHandler(ProxyHandler):
+    endpoint = "POST /batch"
+
     async def post(self) -> None:
         self.start_request()
         request = parse_batch_request(self.body, MODES)
         self.use_request_id(request.request_id)
-        await self.answer(self.router.run_batch(request, self.request_id, self.caller))
+        await self.answer(self.router.run_batch(request, self.request_id, self.caller,
+                                                self.trace))
 
 
 class TransactionsHandler(ProxyHandler):
     """``POST /transactions`` opens one (201); ``POST /transactions/{id}/commit|rollback``."""
 
+    endpoint = "POST /transactions"
+
     async def post(self, transaction_id: str | None = None, action: str | None = None) -> None:
+        if action is not None:
+            self.endpoint = f"POST /transactions/{{id}}/{action}"  # action: the route's two words
         caller = self.start_request()
         transactions = self.router.transactions
+        self.trace.node = transactions.primary.name
         if transaction_id is None:
             request = parse_transaction_request(self.body)
             self.use_request_id(request.request_id)

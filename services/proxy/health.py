@@ -30,6 +30,7 @@ from icmplib import async_multiping
 from icmplib.exceptions import ICMPLibError
 
 from services.config import ProxyConfig
+from services.proxy.metrics import ProxyMetrics
 from services.proxy.pools import NodePool, NodeUnavailable, SqlError
 from services.proxy.replication import FLAVOURS, Flavour, ReplicaStatus, flavour_of
 
@@ -176,9 +177,11 @@ class HealthMonitor:
     """Checks every node each ``health_interval`` and pings the replicas each
     ``ping_interval``, on its own connections."""
 
-    def __init__(self, cluster: ClusterHealth, config: ProxyConfig) -> None:
+    def __init__(self, cluster: ClusterHealth, config: ProxyConfig,
+                 metrics: ProxyMetrics | None = None) -> None:
         self.cluster = cluster
         self._config = config
+        self.metrics = metrics  # its gauges are set after every check and ping
         self.heartbeat = Heartbeat(config)
         self._tasks: list[asyncio.Task] = []
         self._ping_warning_logged = False
@@ -210,6 +213,8 @@ class HealthMonitor:
         await self._check(self.cluster.primary, self._check_primary)
         await asyncio.gather(*(self._check(node, self._check_replica)
                                for node in self.cluster.replicas))
+        if self.metrics is not None:
+            self.metrics.observe_nodes(self.cluster.nodes)
 
     async def _check(self, node: NodeHealth, check) -> None:
         timeout = self._config.connect_timeout

@@ -286,6 +286,7 @@ class NodePool:
         self._pools: dict[str, Pool] = {}  # by database user
         self._killers: dict[str, QueryKiller] = {}  # by database user
         self._probe: Any = None  # the health monitor's own connection, outside the pools
+        self.waiting = 0  # statements waiting for a pooled connection now
         self._base_args: dict[str, Any] = {
             "host": address.host, "port": address.port, "db": config.db_name or None,
             "autocommit": True, "connect_timeout": config.connect_timeout,
@@ -313,6 +314,16 @@ class NodePool:
                         **self.connect_args(scope))
             self._pools[user] = pool
         return pool
+
+    def usage(self) -> tuple[int, int, int]:
+        """Connections open, lent out (or being opened), and statements waiting for one, over
+        every user's pool of this node: what the metrics show."""
+        opened = lent = 0
+        for pool in self._pools.values():
+            size = pool.size
+            opened += size
+            lent += size - pool.freesize
+        return opened, lent, self.waiting
 
     def _killer(self, user: str) -> QueryKiller:
         killer = self._killers.get(user)
@@ -345,6 +356,7 @@ class NodePool:
         # One bound for connecting (a server that accepts but never greets included) and for
         # waiting on a saturated pool: either way the node cannot take the statement now.
         limit = self._config.connect_timeout
+        self.waiting += 1
         try:
             conn = await asyncio.wait_for(pool.acquire(), limit)
         except TimeoutError:
@@ -356,6 +368,8 @@ class NodePool:
         except (OSError, MySQLError) as error:
             raise NodeUnavailable(self.name, _error_message(error),
                                   maybe_applied=False) from error
+        finally:
+            self.waiting -= 1
         if not getattr(conn, PREPARED_MARK, False):
             setattr(conn, USER_MARK, self.user(scope))
             limit_read_ahead(conn)  # a result cut at max_result_bytes is not read whole

@@ -15,6 +15,7 @@ from typing import Any
 from services.contract import ApiError, BatchRequest, QueryRequest
 from services.proxy.classify import Classification, Kind, StatementError, classify
 from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
+from services.proxy.metrics import ProxyMetrics
 from services.proxy.pools import (
     Lease,
     NodeBusy,
@@ -34,6 +35,7 @@ from services.proxy.transactions import (
     position_after_commit,
     refuse_inside,
 )
+from services.requestlog import RequestTrace
 from services.statements import Statement
 
 
@@ -105,16 +107,21 @@ class QueryRouter:
     causal_wait: float = 0.5
     primary_fallback: bool = True  # reads with no replica in rotation: primary, or 503
     max_result_bytes: int = 8 * 1024 * 1024  # per answer: a batch's results share it
+    metrics: ProxyMetrics | None = None  # retries and read-your-writes waits
 
     # --- POST /query --------------------------------------------------------------------------
 
-    async def run(self, request: QueryRequest, request_id: str,
-                  caller: Caller) -> dict[str, Any]:
-        """Answer a query request, or raise ApiError with the right status."""
+    async def run(self, request: QueryRequest, request_id: str, caller: Caller,
+                  trace: RequestTrace | None = None) -> dict[str, Any]:
+        """Answer a query request, or raise ApiError with the right status. ``trace`` learns
+        what the request did, for its metrics and log line."""
         began = time.perf_counter()
+        trace = trace or RequestTrace()
         classification = classified(request.statement)
+        trace.query_type = classification.query_type
         after = self._position(request.after)
         if request.transaction_id is not None:
+            trace.node = self.cluster.primary.name
             async with self.transactions.using(request.transaction_id) as transaction:
                 inside = caller.within(transaction.scope)
                 inside.check(classification)
@@ -128,8 +135,10 @@ class QueryRouter:
         else:
             caller.check(classification)
             refuse_outside(classification)
+            if classification.is_read:
+                trace.mode = request.mode
             answer = (await self._execute(request.statement, classification, request.mode,
-                                          caller, after)).to_json()
+                                          caller, after, trace=trace)).to_json()
         return {
             "request_id": request_id,
             "mode": request.mode,
@@ -169,24 +178,32 @@ class QueryRouter:
         if not targets:
             raise ApiError(503, "no replica is in rotation for this read, and reads do not "
                            "fall back to the primary (PROXY_READ_FALLBACK=error)",
+                           cause="no_node",
                            replicas={node.name: node.rotation_reason or "down"
                                      for node in self.cluster.replicas})
         return targets
 
     async def _execute(self, statement: Statement, classification: Classification,
                        mode: str, caller: Caller, after: str | None = None,
-                       max_bytes: int | None = None) -> Executed:
+                       max_bytes: int | None = None,
+                       trace: RequestTrace | None = None) -> Executed:
         """Run outside a transaction, as the caller's scope's database user: a read on its
         targets in turn (waiting on each replica for ``after``, the position it must see), a
         write on the primary, once."""
         flavour = self.cluster.flavour
         primary = self.cluster.primary
+        metrics = self.metrics
+        trace = trace or RequestTrace()
         position = None if classification.is_read else flavour.position_statement()
         failures: list[str] = []
+        all_busy = True
         waited_ms = 0.0 if after is not None else None
-        for attempt, node in enumerate(self._targets(classification, mode), 1):
+        targets = self._targets(classification, mode)
+        for attempt, node in enumerate(targets, 1):
+            retrying = metrics is not None and attempt < len(targets)
             wait = (flavour.wait_statement(after, self.causal_wait)
                     if after is not None and node is not primary else None)
+            trace.node, trace.attempts, trace.waited_ms = node.name, attempt, waited_ms
             node.in_flight += 1
             began = time.perf_counter()
             try:
@@ -197,11 +214,20 @@ class QueryRouter:
                 node.observe((time.perf_counter() - began) * 1000.0)
                 if result.waited_ms is not None:
                     waited_ms += result.waited_ms
+                    if metrics is not None:
+                        metrics.read_waited(node.name, result.waited_ms)
+                trace.waited_ms = waited_ms
                 return Executed(node, result, attempt, waited_ms,
                                 self.issue_token(result.position))
             except NotCaughtUp as error:  # the next candidate may be further along
                 node.observe((time.perf_counter() - began) * 1000.0)  # `least` learns of it
                 waited_ms += error.waited_ms
+                trace.waited_ms = waited_ms
+                all_busy = False
+                if metrics is not None:
+                    metrics.read_waited(node.name, error.waited_ms)
+                if retrying:
+                    metrics.retried(node.name, "not_caught_up")
                 failures.append(str(error))
             except SqlError as error:
                 raise sql_error(error, caller, node=node.name) from None
@@ -213,9 +239,14 @@ class QueryRouter:
                                "applied; run it inside a transaction (POST /transactions)",
                                node=node.name) from None
             except NodeBusy as error:  # shed load: another node may have room, none is down
+                if retrying:
+                    metrics.retried(node.name, "busy")
                 failures.append(str(error))
             except NodeUnavailable as error:
+                all_busy = False
                 await self.monitor.mark_down(node, error.reason)
+                if retrying:
+                    metrics.retried(node.name, "unavailable")
                 failures.append(str(error))
                 if not classification.is_read and error.maybe_applied:
                     raise ApiError(
@@ -224,13 +255,16 @@ class QueryRouter:
             finally:
                 node.in_flight -= 1
         what = "read" if classification.is_read else "write"
-        raise ApiError(503, f"no database node could serve this {what}", failures=failures)
+        trace.node = None
+        raise ApiError(503, f"no database node could serve this {what}", failures=failures,
+                       cause="busy" if all_busy else "no_node")
 
     # --- POST /batch --------------------------------------------------------------------------
 
-    async def run_batch(self, request: BatchRequest, request_id: str,
-                        caller: Caller) -> dict[str, Any]:
+    async def run_batch(self, request: BatchRequest, request_id: str, caller: Caller,
+                        trace: RequestTrace | None = None) -> dict[str, Any]:
         began = time.perf_counter()
+        trace = trace or RequestTrace()
         after = self._position(request.after)  # a bad token is refused before anything runs
         if request.transaction_id is not None:
             # Inside a transaction: no more than it was opened with (an unknown or ended one
@@ -256,12 +290,19 @@ class QueryRouter:
                 error.message = f"statements[{index}]: {error.message}; nothing was run"
                 error.details["failed_statement"] = index
                 raise
+        reads_only = all(classification.is_read for classification in classifications)
+        trace.query_type = "read" if reads_only else "write"
+        if request.transaction_id is not None or request.transaction:
+            trace.node = self.cluster.primary.name
         if request.transaction_id is not None:
             answer = await self._batch_in_transaction(request, classifications, caller)
         elif request.transaction:
             answer = await self._atomic_batch(request, classifications, caller)
         else:
-            answer = await self._independent_batch(request, classifications, caller, after)
+            if reads_only:
+                trace.mode = request.mode
+            answer = await self._independent_batch(request, classifications, caller, after,
+                                                   trace)
         return {"request_id": request_id, "mode": request.mode,
                 "transaction": request.transaction, **answer,
                 "elapsed_ms": round((time.perf_counter() - began) * 1000.0, 3)}
@@ -274,10 +315,12 @@ class QueryRouter:
         try:
             lease = await primary.pool.lease(caller.scope)
         except NodeBusy as error:
-            raise ApiError(503, f"no database node could serve this batch: {error}") from None
+            raise ApiError(503, f"no database node could serve this batch: {error}",
+                           cause="busy") from None
         except NodeUnavailable as error:
             await self.monitor.mark_down(primary, error.reason)
-            raise ApiError(503, f"no database node could serve this batch: {error}") from None
+            raise ApiError(503, f"no database node could serve this batch: {error}",
+                           cause="no_node") from None
         index = -1
         committing = False
         try:
@@ -358,7 +401,8 @@ class QueryRouter:
 
     async def _independent_batch(self, request: BatchRequest,
                                  classifications: list[Classification], caller: Caller,
-                                 after: str | None) -> dict[str, Any]:
+                                 after: str | None,
+                                 trace: RequestTrace | None = None) -> dict[str, Any]:
         """Each statement on its own, as separate /query requests would run; the answer's
         token is the last write's, which covers the earlier ones."""
         results = []
@@ -368,7 +412,7 @@ class QueryRouter:
             try:
                 refuse_outside(classification)
                 executed = await self._execute(statement, classification, request.mode, caller,
-                                               after, budget)
+                                               after, budget, trace)
                 budget -= executed.result.size
                 token = executed.token or token
                 results.append({"status": 200, "query_type": classification.query_type,

@@ -22,6 +22,7 @@ from services.config import ProxyConfig
 from services.contract import TRANSACTION_ID_PATTERN, ApiError, TransactionRequest
 from services.proxy.classify import Classification, Kind
 from services.proxy.health import ClusterHealth
+from services.proxy.metrics import ProxyMetrics
 from services.proxy.pools import (
     Lease,
     NodeBusy,
@@ -58,8 +59,10 @@ class Transaction:
 
 
 class TransactionManager:
-    def __init__(self, cluster: ClusterHealth, config: ProxyConfig) -> None:
+    def __init__(self, cluster: ClusterHealth, config: ProxyConfig,
+                 metrics: ProxyMetrics | None = None) -> None:
         self.cluster = cluster
+        self._open_gauge = metrics.open_transactions if metrics is not None else None
         self.primary = cluster.primary
         self.instance = config.instance_name
         self.max_open = config.max_transactions
@@ -106,10 +109,11 @@ class TransactionManager:
         caller.check_transaction("interactive transactions")
         if self.max_open == 0:
             raise ApiError(503, "transactions are turned off on this proxy "
-                           "(PROXY_MAX_TRANSACTIONS=0)")
+                           "(PROXY_MAX_TRANSACTIONS=0)", cause="transactions_full")
         if len(self._open) + self._opening >= self.max_open:
             raise ApiError(503, f"too many open transactions ({self.max_open}): commit or roll "
-                           "back one, or retry later", headers={"Retry-After": "1"})
+                           "back one, or retry later", headers={"Retry-After": "1"},
+                           cause="transactions_full")
         self._opening += 1
         try:
             lease = await self._lease(caller.scope)
@@ -124,13 +128,15 @@ class TransactionManager:
                 raise
         except (NodeUnavailable, QueryTimeout, SqlError) as error:
             raise ApiError(503, f"could not open a transaction on the primary: {error}",
-                           node=self.primary.name) from None
+                           node=self.primary.name, cause="no_node") from None
         finally:
             self._opening -= 1
         now = time.monotonic()
         transaction = Transaction(f"{self.instance}.{secrets.token_urlsafe(18)}", lease,
                                   caller.scope, opened=now, last_used=now)
         self._open[transaction.id] = transaction
+        if self._open_gauge is not None:
+            self._open_gauge.inc()
         return transaction
 
     async def _lease(self, scope: str) -> Lease:
@@ -138,7 +144,7 @@ class TransactionManager:
             return await self.primary.pool.lease(scope)
         except NodeBusy as error:
             raise ApiError(503, f"the primary has no free connection: {error}",
-                           headers={"Retry-After": "1"}) from None
+                           headers={"Retry-After": "1"}, cause="busy") from None
 
     @contextlib.asynccontextmanager
     async def using(self, transaction_id: str) -> AsyncIterator[Transaction]:
@@ -228,6 +234,8 @@ class TransactionManager:
     async def _end(self, transaction: Transaction, reason: str) -> None:
         if self._open.pop(transaction.id, None) is None:
             return
+        if self._open_gauge is not None:
+            self._open_gauge.dec()
         self._ended[transaction.id] = reason
         while len(self._ended) > REMEMBERED_ENDINGS:
             self._ended.popitem(last=False)

@@ -16,6 +16,7 @@ from tests.services.gatekeeper.conftest import (
     read_json,
     write_keys,
 )
+from tests.services.scrape import request_lines
 
 
 def test_the_eleventh_request_in_a_second_of_a_10_per_second_key_is_429(
@@ -89,7 +90,7 @@ def test_a_changed_keys_file_applies_within_two_seconds_without_a_restart(
         assert service.process.pid == pid
 
 
-def test_requests_carry_ids_and_each_is_one_audit_line(tls_dir, fake_proxy, keys, tmp_path):
+def test_requests_carry_ids_and_each_is_one_json_line(tls_dir, fake_proxy, keys, tmp_path):
     log_path = tmp_path / "gatekeeper.log"
     service = gatekeeper_process(tls_dir, fake_proxy.url, log_path,
                                  write_keys(tmp_path / "keys.json", *keys.all()))
@@ -106,13 +107,13 @@ def test_requests_carry_ids_and_each_is_one_audit_line(tls_dir, fake_proxy, keys
             assert answer.headers["X-Request-Id"] == request_id
             ids[name] = (request_id, answer.status)
 
-    lines = log_path.read_text().splitlines()
-    audit = [line for line in lines if " key=" in line]
-    for name, key_name in (("ok", keys.write.name), ("bad key", "-"), ("bad json", "reports")):
+    lines = request_lines(log_path)
+    for name, key_name in (("ok", keys.write.name), ("bad key", None), ("bad json", "reports")):
         request_id, status = ids[name]
-        (line,) = [line for line in audit if f"request_id={request_id}" in line]
-        assert f"key={key_name} " in line and f"status={status} " in line, line
-        assert "endpoint=POST_/query" in line and "elapsed_ms=" in line
+        (line,) = [line for line in lines if line["request_id"] == request_id]
+        assert (line["key"], line["status"], line["endpoint"]) == (key_name, status,
+                                                                   "POST /query"), line
+        assert line["service"] == "gatekeeper" and line["elapsed_ms"] >= 0
     text = log_path.read_text()
     for key in keys.all():
         assert key.secret not in text
