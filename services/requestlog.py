@@ -65,6 +65,24 @@ def utc_timestamp(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
+class _Clock:
+    """``utc_timestamp`` with the formatting of the seconds done once a second, not once a
+    line (``strftime`` is most of its cost)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second, self._prefix = -1, ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
 class RequestLog:
     """A service's accounting of requests: ``started`` (from the handler's ``prepare``),
     ``finished`` (the application's ``log_function``) and ``abandoned`` (the client left first).
@@ -80,6 +98,7 @@ class RequestLog:
         self.in_flight = in_flight
         self.enabled = enabled
         self.logger = request_logger()
+        self._clock = _Clock()
         self._worker: int | None = None
         os.register_at_fork(after_in_child=self._forget_worker)
 
@@ -116,10 +135,16 @@ class RequestLog:
                         handler.endpoint, 1000.0 * seconds, handler.request_id)
 
     def write(self, handler: Any, status: int, seconds: float) -> None:
+        """One line: json.dumps with its default (cached) encoder, and a log record made
+        directly (``Logger.info`` would also walk the stack for the caller's file and line,
+        which nobody reads here)."""
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
         trace = handler.trace
         waited_ms = trace.waited_ms
-        self.logger.info(json.dumps({
-            "ts": utc_timestamp(time.time()),
+        line = json.dumps({
+            "ts": self._clock.now(),
             "service": self.service,
             "worker": self.worker,
             "request_id": handler.request_id,
@@ -132,4 +157,6 @@ class RequestLog:
             "elapsed_ms": round(1000.0 * seconds, 3),
             "attempts": trace.attempts,
             "waited_ms": None if waited_ms is None else round(waited_ms, 3),
-        }, separators=(", ", ": ")))
+        })
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, None,
+                                        None))

@@ -6,7 +6,6 @@ plain HTTP and in multiprocess mode."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -169,9 +168,14 @@ def test_proxy_errors_and_the_connection_limit_over_plain_http_in_multiprocess_m
             answer = request(service.url + "/query", {"sql": "SELECT 1"},
                              {"X-API-Key": api_key})
             assert answer.status == 503
-        held = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(2)]
+        held = []
         try:
-            wait_until(lambda: _refused(service.port), 10, "a 503 past the connection limit")
+            for _ in range(2):  # each served once and kept open (keep-alive): the limit
+                connection = HTTPConnection("127.0.0.1", service.port, timeout=5)
+                connection.request("GET", "/openapi.json")
+                assert connection.getresponse().read()
+                held.append(connection)
+            assert _refused(service.port)
         finally:
             for connection in held:
                 connection.close()
