@@ -21,7 +21,7 @@ from importlib import metadata
 from typing import Any
 
 import tornado.web
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -45,6 +45,15 @@ def multiprocess() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+def values_follow_environment() -> None:
+    """Make the metrics created from now on multiprocess ones if ``PROMETHEUS_MULTIPROC_DIR``
+    is set now, even when ``prometheus_client`` was imported before it was (it picks its value
+    class once, at import, with ``values.get_value_class()``; a service's modules import it
+    before a worker runner can set the variable). Called before each metric set is made."""
+    if multiprocess() and not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.get_value_class()
+
+
 def exposition_registry(registry: CollectorRegistry = REGISTRY) -> CollectorRegistry:
     """What ``/metrics`` shows: every live and dead worker's values from the multiprocess
     directory, or ``registry`` (this process's) when there is none."""
@@ -60,6 +69,7 @@ def build_info(registry: CollectorRegistry = REGISTRY) -> Gauge:
     """``sqlgate_build_info{service,version} 1``: which code answers, for dashboards and for
     telling two versions apart during a rolling deploy. One gauge per registry (a second
     would be refused as a duplicate)."""
+    values_follow_environment()
     return Gauge("sqlgate_build_info", "The sqlgate service and version running (always 1)",
                  ("service", "version"), registry=registry, multiprocess_mode="livemax")
 
@@ -94,12 +104,15 @@ class MetricsHandler(JsonHandler):
     """``GET /metrics`` in Prometheus's text exposition format, version 0.0.4: the one every
     Prometheus 2 reads (``prometheus_client``'s newer default announces 1.0.0)."""
 
-    def initialize(self, registry: CollectorRegistry) -> None:
+    def initialize(self, registry: CollectorRegistry | None) -> None:
         self.registry = registry
 
     def get(self) -> None:
+        # Without a registry of its own, decided at each scrape: the application may be built
+        # before the worker runner sets PROMETHEUS_MULTIPROC_DIR.
+        registry = self.registry or exposition_registry()
         self.set_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-        self.finish(generate_latest(self.registry))
+        self.finish(generate_latest(registry))
 
 
 def _quiet(handler: tornado.web.RequestHandler) -> None:
@@ -108,8 +121,7 @@ def _quiet(handler: tornado.web.RequestHandler) -> None:
 
 def metrics_app(registry: CollectorRegistry | None = None) -> tornado.web.Application:
     """The metrics port's application: ``GET /metrics`` only (``registry``: by default what
-    ``exposition_registry`` gives), a JSON 404 for anything else."""
-    registry = exposition_registry() if registry is None else registry
+    ``exposition_registry`` gives at each scrape), a JSON 404 for anything else."""
     return tornado.web.Application(
         [(r"/metrics", MetricsHandler, {"registry": registry})],
         default_handler_class=NotFoundHandler, log_function=_quiet)

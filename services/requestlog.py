@@ -87,15 +87,16 @@ class RequestLog:
     """A service's accounting of requests: ``started`` (from the handler's ``prepare``),
     ``finished`` (the application's ``log_function``) and ``abandoned`` (the client left first).
 
-    ``record(handler, status, seconds)`` writes the service's request metrics; ``in_flight``
-    is its in-flight gauge, counted up once per request and down exactly once, whether the
-    request finished or its client went away."""
+    ``metrics()`` gives the service's metric set, asked for at the first request (in the
+    worker, after any fork and once PROMETHEUS_MULTIPROC_DIR is set): its ``record(handler,
+    status, seconds)`` writes the request metrics, and its ``in_flight`` gauge is counted up
+    once per request and down exactly once, whether the request finished or its client went
+    away."""
 
-    def __init__(self, service: str, record: Callable[[Any, int, float], None],
-                 in_flight: Any, enabled: bool = True) -> None:
+    def __init__(self, service: str, metrics: Callable[[], Any], enabled: bool = True) -> None:
         self.service = service
-        self.record = record
-        self.in_flight = in_flight
+        self._metrics_of = metrics
+        self._metrics: Any = None
         self.enabled = enabled
         self.logger = request_logger()
         self._clock = _Clock()
@@ -114,20 +115,26 @@ class RequestLog:
                 self._worker = 0
         return self._worker
 
+    @property
+    def metrics(self) -> Any:
+        if self._metrics is None:
+            self._metrics = self._metrics_of()
+        return self._metrics
+
     def started(self, handler: Any) -> None:
-        self.in_flight.inc()
+        self.metrics.in_flight.inc()
         handler.in_flight_counted = True
 
     def abandoned(self, handler: Any) -> None:
         if handler.in_flight_counted:
             handler.in_flight_counted = False
-            self.in_flight.dec()
+            self.metrics.in_flight.dec()
 
     def finished(self, handler: Any) -> None:
         self.abandoned(handler)
         status = handler.get_status()
         seconds = handler.request.request_time()
-        self.record(handler, status, seconds)
+        self.metrics.record(handler, status, seconds)
         if self.enabled:
             self.write(handler, status, seconds)
         elif status >= 500 or seconds > SLOW_SECONDS:

@@ -37,8 +37,7 @@ def request_log(config: GatekeeperConfig) -> RequestLog:
     """One JSON line per request, and its metrics: who (the key's name, never its secret),
     which request, what, how it ended and how long it took. Never the body: it holds SQL
     parameter values. Shared by the service's port and the redirect port."""
-    metrics = gatekeeper_metrics()
-    return RequestLog("gatekeeper", metrics.record, metrics.in_flight, config.log_requests)
+    return RequestLog("gatekeeper", gatekeeper_metrics, config.log_requests)
 
 
 def metrics_listener(config: GatekeeperConfig) -> Listener | None:

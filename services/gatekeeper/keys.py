@@ -31,7 +31,7 @@ from services.contract import API_KEY_HEADER, SCOPES, ApiError
 
 log = logging.getLogger(__name__)
 
-# Names go into a header to the Proxy and into the audit log: short and plain.
+# Names go into a header to the Proxy, the request log and metric labels: short and plain.
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 KEY_FIELDS = frozenset({"name", "scope", "sha256", "rate", "burst"})

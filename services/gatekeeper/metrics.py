@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from services.metrics import BUCKETS, LabelCache
+from services.metrics import BUCKETS, LabelCache, values_follow_environment
 
 # The Gatekeeper's own refusals, by status; of the Proxy's answers it relays, these.
 OWN_REFUSALS = {401: "unauthenticated", 429: "rate_limited", 413: "too_large",
@@ -26,6 +26,7 @@ class GatekeeperMetrics:
     """Every metric of the Gatekeeper, made once per registry (``gatekeeper_metrics``)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        values_follow_environment()
         self.requests = Counter(
             "sqlgate_gatekeeper_requests_total", "Requests answered, by endpoint, status and key",
             ("endpoint", "status", "key"), registry=registry)

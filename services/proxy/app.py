@@ -20,7 +20,7 @@ from services.proxy.handlers import (
     TransactionsHandler,
 )
 from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
-from services.proxy.metrics import ProxyMetrics, proxy_metrics
+from services.proxy.metrics import proxy_metrics
 from services.proxy.pools import MONITOR, NodePool
 from services.proxy.quiet import Scrubber
 from services.proxy.router import QueryRouter
@@ -63,8 +63,8 @@ def metrics_listener(config: ProxyConfig) -> Listener | None:
                     "metrics, https" if context else "metrics, http")
 
 
-def request_log(config: ProxyConfig, metrics: ProxyMetrics) -> RequestLog:
-    return RequestLog("proxy", metrics.record, metrics.in_flight, config.log_requests)
+def request_log(config: ProxyConfig) -> RequestLog:
+    return RequestLog("proxy", proxy_metrics, config.log_requests)
 
 
 def token_secret(config: ProxyConfig) -> bytes:
@@ -88,7 +88,7 @@ async def make_proxy_app(config: ProxyConfig):
     """The application and the coroutine that releases what it holds."""
     metrics = proxy_metrics()
     announce("proxy")
-    requests = request_log(config, metrics)
+    requests = request_log(config)
     primary = NodeHealth(NodePool(config.primary, "primary", config))
     replicas = [NodeHealth(NodePool(address, "replica", config)) for address in config.replicas]
     cluster = ClusterHealth(primary, replicas)

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from services.metrics import BUCKETS, LabelCache
+from services.metrics import BUCKETS, LabelCache, values_follow_environment
 
 # Refusals told apart by their status alone; the others carry ApiError.cause.
 REFUSALS_BY_STATUS = {400: "bad_request", 404: "bad_request", 405: "bad_request",
@@ -35,6 +35,7 @@ class ProxyMetrics:
     """Every metric of the Proxy, made once per registry (``proxy_metrics``)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        values_follow_environment()
         def counter(name: str, text: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, text, labels, registry=registry)
 

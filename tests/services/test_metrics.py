@@ -126,9 +126,11 @@ def test_utc_timestamps_are_iso_8601_with_milliseconds():
 
 
 WRITER = textwrap.dedent("""
-    import sys
+    import os, sys
     from services.gatekeeper.metrics import gatekeeper_metrics
     from services.metrics import announce
+    if len(sys.argv) > 2:  # set only after prometheus_client was imported, as a runner may
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[2]
     metrics = gatekeeper_metrics()
     announce("gatekeeper")
     for _ in range(int(sys.argv[1])):
@@ -156,9 +158,12 @@ def _python(code: str, directory: Path, *args: str) -> subprocess.CompletedProce
 def test_two_processes_add_up_in_one_multiprocess_directory(tmp_path):
     directory = tmp_path / "multiproc"
     directory.mkdir(mode=0o700)
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(count)], cwd=PROJECT_ROOT,
-                                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)})
-               for count in (5, 7)]
+    early = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    late = {name: value for name, value in os.environ.items()
+            if name != "PROMETHEUS_MULTIPROC_DIR"}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, "5"], cwd=PROJECT_ROOT, env=early),
+               subprocess.Popen([sys.executable, "-c", WRITER, "7", str(directory)],
+                                cwd=PROJECT_ROOT, env=late)]
     for writer in writers:
         assert writer.wait(60) == 0
     assert len(list(directory.glob("*.db"))) >= 2  # one file per process and kind
