@@ -3,9 +3,9 @@
 import ssl
 import sys
 
-from services.config import GatekeeperConfig, load_config
+from services.config import GatekeeperConfig, load_config, worker_count
 from services.gatekeeper.app import audit, make_gatekeeper_app
-from services.gatekeeper.keys import KeyRing
+from services.gatekeeper.keys import KeyRing, SharedBuckets
 from services.gatekeeper.redirect import make_redirect_app
 from services.gatekeeper.tls import ServerCertificate, proxy_client_context
 from services.http import Listener, ServerOptions, serve
@@ -36,8 +36,10 @@ def main() -> None:
                                          max_connections=config.max_connections)
         also.append(Listener(make_redirect_app(config.port, audit), config.listen_address,
                              config.redirect_port, redirect_options, "redirect to https"))
-    serve(lambda: make_gatekeeper_app(config, certificate), config.listen_address, config.port,
-          "gatekeeper", options, also)
+    # Made before the workers are forked, so that they all share it: the lambda runs in each.
+    buckets = SharedBuckets()
+    serve(lambda: make_gatekeeper_app(config, certificate, buckets), config.listen_address,
+          config.port, "gatekeeper", options, also, workers=worker_count(config))
 
 
 if __name__ == "__main__":

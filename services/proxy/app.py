@@ -10,6 +10,7 @@ import tornado.web
 from services.config import ProxyConfig
 from services.contract import SCOPES
 from services.http import NotFoundHandler, ServerOptions, log_failed_requests
+from services.proxy.affinity import Affinity
 from services.proxy.handlers import (
     BatchHandler,
     HealthHandler,
@@ -23,6 +24,7 @@ from services.proxy.quiet import Scrubber
 from services.proxy.router import QueryRouter
 from services.proxy.tokens import TokenCodec, derive_secret
 from services.proxy.transactions import TransactionManager
+from services.workers import Worker
 
 TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
 
@@ -63,8 +65,13 @@ def scrubber_for(config: ProxyConfig) -> Scrubber:
                                        for scope in (*SCOPES, MONITOR))])
 
 
-async def make_proxy_app(config: ProxyConfig):
-    """The application and the coroutine that releases what it holds."""
+async def make_proxy_app(config: ProxyConfig, worker: Worker | None = None):
+    """The application and the coroutine that releases what it holds. One ``worker`` of
+    several has a name of its own, and passes transactions it does not hold to their worker."""
+    affinity = None
+    if worker is not None:
+        affinity = Affinity.for_worker(worker, config)
+        config = config.for_worker(worker.index)
     primary = NodeHealth(NodePool(config.primary, "primary", config))
     replicas = [NodeHealth(NodePool(address, "replica", config)) for address in config.replicas]
     cluster = ClusterHealth(primary, replicas)
@@ -78,11 +85,13 @@ async def make_proxy_app(config: ProxyConfig):
                          primary_fallback=config.read_fallback == "primary",
                          max_result_bytes=config.max_result_bytes)
     handler_args = {"router": router, "max_body_bytes": config.max_body_bytes,
-                    "default_scope": config.default_scope, "scrubber": scrubber_for(config)}
+                    "default_scope": config.default_scope, "scrubber": scrubber_for(config),
+                    "affinity": affinity}
     app = tornado.web.Application(
         [
             (r"/", IndexHandler),
-            (r"/health", HealthHandler, {"cluster": cluster, "transactions": transactions}),
+            (r"/health", HealthHandler, {"cluster": cluster, "transactions": transactions,
+                                         "worker": worker.index if worker else None}),
             (r"/query", QueryHandler, handler_args),
             (r"/batch", BatchHandler, handler_args),
             (r"/transactions", TransactionsHandler, handler_args),
@@ -91,8 +100,12 @@ async def make_proxy_app(config: ProxyConfig):
         default_handler_class=NotFoundHandler,
         log_function=log_failed_requests,
     )
+    if affinity is not None:
+        affinity.serve(app)
 
     async def close() -> None:
+        if affinity is not None:
+            await affinity.close()
         await transactions.stop()
         await monitor.stop()
         await asyncio.gather(*(node.pool.close() for node in cluster.nodes))
