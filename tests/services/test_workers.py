@@ -23,6 +23,8 @@ import pytest
 from cluster.loopback import gatekeeper_service
 from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
+from services.config import ProxyConfig, worker_instance_name
+from services.contract import TRANSACTION_ID_PATTERN
 from tests.conftest import Answer, http, proxy_service, scratch_tables
 from tests.services.gatekeeper.conftest import Key, new_key, write_keys
 
@@ -77,6 +79,18 @@ def workers_seen(service: ServiceProcess, count: int = 40) -> set[int]:
 
 
 # --- the Proxy ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("instance", ["p", "proxy-1", "x" * 63])
+def test_a_workers_instance_name_is_its_own_and_still_a_valid_one(instance):
+    config = ProxyConfig(instance_name=instance, workers=12)
+    names = {config.for_worker(index).instance_name for index in range(12)}
+    assert len(names) == 12
+    assert config.for_worker(11).instance_name == worker_instance_name(instance, 11)
+    for name in names:
+        assert TRANSACTION_ID_PATTERN.fullmatch(f"{name}.{'a' * 24}")
+        assert name.startswith(instance[:59])
+
+
 
 def test_the_proxy_answers_from_both_workers_each_with_its_own_heartbeat(proxy2, db_cluster):
     assert len(workers_of(proxy2)) == 2
