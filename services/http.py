@@ -351,6 +351,8 @@ def start_server(app: tornado.web.Application, address: str, port: int,
 
 
 MakeApp = Callable[[], Awaitable[tuple[tornado.web.Application, Callable]]]
+# What a worker process learns from its parent (services.workers sets them).
+WORKER_VARIABLES = ("SQLGATE_WORKER", "SQLGATE_WORKERS", "SQLGATE_RUNTIME_DIR")
 
 
 def serve(make_app: MakeApp, address: str, port: int, name: str,
@@ -370,10 +372,6 @@ def serve(make_app: MakeApp, address: str, port: int, name: str,
         # One process is no worker, whatever its environment inherited from elsewhere says.
         os.environ.pop(variable, None)
     run_server(make_app, address, port, name, options, also)
-
-
-# What a worker process learns from its parent (services.workers sets them).
-WORKER_VARIABLES = ("SQLGATE_WORKER", "SQLGATE_WORKERS", "SQLGATE_RUNTIME_DIR")
 
 
 def run_server(make_app: MakeApp, address: str, port: int, name: str,

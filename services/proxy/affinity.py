@@ -104,6 +104,7 @@ class Affinity:
         if request_id:  # perhaps from the body: the same id then, said in the header too
             headers[REQUEST_ID_HEADER] = request_id
         headers[RELAYED_HEADER] = str(self.worker.index)
+        handler.passed_to = index
         try:
             async with self._session(index).post(f"http://worker{index}{request.path}",
                                                  data=handler.body,

@@ -59,6 +59,7 @@ class ProxyHandler(JsonHandler):
     caller's scope from the Gatekeeper's headers; error answers scrubbed of internal names."""
 
     caller: Caller | None = None
+    passed_to: int | None = None  # the worker that answered instead (it counts the request)
 
     def initialize(self, router: QueryRouter, max_body_bytes: int, default_scope: str,
                    scrubber: Scrubber, affinity: Affinity | None = None) -> None:
