@@ -69,6 +69,14 @@ def worker_count(config: Any) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_instance_name(instance: str, index: int) -> str:
+    """A Proxy worker's own name, ``<instance>-w<index>``, within the 63 characters a name may
+    have (the instance's part shortened if need be): its heartbeat row and its transaction ids
+    carry it, so that every worker's are its own."""
+    suffix = f"-w{index}"
+    return instance[:63 - len(suffix)] + suffix
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     listen_address: str = "0.0.0.0"
@@ -175,6 +183,12 @@ class ProxyConfig:
     @property
     def nodes(self) -> tuple[NodeAddress, ...]:
         return (self.primary, *self.replicas)
+
+    def for_worker(self, index: int) -> ProxyConfig:
+        """The configuration of worker ``index`` of several: its own ``instance_name``
+        (checked again like any other)."""
+        return dataclasses.replace(self, instance_name=worker_instance_name(self.instance_name,
+                                                                            index))
 
     def db_credentials(self, scope: str) -> tuple[str, str]:
         """The database user and password for a scope (``read``, ``write``, ``admin``) or for

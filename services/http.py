@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import signal
+import socket
 import ssl
 import time as time_module
 from collections.abc import Awaitable, Callable, Sequence
@@ -265,9 +267,12 @@ class ServerOptions:
 
 @dataclass(frozen=True)
 class Listener:
-    """One more port a service listens on, with its own application and options."""
+    """One more port a service listens on, with its own application and options. ``app`` may
+    be a callable that makes the application, called in the process that serves it (with
+    several workers, in each worker after the fork: a metrics application that must not touch
+    ``prometheus_client`` in the parent, say)."""
 
-    app: tornado.web.Application
+    app: tornado.web.Application | Callable[[], tornado.web.Application]
     address: str
     port: int
     options: ServerOptions = ServerOptions()
@@ -344,24 +349,55 @@ class _RefusalAnswer(httputil.HTTPMessageDelegate):
 
 
 def start_server(app: tornado.web.Application, address: str, port: int,
-                 options: ServerOptions) -> LimitedHTTPServer:
+                 options: ServerOptions,
+                 sockets: Sequence[socket.socket] | None = None) -> LimitedHTTPServer:
+    """Serve ``app`` on ``address:port``, or on ``sockets`` already bound to it (a worker
+    process serves the sockets its parent bound, shared by every worker)."""
     server = LimitedHTTPServer(app, xheaders=False, ssl_options=options.ssl_context,
                                idle_connection_timeout=options.idle_timeout,
                                body_timeout=options.body_timeout,
                                max_header_size=options.max_header_bytes,
                                max_connections=options.max_connections,
                                on_refused=options.on_refused)
-    server.listen(port, address)
+    if sockets is None:
+        server.listen(port, address)
+    else:
+        server.add_sockets(sockets)
     return server
 
 
-def serve(make_app: Callable[[], Awaitable[tuple[tornado.web.Application, Callable]]],
-          address: str, port: int, name: str, options: ServerOptions | None = None,
-          also: Sequence[Listener] = ()) -> None:
+MakeApp = Callable[[], Awaitable[tuple[tornado.web.Application, Callable]]]
+# What a worker process learns from its parent (services.workers sets them).
+WORKER_VARIABLES = ("SQLGATE_WORKER", "SQLGATE_WORKERS", "SQLGATE_RUNTIME_DIR")
+
+
+def serve(make_app: MakeApp, address: str, port: int, name: str,
+          options: ServerOptions | None = None, also: Sequence[Listener] = (),
+          workers: int = 1) -> None:
     """Run an application until SIGTERM/SIGINT, on uvloop, then close its resources.
 
-    ``also``: more listeners of the same process (the Gatekeeper's plain-HTTP redirect)."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    ``also``: more listeners of the same process (the Gatekeeper's plain-HTTP redirect).
+    ``workers`` > 1: that many processes serve the same ports (``services.workers``); each
+    calls ``make_app`` itself, after the fork."""
+    if workers > 1:
+        from services.workers import serve_workers  # the runner imports this module
+
+        serve_workers(make_app, address, port, name, options, also, workers)
+        return
+    for variable in WORKER_VARIABLES:
+        # One process is no worker, whatever its environment inherited from elsewhere says.
+        os.environ.pop(variable, None)
+    run_server(make_app, address, port, name, options, also)
+
+
+def run_server(make_app: MakeApp, address: str, port: int, name: str,
+               options: ServerOptions | None = None, also: Sequence[Listener] = (),
+               sockets: Sequence[Sequence[socket.socket]] | None = None) -> None:
+    """``serve`` in this process. ``sockets``: pre-bound sockets, one list per listener (the
+    service's first, then ``also``'s), instead of binding the ports here."""
+    # force: a worker replaces the handler it inherited from its parent (named differently).
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
     options = options or ServerOptions()
 
     async def main() -> None:
@@ -369,9 +405,10 @@ def serve(make_app: Callable[[], Awaitable[tuple[tornado.web.Application, Callab
         listeners = [Listener(app, address, port, options,
                               "https" if options.ssl_context else "http"), *also]
         servers = []
-        for listener in listeners:
-            servers.append(start_server(listener.app, listener.address, listener.port,
-                                        listener.options))
+        for number, listener in enumerate(listeners):
+            servers.append(start_server(listener_app(listener), listener.address,
+                                        listener.port, listener.options,
+                                        None if sockets is None else sockets[number]))
             log.info("%s listening on %s:%d (%s)", name, listener.address, listener.port,
                      listener.what)
         stop = asyncio.Event()
@@ -393,3 +430,10 @@ def serve(make_app: Callable[[], Awaitable[tuple[tornado.web.Application, Callab
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
+
+
+def listener_app(listener: Listener) -> tornado.web.Application:
+    """A listener's application: given, or made by the callable given (in the process that
+    serves it: a worker makes its own, after the fork)."""
+    app = listener.app
+    return app if isinstance(app, tornado.web.Application) else app()

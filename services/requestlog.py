@@ -132,6 +132,8 @@ class RequestLog:
 
     def finished(self, handler: Any) -> None:
         self.abandoned(handler)
+        if getattr(handler, "passed_to", None) is not None:
+            return  # another worker answered it: it counts the request and logs its line
         status = handler.get_status()
         seconds = handler.request.request_time()
         self.metrics.record(handler, status, seconds)

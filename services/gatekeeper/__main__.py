@@ -3,9 +3,9 @@
 import ssl
 import sys
 
-from services.config import GatekeeperConfig, load_config
+from services.config import GatekeeperConfig, load_config, worker_count
 from services.gatekeeper.app import make_gatekeeper_app, metrics_listener, request_log
-from services.gatekeeper.keys import KeyRing
+from services.gatekeeper.keys import KeyRing, SharedBuckets
 from services.gatekeeper.metrics import gatekeeper_metrics
 from services.gatekeeper.redirect import make_redirect_app
 from services.gatekeeper.tls import ServerCertificate, proxy_client_context
@@ -40,8 +40,11 @@ def main() -> None:
                                          max_connections=config.max_connections)
         also.append(Listener(make_redirect_app(config.port, requests), config.listen_address,
                              config.redirect_port, redirect_options, "redirect to https"))
-    serve(lambda: make_gatekeeper_app(config, certificate, requests), config.listen_address,
-          config.port, "gatekeeper", options, also)
+    # Made before the workers are forked, so that they all share it: the lambda runs in each.
+    buckets = SharedBuckets()
+    serve(lambda: make_gatekeeper_app(config, certificate, requests, buckets),
+          config.listen_address, config.port, "gatekeeper", options, also,
+          workers=worker_count(config))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from services.gatekeeper.handlers import (
     IndexHandler,
     OpenApiHandler,
 )
-from services.gatekeeper.keys import KeyRing
+from services.gatekeeper.keys import KeyRing, SharedBuckets
 from services.gatekeeper.metrics import gatekeeper_metrics
 from services.gatekeeper.tls import (
     ServerCertificate,
@@ -67,11 +67,13 @@ async def _reload_forever(keys: KeyRing, certificate: ServerCertificate | None) 
 
 async def make_gatekeeper_app(config: GatekeeperConfig,
                               certificate: ServerCertificate | None = None,
-                              requests: RequestLog | None = None):
-    """The application and the coroutine that releases what it holds."""
+                              requests: RequestLog | None = None,
+                              buckets: SharedBuckets | None = None):
+    """The application and the coroutine that releases what it holds. ``buckets``: the rate
+    limits' table, shared with the other workers when it was made before they were forked."""
     announce("gatekeeper")
     requests = requests or request_log(config)
-    keys = KeyRing(config.keys_file, config.inline_api_key())
+    keys = KeyRing(config.keys_file, config.inline_api_key(), buckets=buckets)
     ssl_context = (proxy_client_context(config.proxy_ca, config.proxy_client_cert,
                                         config.proxy_client_key)
                    if config.proxy_over_tls else None)

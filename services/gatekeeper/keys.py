@@ -10,10 +10,17 @@ The file is checked every second and a changed one replaces the whole set at onc
 sees the old set or the new one, never a mix); one that does not parse or check out is logged
 and the old set stays. Each key has a token bucket (``rate`` requests per second, at most
 ``burst`` at once, ``rate`` 0: unlimited) that survives a reload while the key keeps its name.
+
+The buckets live in memory shared by the Gatekeeper's worker processes (``SharedBuckets``, made
+by the parent before it forks), so N workers grant a key its rate once, not N times; each
+worker still reads the keys file itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import hashlib
 import hmac
 import json
@@ -21,9 +28,12 @@ import logging
 import math
 import os
 import re
+import tempfile
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.sharedctypes import RawArray
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +116,16 @@ def _parse_key(item: Any, where: str) -> ApiKey:
     return ApiKey(name, scope, bytes.fromhex(digest), float(rate), burst)
 
 
+def refill(tokens: float, updated: float, rate: float, burst: float,
+           now: float) -> tuple[float, float]:
+    """A bucket's tokens at ``now`` and what a request gets: (tokens left, 0) when it took
+    one, else (tokens, the seconds until one is there)."""
+    tokens = min(burst, tokens + max(0.0, now - updated) * rate)
+    if tokens >= 1:
+        return tokens - 1, 0.0
+    return tokens, (1 - tokens) / rate
+
+
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved up; a request takes one."""
 
@@ -116,16 +136,98 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """0 when a token was taken, else the seconds until one is there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.tokens, wait = refill(self.tokens, self.updated, self.rate, self.burst, now)
         self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+        return wait
 
     def reconfigure(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
         self.tokens = min(self.tokens, burst)
+
+
+class _Slot(ctypes.Structure):
+    """One key's bucket in shared memory; an empty name is a free slot."""
+
+    _fields_ = [("name", ctypes.c_char * 64), ("rate", ctypes.c_double),
+                ("burst", ctypes.c_double), ("tokens", ctypes.c_double),
+                ("updated", ctypes.c_double)]
+
+
+class SharedBuckets:
+    """Every key's token bucket, in memory that processes forked after it share.
+
+    A fixed table of slots, each found from a stable hash of the key's name (crc32, the same in
+    every process) and probed onwards; a slot holds the whole name, so two names never share a
+    bucket. A bucket that has refilled to its burst is as good as a new one: its slot is taken
+    over by a new name when the table needs room, so keys that come and go never fill it.
+    Slots are never emptied, so a probe never stops short of a name further on.
+
+    The lock is a POSIX record lock (``lockf``) on an unlinked file: the kernel drops it with
+    its process, so a worker killed inside the few microseconds it holds it cannot block the
+    others. Should every slot be a live bucket, a key gets one of this process's own.
+    """
+
+    SLOTS = 1024
+
+    def __init__(self, slots: int = SLOTS) -> None:
+        self._slots = RawArray(_Slot, slots)
+        # Open as long as the table lives: the lock is on it.
+        self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115
+        self._own: dict[str, TokenBucket] = {}
+        self._warned = False
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = self._lock_file.fileno()
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+    def take(self, name: str, rate: float, burst: int, now: float) -> float:
+        """Take a token from the key's bucket: 0, else the seconds until one is there. The
+        bucket follows the key's ``rate`` and ``burst`` as they are now (after a reload)."""
+        encoded = name.encode()
+        with self._locked():
+            slot = self._slot(encoded, now)
+            if slot is None:
+                return self._own_bucket(name, rate, burst, now).take(now)
+            if slot.name != encoded:  # a new bucket, full
+                slot.name, slot.tokens, slot.updated = encoded, float(burst), now
+            slot.rate, slot.burst = rate, float(burst)
+            slot.tokens, wait = refill(slot.tokens, slot.updated, rate, burst, now)
+            slot.updated = now
+            return wait
+
+    def _slot(self, name: bytes, now: float) -> _Slot | None:
+        """The name's slot, else a free or refilled one to take over; None if none is."""
+        slots = self._slots
+        start = zlib.crc32(name) % len(slots)
+        spare = None
+        for step in range(len(slots)):
+            slot = slots[(start + step) % len(slots)]
+            if slot.name == name:
+                return slot
+            if not slot.name:
+                return slot if spare is None else spare
+            if spare is None and slot.tokens + max(0.0, now - slot.updated) * slot.rate \
+                    >= slot.burst:
+                spare = slot
+        return spare
+
+    def _own_bucket(self, name: str, rate: float, burst: int, now: float) -> TokenBucket:
+        if not self._warned:
+            log.error("all %d shared rate-limit slots hold live buckets: key %r gets a bucket "
+                      "of this worker's own (each worker then grants its rate)",
+                      len(self._slots), name)
+            self._warned = True
+        bucket = self._own.get(name)
+        if bucket is None:
+            bucket = self._own[name] = TokenBucket(rate, burst, now)
+        else:
+            bucket.reconfigure(rate, burst)
+        return bucket
 
 
 @dataclass(frozen=True)
@@ -139,7 +241,11 @@ class KeyRing:
     """The key set in force: the keys file's (reloaded when it changes) plus the inline key."""
 
     def __init__(self, keys_file: str = "", inline_secret: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 buckets: SharedBuckets | None = None) -> None:
+        """``buckets``: the table shared with the other workers (one of its own by default);
+        ``clock`` must be the same in every process that shares it (the monotonic clock is
+        the system's)."""
         if not keys_file and not inline_secret:
             raise ValueError("no API key: set GATEKEEPER_KEYS_FILE")
         self._path = Path(keys_file) if keys_file else None
@@ -147,7 +253,7 @@ class KeyRing:
         self._clock = clock
         self._state: _FileState | None = None
         self._text: str | None = None
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets = buckets if buckets is not None else SharedBuckets()
         self.keys: tuple[ApiKey, ...] = ()
         if self._path is not None:
             self._state = self._stat()
@@ -179,18 +285,7 @@ class KeyRing:
                  self._path, ", ".join(f"{key.name} ({key.scope})" for key in keys) or "none")
 
     def _install_keys(self, keys: tuple[ApiKey, ...]) -> None:
-        now = self._clock()
-        buckets: dict[str, TokenBucket] = {}
-        for key in keys:
-            if key.rate <= 0:
-                continue
-            bucket = self._buckets.get(key.name)
-            if bucket is None:
-                bucket = TokenBucket(key.rate, key.burst, now)
-            else:
-                bucket.reconfigure(key.rate, key.burst)
-            buckets[key.name] = bucket
-        self._buckets = buckets
+        # A key's bucket is found by its name at each request, and follows its rate and burst.
         self.keys = keys  # one assignment: a request sees the old set or the new one
 
     def reload_if_changed(self) -> bool:
@@ -245,10 +340,9 @@ class KeyRing:
 
     def admit(self, key: ApiKey) -> None:
         """Take one request from the key's bucket, or the 429 saying when to retry."""
-        bucket = self._buckets.get(key.name)
-        if bucket is None:
+        if key.rate <= 0:
             return
-        wait = bucket.take(self._clock())
+        wait = self._buckets.take(key.name, key.rate, key.burst, self._clock())
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
             raise ApiError(429, f"the key {key.name!r} is over its rate limit of "

@@ -2,9 +2,10 @@
 
 import sys
 
-from services.config import ProxyConfig, load_config
+from services.config import ProxyConfig, load_config, worker_count
 from services.http import serve
 from services.proxy.app import make_proxy_app, metrics_listener, server_options
+from services.workers import Worker
 
 
 def main() -> None:
@@ -14,8 +15,9 @@ def main() -> None:
         metrics = metrics_listener(config)
     except (ValueError, OSError) as error:  # OSError: a certificate file missing or unreadable
         sys.exit(f"proxy: bad configuration: {error}")
-    serve(lambda: make_proxy_app(config), config.listen_address, config.port, "proxy", options,
-          also=[metrics] if metrics else [])
+    # With several workers the lambda runs in each of them, after the fork.
+    serve(lambda: make_proxy_app(config, Worker.current()), config.listen_address, config.port,
+          "proxy", options, also=[metrics] if metrics else [], workers=worker_count(config))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from services.config import ProxyConfig
 from services.contract import SCOPES
 from services.http import Listener, NotFoundHandler, ServerOptions
 from services.metrics import announce, metrics_app
+from services.proxy.affinity import Affinity
 from services.proxy.handlers import (
     BatchHandler,
     HealthHandler,
@@ -27,6 +28,7 @@ from services.proxy.router import QueryRouter
 from services.proxy.tokens import TokenCodec, derive_secret
 from services.proxy.transactions import TransactionManager
 from services.requestlog import RequestLog
+from services.workers import Worker
 
 TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
 
@@ -84,8 +86,13 @@ def scrubber_for(config: ProxyConfig) -> Scrubber:
                                        for scope in (*SCOPES, MONITOR))])
 
 
-async def make_proxy_app(config: ProxyConfig):
-    """The application and the coroutine that releases what it holds."""
+async def make_proxy_app(config: ProxyConfig, worker: Worker | None = None):
+    """The application and the coroutine that releases what it holds. One ``worker`` of
+    several has a name of its own, and passes transactions it does not hold to their worker."""
+    affinity = None
+    if worker is not None:
+        affinity = Affinity.for_worker(worker, config)
+        config = config.for_worker(worker.index)
     metrics = proxy_metrics()
     announce("proxy")
     requests = request_log(config)
@@ -102,11 +109,13 @@ async def make_proxy_app(config: ProxyConfig):
                          primary_fallback=config.read_fallback == "primary",
                          max_result_bytes=config.max_result_bytes, metrics=metrics)
     handler_args = {"router": router, "max_body_bytes": config.max_body_bytes,
-                    "default_scope": config.default_scope, "scrubber": scrubber_for(config)}
+                    "default_scope": config.default_scope, "scrubber": scrubber_for(config),
+                    "affinity": affinity}
     app = tornado.web.Application(
         [
             (r"/", IndexHandler),
-            (r"/health", HealthHandler, {"cluster": cluster, "transactions": transactions}),
+            (r"/health", HealthHandler, {"cluster": cluster, "transactions": transactions,
+                                         "worker": worker.index if worker else None}),
             (r"/query", QueryHandler, handler_args),
             (r"/batch", BatchHandler, handler_args),
             (r"/transactions", TransactionsHandler, handler_args),
@@ -116,8 +125,12 @@ async def make_proxy_app(config: ProxyConfig):
         log_function=requests.finished,
         request_log=requests,
     )
+    if affinity is not None:
+        affinity.serve(app)
 
     async def close() -> None:
+        if affinity is not None:
+            await affinity.close()
         await transactions.stop()
         await monitor.stop()
         await asyncio.gather(*(node.pool.close() for node in cluster.nodes))

@@ -18,6 +18,7 @@ from services.contract import (
     parse_transaction_request,
 )
 from services.http import JsonHandler
+from services.proxy.affinity import Affinity
 from services.proxy.health import ClusterHealth
 from services.proxy.quiet import Scrubber
 from services.proxy.router import QueryRouter
@@ -39,18 +40,22 @@ class HealthHandler(JsonHandler):
 
     endpoint = "GET /health"
 
-    def initialize(self, cluster: ClusterHealth, transactions: TransactionManager) -> None:
+    def initialize(self, cluster: ClusterHealth, transactions: TransactionManager,
+                   worker: int | None = None) -> None:
         self.cluster = cluster
         self.transactions = transactions
+        self.worker = worker  # which worker answers, when there are several
 
     def get(self) -> None:
         nodes = {node.name: node.to_json() for node in self.cluster.nodes}
         primary_up = self.cluster.primary.up is True
         any_up = any(node.up is True for node in self.cluster.nodes)
         status = "ok" if primary_up else ("degraded" if any_up else "unavailable")
-        self.send_json({"service": "proxy", "status": status, "modes": list(MODES),
-                        "open_transactions": self.transactions.open_count,
-                        "nodes": nodes}, 200 if any_up else 503)
+        answer = {"service": "proxy", "status": status, "modes": list(MODES),
+                  "open_transactions": self.transactions.open_count, "nodes": nodes}
+        if self.worker is not None:
+            answer["worker"] = self.worker
+        self.send_json(answer, 200 if any_up else 503)
 
 
 class ProxyHandler(JsonHandler):
@@ -58,13 +63,15 @@ class ProxyHandler(JsonHandler):
     caller's scope from the Gatekeeper's headers; error answers scrubbed of internal names."""
 
     caller: Caller | None = None
+    passed_to: int | None = None  # the worker that answered instead (it counts the request)
 
     def initialize(self, router: QueryRouter, max_body_bytes: int, default_scope: str,
-                   scrubber: Scrubber) -> None:
+                   scrubber: Scrubber, affinity: Affinity | None = None) -> None:
         self.router = router
         self.max_body_bytes = max_body_bytes
         self.default_scope = default_scope
         self.scrubber = scrubber
+        self.affinity = affinity  # with several workers: to the one holding a transaction
 
     def start_request(self) -> Caller:
         header_id = checked_request_id(self.request.headers.get(REQUEST_ID_HEADER),
@@ -78,6 +85,11 @@ class ProxyHandler(JsonHandler):
         if request_id:
             self.request_id = request_id
             self.set_header(REQUEST_ID_HEADER, request_id)
+
+    async def passed_on(self, transaction_id: str | None) -> bool:
+        """True when another worker holds the transaction: it answered, and so did we."""
+        return (transaction_id is not None and self.affinity is not None
+                and await self.affinity.pass_on(self, transaction_id))
 
     async def answer(self, work: Any, status: int = 200) -> None:
         try:
@@ -112,6 +124,8 @@ class QueryHandler(ProxyHandler):
         self.start_request()
         request = parse_query_request(self.body, MODES)
         self.use_request_id(request.request_id)
+        if await self.passed_on(request.transaction_id):
+            return
         await self.answer(self.router.run(request, self.request_id, self.caller, self.trace))
 
 
@@ -122,6 +136,8 @@ class BatchHandler(ProxyHandler):
         self.start_request()
         request = parse_batch_request(self.body, MODES)
         self.use_request_id(request.request_id)
+        if await self.passed_on(request.transaction_id):
+            return
         await self.answer(self.router.run_batch(request, self.request_id, self.caller,
                                                 self.trace))
 
@@ -145,6 +161,8 @@ class TransactionsHandler(ProxyHandler):
         checked_transaction_id(transaction_id, "the transaction id in the path")
         if self.body.strip() not in (b"", b"{}"):
             raise ApiError(400, f"{action} takes no body")
+        if await self.passed_on(transaction_id):
+            return
         end = transactions.commit if action == "commit" else transactions.rollback
         await self.answer(self._end(end, transaction_id, action, caller))
 
