@@ -7,9 +7,12 @@ time window, show how many requests it served per mode and how long it took. ``c
 queries ``/api/v1/query_range`` and ``/api/v1/query``; ``plot`` draws requests/s and p95 by
 mode over the run; ``markdown`` is the report's section.
 
-Prometheus's figures are approximate by design: ``rate`` and ``increase`` extrapolate between
-scrapes, and a label set's first scrape (a mode's first requests on a fresh Proxy) counts as
-its start, not as an increase.
+The totals of the run are exact: the counters' (and buckets') sums at the run's end minus
+those at its start, where a label set that only appeared during the run counts from zero (a
+fresh Proxy's first requests of a mode). The charts use ``rate``, as a dashboard would: it
+extrapolates between scrapes and sees nothing of a label set's first scrape, so on a fresh Proxy
+a mode's first few requests are missing from them, and with a long scrape interval a short run
+is only a few points.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class ModeTotal:
 
     mode: str
     query_type: str
-    requests: float  # approximate (increase)
+    requests: float  # the Proxy's count during the run
     p50_ms: float  # by mode (the histogram has no query type); NaN without requests
     p95_ms: float
 
@@ -88,6 +91,7 @@ class ServerView:
         return {"url": self.url, "start": self.start, "end": self.end, "step_s": self.step_s,
                 "window_s": self.window_s, "points": self.points,
                 "series": {"requests": len(self.requests), "p95": len(self.p95)},
+                "peak_requests_per_s": {s.mode: max(s.values) for s in self.requests},
                 "totals": [t.__dict__ for t in self.totals]}
 
 
@@ -185,14 +189,13 @@ def collect(prometheus: Prometheus, start: float, end: float) -> ServerView:
         f"sum by (mode) (rate({REQUESTS}[{w}]))", start, end, step)
     view.p95 = prometheus.query_range(
         f"histogram_quantile(0.95, sum by (mode, le) (rate({BUCKETS}[{w}])))", start, end, step)
-    # The whole run, seen from its end (plus a scrape, for the last requests).
-    whole = f"{math.ceil(span + scrape):d}s"
-    at = end + scrape
+    # The whole run: the sums after its last scrape (now) minus those before it started.
+    at = max(time.time(), end)
     quantiles = {
         q: {labels.get("mode", ""): value * 1000 for labels, value in prometheus.query(
-            f"histogram_quantile({q}, sum by (mode, le) (increase({BUCKETS}[{whole}])))", at)}
+            f"histogram_quantile({q}, {during(BUCKETS, 'mode, le', at - start)})", at)}
         for q in (0.5, 0.95)}
-    counts = prometheus.query(f"sum by (mode, query_type) (increase({REQUESTS}[{whole}]))", at)
+    counts = prometheus.query(during(REQUESTS, "mode, query_type", at - start), at)
     view.totals = sorted(
         (ModeTotal(labels.get("mode", ""), labels.get("query_type", ""), value,
                    quantiles[0.5].get(labels.get("mode", ""), math.nan),
@@ -200,6 +203,14 @@ def collect(prometheus: Prometheus, start: float, end: float) -> ServerView:
          for labels, value in counts if value > 0),
         key=lambda t: (t.mode, t.query_type))
     return view
+
+
+def during(selector: str, by: str, seconds: float) -> str:
+    """PromQL for how much the counters of ``selector`` grew, per ``by`` group, over the
+    ``seconds`` before the query's time: the sum now minus the sum then, or the whole sum for a
+    group that did not exist then."""
+    now = f"sum by ({by}) ({selector})"
+    return f"(({now} - sum by ({by}) ({selector} offset {round(seconds * 1000)}ms)) or {now})"
 
 
 def mode_name(mode: str) -> str:
@@ -241,14 +252,14 @@ def markdown(view: ServerView, image: str | None) -> str:
         f"From `{view.url}`: the Proxy's `sqlgate_proxy_requests_total` and "
         f"`sqlgate_proxy_request_duration_seconds` for `{ENDPOINT}`, {start}-{end} UTC, step "
         f"{view.step_s:g} s, rates over {view.window_s:g} s. The Proxy's own time per request, "
-        "without the network, TLS and the Gatekeeper; counts are Prometheus's estimates "
-        "(`increase`).\n",
+        "without the network, TLS and the Gatekeeper; the table counts every request the Proxy "
+        "served from the run's start to its end (other clients' too).\n",
     ]
     if not view.has_data:
         parts.append("Prometheus had no `sqlgate_proxy_*` series for this window: is the "
                      "Proxy's metrics port scraped?\n")
         return "\n".join(parts)
-    lines = ["| Mode | Type | Requests (Proxy, approx.) | P50 (ms) | P95 (ms) |",
+    lines = ["| Mode | Type | Requests (Proxy) | P50 (ms) | P95 (ms) |",
              "|---|---|---:|---:|---:|"]
     for total in view.totals:
         lines.append(f"| {mode_name(total.mode)} | {total.query_type or '-'} | "

@@ -201,9 +201,12 @@ class MetricsServices:
                              "gatekeeper", "gatekeeper", self.scrape_tls)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def metrics_services(db_cluster, tmp_path_factory) -> Iterator[MetricsServices]:
-    """Our own Proxy and Gatekeeper (the session's have no metrics ports), metrics on."""
+    """Our own Proxy and Gatekeeper (the session's have no metrics ports), metrics on, for one
+    module: the other tests never see a second Proxy checking the same databases. The Proxy
+    has a heartbeat row of its own (its instance name), so it never reads the session Proxy's
+    heartbeat as its own, nor the other way round."""
     from tests.conftest import FAST_PROXY
 
     logs = tmp_path_factory.mktemp("metrics-logs")
@@ -212,7 +215,8 @@ def metrics_services(db_cluster, tmp_path_factory) -> Iterator[MetricsServices]:
                                          api_key)
     proxy_port, gatekeeper_port = free_port(), free_port()
     proxy = loopback.proxy_service(db_cluster, logs / "proxy.log", **FAST_PROXY,
-                                   PROXY_METRICS_PORT=str(proxy_port))
+                                   PROXY_METRICS_PORT=str(proxy_port),
+                                   PROXY_INSTANCE_NAME="metrics-proxy")
     with proxy.running():
         gatekeeper = loopback.gatekeeper_service(
             db_cluster, proxy.url, keys_file, logs / "gatekeeper.log",
@@ -224,7 +228,7 @@ def metrics_services(db_cluster, tmp_path_factory) -> Iterator[MetricsServices]:
                                   db_cluster.pki.client_tls())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prometheus(metrics_services) -> Iterator[PrometheusServer]:
     with PrometheusServer(metrics_services.targets()) as server:
         yield server
