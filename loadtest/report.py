@@ -4,10 +4,14 @@ For each routing mode, exactly N writes then N reads through the Gatekeeper (def
 sequential client); the table (avg, p50, p95, p99, max per mode and type) as
 Markdown and CSV, every request as CSV, a PNG, and with ``--sysbench`` the OLTP baseline per DB
 node. The exit code is 1 when any request failed, so a run with errors never passes quietly.
+With a Prometheus (``--prometheus URL``, else the cluster record's ``prometheus_url``) the
+report adds the server side: the Proxy's own requests/s and p95 by mode over the run's time
+window (``loadtest.prometheus``), as a table and a PNG next to the client-side ones.
 
     python -m loadtest.report                      # the cluster from `bootstrap.py up`
     python -m loadtest.report --sysbench           # ... plus the sysbench baseline
     python -m loadtest.report --loopback --sysbench  # a loopback stack of its own, then stopped
+    python -m loadtest.report --prometheus http://10.213.0.9:9090  # ... plus the server side
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from pathlib import Path
 from cluster.loopback import LoopbackStack
 from cluster.state import PROJECT_ROOT
 from loadtest import nodes as db_nodes
+from loadtest import prometheus as server_side
 from loadtest import sysbench
 from loadtest.plot import plot
 from loadtest.runner import Plan, RunResult, run
 from loadtest.summary import Row, markdown_table, summarize, write_csv, write_samples_csv
-from loadtest.target import PREFERRED_PROVIDERS, Target, find_target
+from loadtest.target import PREFERRED_PROVIDERS, Target, find_target, gatekeeper_tls
 from loadtest.workload import DEFAULT_TABLE, MODES
 
 RESULTS_DIR = PROJECT_ROOT / "results"
@@ -46,6 +51,8 @@ class Report:
     rows: list[Row]
     result: RunResult
     baseline: list[sysbench.Result] = field(default_factory=list)
+    server: server_side.ServerView | None = None  # what Prometheus saw, when asked
+    server_error: str = ""  # why it could not be asked
 
     @property
     def failed(self) -> int:
@@ -84,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sb-password", help=f"sysbench user's password "
                                              f"(default: ${db_nodes.SB_PASSWORD_ENV} or the "
                                              "cluster file's sb_password)")
+    parser.add_argument("--prometheus", metavar="URL",
+                        help="Prometheus to read the Proxy's own figures of the run from "
+                             "(default: the cluster file's prometheus_url, if any)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="parent of the run's timestamped directory (default: results/)")
     return parser
@@ -116,10 +126,14 @@ def _main(argv: list[str] | None) -> int:
             nodes, runner, options = baseline_nodes()
             baseline = sysbench.Baseline(nodes, options, runner,
                                          progress=lambda line: print(line, flush=True)).run()
-    report = write_report(args.out, target, result, baseline)
+        server, server_error = _server_view(args.prometheus or _record_prometheus(target),
+                                            target, result)
+    report = write_report(args.out, target, result, baseline, server, server_error)
     print(f"\n{markdown_table(report.rows)}")
     if baseline:
         print(sysbench.markdown_table(baseline))
+    if report.server_error:
+        print(f"loadtest.report: no server side: {report.server_error}", file=sys.stderr)
     print(f"Report: {report.directory}/report.md")
     if report.failed:
         print(f"{report.failed} request(s) failed: see {report.directory}/requests.csv",
@@ -147,11 +161,31 @@ def _target(args: argparse.Namespace, options: sysbench.Options) -> Iterator[tup
         yield target, lambda: (*db_nodes.loopback_nodes(stack.db, with_password), with_password)
 
 
+def _record_prometheus(target: Target) -> str | None:
+    """The cluster record's Prometheus, for records that have one (the monitor role's)."""
+    return getattr(target, "prometheus_url", None) or None
+
+
+def _server_view(url: str | None, target: Target, result: RunResult
+                 ) -> tuple[server_side.ServerView | None, str]:
+    """Ask Prometheus about the run's window; a Prometheus that cannot answer costs the
+    report its server side only (said in it and on stderr), never the client-side figures."""
+    if not url:
+        return None, ""
+    tls = gatekeeper_tls(target) if url.startswith("https://") else None  # the cluster's CA
+    try:
+        return server_side.collect(server_side.Prometheus(url, tls), result.started_at,
+                                   result.finished_at), ""
+    except server_side.PrometheusError as error:
+        return None, str(error)
+
+
 def write_report(parent: Path, target: Target, result: RunResult,
-                 baseline: list[sysbench.Result]) -> Report:
+                 baseline: list[sysbench.Result], server: server_side.ServerView | None = None,
+                 server_error: str = "") -> Report:
     directory = _new_directory(parent)
     rows = summarize(result)
-    report = Report(directory, rows, result, baseline)
+    report = Report(directory, rows, result, baseline, server, server_error)
     write_csv(rows, directory / "latency.csv")
     write_samples_csv(result, directory / "requests.csv")
     plan = result.plan
@@ -159,6 +193,10 @@ def write_report(parent: Path, target: Target, result: RunResult,
          f"End-to-end latency through the Gatekeeper ({target.provider}): {plan.requests} writes"
          f" + {plan.requests} reads per mode, "
          f"{plan.concurrency} client{'s' if plan.concurrency > 1 else ''}")
+    if server is not None and server.has_data:
+        server_side.plot(server, directory / "server.png",
+                         f"The Proxy's own view ({target.provider}, from Prometheus): "
+                         "requests/s and p95 by mode during the run")
     if baseline:
         with (directory / "sysbench.csv").open("w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=list(asdict(baseline[0])))
@@ -169,6 +207,9 @@ def write_report(parent: Path, target: Target, result: RunResult,
         "run_id": result.run_id, "provider": target.provider, "gatekeeper_url":
         target.gatekeeper_url, "plan": asdict(plan), "commit": _commit(),
         "failed": report.failed, "rows": [asdict(r) for r in rows],
+        "started_at": result.started_at, "finished_at": result.finished_at,
+        "prometheus": server.summary() if server is not None else
+        ({"error": server_error} if server_error else None),
         "sysbench": [asdict(r) for r in baseline]}, indent=2) + "\n")
     return report
 
@@ -191,6 +232,11 @@ def _markdown(report: Report, target: Target) -> str:
         parts.append("Failures by reason:\n\n" + "".join(f"- {n} x {reason}\n"
                                                        for reason, n in reasons))
     parts.append("![latency](latency.png)\n")
+    if report.server is not None:
+        parts.append(server_side.markdown(report.server,
+                                          "server.png" if report.server.has_data else None))
+    elif report.server_error:
+        parts.append(f"## Server side (Prometheus)\n\nNot available: {report.server_error}\n")
     if report.baseline:
         first = report.baseline[0]
         parts += [

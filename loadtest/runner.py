@@ -72,6 +72,9 @@ class RunResult:
     plan: Plan
     target_url: str
     phases: list[Phase] = field(default_factory=list)
+    # Wall-clock (Unix seconds) bounds of the run, for what the servers recorded meanwhile.
+    started_at: float = 0.0
+    finished_at: float = 0.0
 
     @property
     def samples(self) -> list[Sample]:
@@ -115,7 +118,8 @@ class Client:
 
 async def run(target: Target, plan: Plan, progress: Callable[[str], None] = print) -> RunResult:
     """Create the table if missing, then for each mode N writes followed by N reads of them."""
-    result = RunResult(workload.new_run_id(), plan, target.gatekeeper_url)
+    result = RunResult(workload.new_run_id(), plan, target.gatekeeper_url,
+                       started_at=time.time())
     deadline = time.monotonic() + plan.deadline_s
     timeout = aiohttp.ClientTimeout(total=plan.timeout_s)
     tls = gatekeeper_tls(target)
@@ -144,6 +148,7 @@ async def run(target: Target, plan: Plan, progress: Callable[[str], None] = prin
                 failed = sum(not s.ok for s in phase.samples)
                 progress(f"{mode:>6} {phase.kind:<5} {len(phase.samples)} requests in "
                          f"{phase.wall_s:.2f} s, {failed} failed")
+    result.finished_at = time.time()
     return result
 
 

@@ -20,7 +20,10 @@ from cluster.loopback.services import ServiceProcess
 from services.client import Answer, TlsFiles, request
 from services.contract import SCOPE_HEADER
 
-pytest_plugins = ["tests.aws_moto"]  # the moto server fixtures, for the AWS provider's tests
+pytest_plugins = [
+    "tests.aws_moto",  # the moto server fixtures, for the AWS provider's tests
+    "tests.monitoring",  # Prometheus scraping services with metrics ports; headless Chromium
+]
 
 # Fast health checks and short timeouts, so failures show within a test's patience.
 FAST_PROXY = {
