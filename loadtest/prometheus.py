@@ -185,10 +185,15 @@ def collect(prometheus: Prometheus, start: float, end: float) -> ServerView:
     window = max(4 * scrape, 2 * step)
     view = ServerView(prometheus.url, start, end, step, window)
     w = f"{window:g}s"
+    # The run's last requests reach Prometheus at the first scrape after it ended: the charts
+    # go on for one window past the end (waiting for it to pass), or the last mode shows 0.
+    until = end + window
+    time.sleep(max(0.0, until - time.time()))
     view.requests = prometheus.query_range(
-        f"sum by (mode) (rate({REQUESTS}[{w}]))", start, end, step)
+        f"sum by (mode) (rate({REQUESTS}[{w}]))", start, until, step)
     view.p95 = prometheus.query_range(
-        f"histogram_quantile(0.95, sum by (mode, le) (rate({BUCKETS}[{w}])))", start, end, step)
+        f"histogram_quantile(0.95, sum by (mode, le) (rate({BUCKETS}[{w}])))", start, until,
+        step)
     # The whole run: the sums after its last scrape (now) minus those before it started.
     at = max(time.time(), end)
     quantiles = {
