@@ -109,10 +109,14 @@ class ProxyHandler(JsonHandler):
             hidden = self.scrubber.error(error)
             if hidden or "required_scope" in error.details:
                 caller = self.caller
+                # A server's own error text can quote the statement's values (a duplicate
+                # entry, say): the log keeps its error number only.
+                message = (f"database error {full[1]['mysql_errno']}"
+                           if "mysql_errno" in full[1] else full[0])
                 log.log(logging.WARNING if hidden else logging.INFO,
                         "request %s key=%s scope=%s %s %s: %d %s %s", self.request_id,
                         caller.key if caller else None, caller.scope if caller else None,
-                        self.request.method, self.request.path, error.status, full[0],
+                        self.request.method, self.request.path, error.status, message,
                         {k: v for k, v in full[1].items() if k != "request_id"})
         super().write_error(status_code, **kwargs)
 

@@ -126,6 +126,10 @@ def test_one_request_id_in_both_logs_and_no_secret_in_either(front, proxy):
                       **{"X-Request-Id": by_header}).status == 200
     assert front.send(front.writer, {"sql": "SELECT ?", "params": [secret],
                                      "request_id": in_body}).status == 200
+    # The server's error quotes the value: the answer may, the logs may not.
+    refused = front.send(front.writer, {"sql": "INSERT INTO sqlgate_test.items (id) VALUES (?)",
+                                        "params": [secret]})
+    assert 400 <= refused.status < 500, refused.json
     ids = (by_header, in_body)
     gatekeeper_log, proxy_log = front.service.log_path, proxy.log_path
 
