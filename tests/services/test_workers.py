@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from cluster.loopback import gatekeeper_service
+from cluster.loopback.processes import free_port
 from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
 from services.config import ProxyConfig, worker_instance_name
@@ -254,10 +255,16 @@ def test_a_killed_proxy_worker_is_replaced_and_sigterm_stops_all(db_cluster, tmp
 
 def test_a_killed_gatekeeper_worker_is_replaced_and_sigterm_stops_all(
         db_cluster, proxy2, keys2, tmp_path):
+    redirect_port = free_port()
     service = gatekeeper_service(db_cluster, proxy2.url,
                                  write_keys(tmp_path / "keys.json", keys2["admin"]),
-                                 tmp_path / "gatekeeper.log", GATEKEEPER_WORKERS="2")
+                                 tmp_path / "gatekeeper.log", GATEKEEPER_WORKERS="2",
+                                 GATEKEEPER_REDIRECT_PORT=str(redirect_port))
     with service.running():
+        # The redirect port is bound by the parent too, and served by the workers.
+        redirected = http(f"http://127.0.0.1:{redirect_port}/query", {"sql": "SELECT 1"})
+        assert redirected.status == 308
+        assert redirected.headers["Location"] == f"https://127.0.0.1:{service.port}/query"
         check_restart_and_stop(service, lambda: http(
             service.url + "/query", {"sql": "SELECT 1"}, {"X-API-Key": keys2["admin"].secret}))
 
