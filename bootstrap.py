@@ -2,6 +2,7 @@
 """Launch the cluster's hosts and let Salt configure them.
 
     python bootstrap.py up     [--provider aws|local] [--replicas N] [--tls-cert F --tls-key F]
+                               [--no-monitor]
     python bootstrap.py status [--provider aws|local]
     python bootstrap.py down   [--provider aws|local]
     python bootstrap.py keys   list|add NAME|revoke NAME [--scope S] [--rate R] [--burst B]
@@ -49,6 +50,9 @@ def _up_options(parser: argparse.ArgumentParser) -> None:
                        help="your certificate for the public endpoint (full chain, PEM), e.g. "
                             "Let's Encrypt's fullchain.pem; kept for the next ups")
     group.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    parser.add_argument("--no-monitor", action="store_true",
+                        help="no monitor host: no Prometheus, no exporters, no metrics ports "
+                             "and no firewall rule for them")
 
 
 def _keys_options(parser: argparse.ArgumentParser) -> None:

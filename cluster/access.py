@@ -68,6 +68,30 @@ def access_lines(url: str, key_where: str, key_expression: str,
             f"Try:\n  {curl_line(url, key_expression, ca_file)}"]
 
 
+def monitor_lines(url: str | None, ca_file: str | None = None,
+                  server_name: str | None = None) -> list[str]:
+    """What ``up`` prints about Prometheus (nothing without a monitor): its UI and API, the
+    console page, and how to check its certificate (``server_name``: the name it carries when
+    the URL's host is an address the certificate does not name)."""
+    if not url:
+        return []
+    lines = [f"Prometheus: {url} (operator only; console {url}consoles/sqlgate.html)"]
+    if ca_file:
+        parts = urllib.parse.urlsplit(url)
+        resolve = (f" --resolve {server_name}:{parts.port}:{parts.hostname} "
+                   f"https://{server_name}:{parts.port}/" if server_name else f" {url}")
+        lines.append(f"  curl --cacert {shlex.quote(ca_file)}{resolve}api/v1/targets")
+    return lines
+
+
+def prometheus_ready(url: str, timeout_s: float = 5, **trust) -> bool:
+    """Prometheus at ``url`` answers ``/-/ready`` (``trust`` as for ``get_status``)."""
+    try:
+        return get_status(f"{url.rstrip('/')}/-/ready", timeout_s=timeout_s, **trust) == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
 def tls_context(ca_file: str | None = None, also_trust: str | None = None) -> ssl.SSLContext:
     """Verifies the Gatekeeper: against ``ca_file`` alone (the cluster CA), else the system's
     CAs plus ``also_trust`` (a certificate the user brought, trusted as it is)."""

@@ -110,11 +110,13 @@ def checked_api_keys(api_keys: list[dict]) -> list[dict]:
 
 def build_pillar(cluster_name: str, hosts: list[Host], secrets: ClusterSecrets, *,
                  provider: str, sakila_source: str, tls: ClusterTls,
-                 api_keys: list[dict]) -> Pillar:
+                 api_keys: list[dict], monitor: dict | None = None) -> Pillar:
     """The pillar tree of this cluster (``sqlgate:`` tree, see ``pillar/pillar.example``).
 
     ``tls`` must hold a certificate for every minion; ``api_keys`` are entries
-    ``{name, scope, sha256, rate, burst}``.
+    ``{name, scope, sha256, rate, burst}``; ``monitor`` overrides the formula's ``monitor``
+    settings (the local cluster scrapes every second and alerts after seconds, to be seen at
+    once).
     """
     minions = [host for host in hosts if host.role in SECRETS_OF_ROLE]
     missing = [host.name for host in minions if host.name not in tls.hosts]
@@ -133,6 +135,7 @@ def build_pillar(cluster_name: str, hosts: list[Host], secrets: ClusterSecrets, 
             "sakila": {"source": sakila_source},
             "app": {"wheelhouse": LOCAL_WHEELHOUSE if provider == "local" else ""},
             "tls": {"ca": tls.ca},
+            **({"monitor": copy.deepcopy(monitor)} if monitor else {}),
         },
         "mine_functions": {ADDRESS_MINE_FUNCTION: {"mine_function": "network.ip_addrs"}},
     }

@@ -43,6 +43,9 @@ class ClusterRecord:
     # The CA that signed the Gatekeeper's public certificate, for clients to verify it with
     # (curl --cacert); None when the certificate is the user's own, publicly trusted one.
     ca_file: str | None = None
+    # Prometheus on the monitor host (HTTPS, the cluster CA's certificate), for the operator
+    # only; None without a monitor (--no-monitor).
+    monitor_url: str | None = None
 
     def host(self, name: str) -> HostRecord:
         return next(host for host in self.hosts if host.name == name)
@@ -70,7 +73,7 @@ class ClusterRecord:
                    hosts=hosts, salt_command=tuple(data.get("salt_command") or ()),
                    sb_password=data.get("sb_password"),
                    provider_data=dict(data.get("provider_data") or {}),
-                   ca_file=data.get("ca_file"))
+                   ca_file=data.get("ca_file"), monitor_url=data.get("monitor_url"))
 
 
 def record_path(provider: str, directory: Path | None = None) -> Path:

@@ -14,7 +14,8 @@ from cluster.state import write_private
 class ClusterSecrets:
     """``api_key`` is the secret of the cluster's ``admin`` API key (the Gatekeeper only ever
     gets its hash); the passwords are the database users': one per Proxy scope, the Proxy's
-    health monitor, replication and sysbench."""
+    health monitor, replication, sysbench and the database hosts' mysqld_exporter. A file
+    written before a secret existed gets it generated on the next load."""
 
     api_key: str
     repl_password: str
@@ -23,6 +24,7 @@ class ClusterSecrets:
     app_admin_password: str
     monitor_password: str
     sb_password: str
+    exporter_password: str
 
     @classmethod
     def generate(cls) -> ClusterSecrets:

@@ -6,6 +6,7 @@ so the two deployments cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,8 +17,15 @@ PROXY_PORT = 5000
 MYSQL_PORT = 3306
 SALT_PORTS = (4505, 4506)
 SSH_PORT = 22
+# Monitoring: the services' own metrics ports (HTTPS, client certificate of the cluster CA),
+# the exporters (plain HTTP, open to the monitor host only) and Prometheus on the monitor host.
+GATEKEEPER_METRICS_PORT = 9180
+PROXY_METRICS_PORT = 9181
+NODE_EXPORTER_PORT = 9100
+MYSQLD_EXPORTER_PORT = 9104
+PROMETHEUS_PORT = 9090
 
-Role = Literal["saltmaster", "gatekeeper", "proxy", "primary", "replica"]
+Role = Literal["saltmaster", "gatekeeper", "proxy", "primary", "replica", "monitor"]
 # The database roles' service name depends on the flavour (salt/sqlgate/flavours.yaml).
 DATABASE_SERVICE = "database"
 
@@ -40,23 +48,33 @@ PROXY_DB_SECRETS = ("app_read_password", "app_write_password", "app_admin_passwo
                     "monitor_password")
 
 # The roles in orchestration order: the primary, then the replicas (which read the primary's
-# address from the mine), then the Proxy, then the Gatekeeper. Users live on the primary and
-# replicate to the replicas, so only the primary needs the users' passwords. The Gatekeeper
-# holds no secret of the cluster: its pillar carries the API keys' hashes, never the keys.
+# address from the mine), then the Proxy, then the Gatekeeper, then the monitor (which scrapes
+# them all, so it comes once they listen). Users live on the primary and replicate to the
+# replicas, so only the primary needs the users' passwords; every database host runs a
+# mysqld_exporter, which reads its own user's password. The Gatekeeper holds no secret of the
+# cluster: its pillar carries the API keys' hashes, never the keys; the monitor holds none.
 ROLES: dict[str, RoleSpec] = {
     "saltmaster": RoleSpec("saltmaster"),
     "primary": RoleSpec("database", "sqlgate.db.primary",
-                        ("repl_password", *PROXY_DB_SECRETS, "sb_password"), DATABASE_SERVICE),
-    "replica": RoleSpec("database", "sqlgate.db.replica", ("repl_password",), DATABASE_SERVICE),
+                        ("repl_password", *PROXY_DB_SECRETS, "sb_password",
+                         "exporter_password"), DATABASE_SERVICE),
+    "replica": RoleSpec("database", "sqlgate.db.replica", ("repl_password", "exporter_password"),
+                        DATABASE_SERVICE),
     "proxy": RoleSpec("proxy", "sqlgate.proxy", PROXY_DB_SECRETS, "sqlgate-proxy"),
     "gatekeeper": RoleSpec("gatekeeper", "sqlgate.gatekeeper", (), "sqlgate-gatekeeper"),
+    "monitor": RoleSpec("monitor", "sqlgate.monitor", (), "prometheus"),
 }
 MINION_ROLES = tuple(role for role, spec in ROLES.items() if spec.states)
 DB_ROLES = tuple(role for role, spec in ROLES.items() if spec.group == "database")
 GROUP_OF_ROLE: dict[str, str] = {role: spec.group for role, spec in ROLES.items()}
 GROUPS = tuple(dict.fromkeys(GROUP_OF_ROLE.values()))
 PORTS = {"gatekeeper": GATEKEEPER_PORT, "redirect": REDIRECT_PORT, "proxy": PROXY_PORT,
-         "mysql": MYSQL_PORT}
+         "mysql": MYSQL_PORT, "gatekeeper_metrics": GATEKEEPER_METRICS_PORT,
+         "proxy_metrics": PROXY_METRICS_PORT, "node_exporter": NODE_EXPORTER_PORT,
+         "mysqld_exporter": MYSQLD_EXPORTER_PORT, "prometheus": PROMETHEUS_PORT}
+MONITOR = "monitor"  # the monitor's role and group (absent with --no-monitor)
+# The groups whose hosts are Salt minions (each runs a node_exporter when monitored).
+MINION_GROUPS = tuple(dict.fromkeys(spec.group for spec in ROLES.values() if spec.states))
 
 # Special sources of traffic besides the groups themselves.
 INTERNET = "internet"  # anywhere: on AWS 0.0.0.0/0, locally the machine itself
@@ -104,7 +122,20 @@ INGRESS_RULES: tuple[IngressRule, ...] = (
     IngressRule("database", "icmp", "proxy", None,
                 "the Proxy's ping mode measures each replica's round trip"),
     IngressRule("saltmaster", "tcp", CLUSTER, SALT_PORTS,
-                "minions reach the Salt master's publisher and request server"),
+                "minions reach the Salt master's publisher and request server (the monitor too)"),
+    IngressRule("gatekeeper", "tcp", MONITOR, (GATEKEEPER_METRICS_PORT, GATEKEEPER_METRICS_PORT),
+                "Prometheus scrapes the Gatekeeper's metrics (mutual TLS)"),
+    IngressRule("proxy", "tcp", MONITOR, (PROXY_METRICS_PORT, PROXY_METRICS_PORT),
+                "Prometheus scrapes the Proxy's metrics (mutual TLS)"),
+    *(
+        IngressRule(group, "tcp", MONITOR, (NODE_EXPORTER_PORT, NODE_EXPORTER_PORT),
+                    "Prometheus scrapes the host's node_exporter")
+        for group in MINION_GROUPS
+    ),
+    IngressRule("database", "tcp", MONITOR, (MYSQLD_EXPORTER_PORT, MYSQLD_EXPORTER_PORT),
+                "Prometheus scrapes the database's mysqld_exporter"),
+    IngressRule(MONITOR, "tcp", ADMIN, (PROMETHEUS_PORT, PROMETHEUS_PORT),
+                "the operator reaches Prometheus's UI and API (HTTPS)"),
     *(
         IngressRule(group, "tcp", ADMIN, (SSH_PORT, SSH_PORT), "administration")
         for group in GROUPS
@@ -112,13 +143,28 @@ INGRESS_RULES: tuple[IngressRule, ...] = (
 )
 
 
-def rules_for(group: str) -> list[IngressRule]:
-    """The ingress rules of one group, in a stable order."""
-    return [rule for rule in INGRESS_RULES if rule.group == group]
+def groups_of(hosts: Iterable[Host]) -> tuple[str, ...]:
+    """The groups that ``hosts`` (and the Salt master) occupy, in ``GROUPS`` order: without a
+    monitor host there is no monitor group, and no rule from or to it."""
+    present = {"saltmaster", *(host.group for host in hosts)}
+    return tuple(group for group in GROUPS if group in present)
 
 
-def plan_hosts(replicas: int = 2) -> list[Host]:
-    """The five hosts (more replicas with ``replicas``), without the Salt master."""
+def ingress_rules(groups: Iterable[str] = GROUPS) -> list[IngressRule]:
+    """The rules among ``groups``: a rule of another group, or from one, is left out."""
+    wanted = set(groups)
+    return [rule for rule in INGRESS_RULES if rule.group in wanted
+            and (rule.source in wanted or rule.source in (INTERNET, ADMIN, CLUSTER))]
+
+
+def rules_for(group: str, groups: Iterable[str] = GROUPS) -> list[IngressRule]:
+    """The ingress rules of one group among ``groups``, in a stable order."""
+    return [rule for rule in ingress_rules(groups) if rule.group == group]
+
+
+def plan_hosts(replicas: int = 2, monitor: bool = True) -> list[Host]:
+    """The six hosts (more replicas with ``replicas``; no monitor host without ``monitor``),
+    without the Salt master."""
     if replicas < 1:
         raise ValueError("a cluster needs at least one replica")
     return [
@@ -126,6 +172,7 @@ def plan_hosts(replicas: int = 2) -> list[Host]:
         Host("proxy", "proxy"),
         Host("primary", "primary"),
         *(Host(f"replica{i}", "replica") for i in range(1, replicas + 1)),
+        *([Host("monitor", "monitor")] if monitor else []),
     ]
 
 

@@ -71,8 +71,11 @@ def test_db_settings_have_the_flavour_under_the_defaults(flavour, service, optio
     assert db["socket"] == "/run/mysqld/mysqld.sock"
     # The rest of the defaults, untouched by the flavour.
     settings = formula_settings(flavour)
-    assert settings["ports"] == {"gatekeeper": 443, "redirect": 80, "proxy": 5000,
-                                 "mysql": 3306}
+    from cluster.topology import PORTS
+    assert settings["ports"] == PORTS
+    assert {settings["ports"][name] for name in ("gatekeeper_metrics", "proxy_metrics",
+                                                 "node_exporter", "mysqld_exporter",
+                                                 "prometheus")} == {9180, 9181, 9100, 9104, 9090}
     assert settings["app"]["user"] == "sqlgate"
     assert settings["service_manager"] == ""
 

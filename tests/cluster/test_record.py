@@ -24,7 +24,7 @@ def sample() -> ClusterRecord:
                HostRecord("proxy", "proxy", "10.0.0.4", namespace="c-proxy"),
                HostRecord("primary", "primary", "10.0.0.5", namespace="c-primary")),
         salt_command=("nsenter", "salt"), sb_password="sb",
-        provider_data={"bridge": "sgabc123br"})
+        provider_data={"bridge": "sgabc123br"}, monitor_url="https://10.0.0.8:9090/")
 
 
 def test_a_record_is_read_back_as_written_and_private(tmp_path):

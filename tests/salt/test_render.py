@@ -7,6 +7,7 @@ fixed addresses standing in for the Salt mine (no master here).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -61,13 +62,24 @@ HOST_OF_SLS = {
     "sqlgate.gatekeeper": "gatekeeper",
     "sqlgate.gatekeeper.config": "gatekeeper",
     "sqlgate.gatekeeper.service": "gatekeeper",
+    "sqlgate.exporters": "replica1",
+    "sqlgate.exporters.node": "proxy",
+    "sqlgate.exporters.mysqld": "replica1",
+    "sqlgate.monitor": "monitor",
+    "sqlgate.monitor.package": "monitor",
+    "sqlgate.monitor.tls": "monitor",
+    "sqlgate.monitor.config": "monitor",
+    "sqlgate.monitor.service": "monitor",
 }
 ROLE_SLS = {"primary": "sqlgate.db.primary", "replica1": "sqlgate.db.replica",
-            "proxy": "sqlgate.proxy", "gatekeeper": "sqlgate.gatekeeper"}
+            "proxy": "sqlgate.proxy", "gatekeeper": "sqlgate.gatekeeper",
+            "monitor": "sqlgate.monitor"}
 # A state ID: the sls area's prefix and short kebab words, or a managed service's
 # `<name>-<what>` (services.jinja).
 STATE_ID = re.compile(r"^(sqlgate-[a-z]+(-[a-z0-9]+)*|(mariadb|mysql|sqlgate-proxy|"
-                      r"sqlgate-gatekeeper)-(unit|program|loaded|restart|running|ready))$")
+                      r"sqlgate-gatekeeper|prometheus|prometheus-node-exporter|"
+                      r"prometheus-mysqld-exporter)-(unit|program|loaded|restart|running|"
+                      r"ready))$")
 
 
 def sls_names() -> list[str]:
@@ -269,6 +281,8 @@ def expected_grants(flavour: str) -> dict[tuple[str, str], dict[str, set[str]]]:
     admin = ("SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE VIEW, "
              "SHOW VIEW, CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, REFERENCES")
     monitor = {"mariadb": "SLAVE MONITOR", "mysql": "REPLICATION CLIENT"}[flavour]
+    exporter = {"mariadb": "PROCESS, BINLOG MONITOR, SLAVE MONITOR",
+                "mysql": "PROCESS, REPLICATION CLIENT"}[flavour]
     table = {
         ("app_read", "%"): {"sakila.*": "SELECT"},
         ("app_write", "%"): {"sakila.*": "SELECT, INSERT, UPDATE, DELETE"},
@@ -276,6 +290,8 @@ def expected_grants(flavour: str) -> dict[tuple[str, str], dict[str, set[str]]]:
         ("sqlgate_monitor", "%"): {"*.*": monitor, "sqlgate.*": "SELECT, INSERT, UPDATE"},
         ("repl", "%"): {"*.*": "REPLICATION SLAVE"},
         ("sb", "localhost"): {"sbtest.*": "ALL PRIVILEGES"},
+        ("sqlgate_exporter", "127.0.0.1"): {"*.*": exporter,
+                                            "performance_schema.*": "SELECT"},
     }
     return {user: {on: {p.strip() for p in privileges.split(",")}
                    for on, privileges in grants.items()}
@@ -293,8 +309,11 @@ def test_the_users_and_their_grants(renderer):
     assert grants == expected_grants(renderer.flavour.name)
     for user, on in grants.items():
         for database, privileges in on.items():
-            assert not privileges & {"PROCESS", "SUPER", "FILE", "GRANT OPTION", "ALL"}, user
-            assert database != "*.*" or user[0] in ("repl", "sqlgate_monitor"), user
+            assert not privileges & {"SUPER", "FILE", "GRANT OPTION", "ALL"}, user
+            # PROCESS only for the exporter, which reads the process list, from its host.
+            assert "PROCESS" not in privileges or user == ("sqlgate_exporter", "127.0.0.1")
+            assert database != "*.*" or user[0] in ("repl", "sqlgate_monitor",
+                                                    "sqlgate_exporter"), user
     schemas = {state_args(states, sid)["name"] for sid in states
                if state_function(states, sid) == "mysql_database.present"}
     assert schemas == {"sakila", "sqlgate", "sbtest"}
@@ -316,11 +335,14 @@ def test_every_network_user_requires_tls_and_app_users_are_bounded(renderer):
     secrets = renderer.secrets
     passwords = {"app_read": secrets.app_read_password, "app_write": secrets.app_write_password,
                  "app_admin": secrets.app_admin_password, "repl": secrets.repl_password,
-                 "sqlgate_monitor": secrets.monitor_password, "sb": secrets.sb_password}
+                 "sqlgate_monitor": secrets.monitor_password, "sb": secrets.sb_password,
+                 "sqlgate_exporter": secrets.exporter_password}
     for (name, host), args in users.items():
         # sb@localhost comes over the socket only; everyone else over the network, with TLS.
         assert args["require_ssl"] is (host != "localhost"), name
-        assert args["limits"] == (bounded if name.startswith("app_") else {}), name
+        limits = {"sqlgate_exporter": {"max_user_connections": 3}}.get(
+            name, bounded if name.startswith("app_") else {})
+        assert args["limits"] == limits, name
         assert args["password"] == passwords[name]
         assert args["identified"] == flavour["identified_by_hash"]
         assert (args["client"], args["socket"]) == (renderer.flavour.name,
@@ -393,6 +415,9 @@ def test_the_gatekeeper_serves_https_and_reaches_the_proxy_over_mutual_tls(rende
         "GATEKEEPER_PROXY_CA": "/etc/sqlgate/tls/ca.crt",
         "GATEKEEPER_PROXY_CLIENT_CERT": "/etc/sqlgate/tls/gatekeeper.crt",
         "GATEKEEPER_PROXY_CLIENT_KEY": "/etc/sqlgate/tls/gatekeeper.key",
+        "GATEKEEPER_WORKERS": "0",
+        "GATEKEEPER_METRICS_PORT": "9180",
+        "GATEKEEPER_METRICS_CLIENT_CA": "/etc/sqlgate/tls/ca.crt",
     }
     # The keys file (hashes) replaced a file holding one key in clear, which goes.
     assert "sqlgate-gatekeeper-key" not in states
@@ -572,8 +597,9 @@ def test_orchestration_renders_in_role_order(tmp_path):
         "sqlgate-orch-replica",
         "sqlgate-orch-proxy",
         "sqlgate-orch-gatekeeper",
+        "sqlgate-orch-monitor",
     ]
-    everyone = "primary,replica1,replica2,proxy,gatekeeper"
+    everyone = "primary,replica1,replica2,proxy,gatekeeper,monitor"
     sync = state_args(states, "sqlgate-orch-sync")
     assert (sync["name"], sync["tgt"], sync["tgt_type"]) == ("saltutil.sync_all", everyone,
                                                              "list")
@@ -582,3 +608,153 @@ def test_orchestration_renders_in_role_order(tmp_path):
     replicas = state_args(states, "sqlgate-orch-replica")
     assert replicas["tgt"] == "replica1,replica2" and replicas["highstate"] is True
     assert replicas["require"] == [{"salt": "sqlgate-orch-primary"}]
+    # The monitor scrapes everyone: it comes once the Gatekeeper is up.
+    assert state_args(states, "sqlgate-orch-monitor")["require"] == [
+        {"salt": "sqlgate-orch-gatekeeper"}]
+
+
+# --- monitoring ---------------------------------------------------------------------------
+
+def test_top_gives_every_minion_the_exporters_only_when_there_is_a_monitor(tmp_path):
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    top = renderer.run("proxy", "state.show_top")
+    assert top == {"base": ["sqlgate.proxy", "sqlgate.exporters"]}
+    assert renderer.run("monitor", "state.show_top") == {
+        "base": ["sqlgate.monitor", "sqlgate.exporters"]}
+    common = renderer.pillar_dir / "sqlgate" / "common.sls"
+    data = yaml.safe_load(common.read_text())
+    del data["sqlgate"]["hosts"]["monitor"]
+    common.write_text(yaml.safe_dump(data))
+    assert renderer.run("proxy", "state.show_top") == {"base": ["sqlgate.proxy"]}
+    # Without a monitor, the services open no metrics port.
+    from services.config import read_env_file
+    env = tmp_path / "proxy-unmonitored.env"
+    env.write_text(state_args(renderer.show_sls("proxy", "sqlgate.proxy.config"),
+                              "sqlgate-proxy-env")["contents"])
+    assert read_env_file(env)["PROXY_METRICS_PORT"] == "0"
+
+
+def prometheus_config(states: dict) -> dict:
+    return yaml.safe_load(state_args(states, "sqlgate-monitor-config")["contents"])
+
+
+def test_prometheus_scrapes_every_host_with_host_and_role_labels(renderer):
+    states = renderer.show_sls("monitor", ROLE_SLS["monitor"])
+    config = prometheus_config(states)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert list(jobs) == ["gatekeeper", "proxy", "node", "mysqld", "prometheus"]
+    address = renderer.pillar.common["sqlgate"]["addresses"]
+
+    def targets(job: str) -> dict[str, tuple[str, str]]:
+        return {static["labels"]["host"]: (static["targets"][0], static["labels"]["role"])
+                for static in jobs[job]["static_configs"]}
+
+    hosts = {name: entry["role"] for name, entry in
+             renderer.pillar.common["sqlgate"]["hosts"].items()}
+    assert targets("node") == {name: (f"{address[name]}:9100", role)
+                               for name, role in hosts.items()}
+    assert targets("mysqld") == {name: (f"{address[name]}:9104", hosts[name])
+                                 for name in ("primary", "replica1", "replica2")}
+    assert targets("gatekeeper") == {"gatekeeper": (f"{address['gatekeeper']}:9180",
+                                                    "gatekeeper")}
+    assert targets("proxy") == {"proxy": (f"{address['proxy']}:9181", "proxy")}
+    assert targets("prometheus") == {"monitor": (f"{address['monitor']}:9090", "monitor")}
+    # The services' metrics over HTTPS, checked under the service host's name, with the
+    # monitor's certificate as the client certificate they require.
+    for job in ("gatekeeper", "proxy"):
+        assert jobs[job]["scheme"] == "https"
+        assert jobs[job]["tls_config"] == {
+            "ca_file": "/etc/sqlgate/tls/ca.crt", "cert_file": "/etc/sqlgate/tls/monitor.crt",
+            "key_file": "/etc/sqlgate/tls/monitor.key", "server_name": job}
+    assert jobs["prometheus"]["tls_config"] == {"ca_file": "/etc/sqlgate/tls/ca.crt",
+                                                "server_name": "monitor"}
+    assert "scheme" not in jobs["node"] and "scheme" not in jobs["mysqld"]
+    assert config["rule_files"] == ["/etc/prometheus/sqlgate-alerts.rules.yml"]
+    assert config["global"]["scrape_interval"] == "15s"
+    web = yaml.safe_load(state_args(states, "sqlgate-monitor-web")["contents"])
+    assert web == {"tls_server_config": {"cert_file": "/etc/sqlgate/tls/monitor.crt",
+                                         "key_file": "/etc/sqlgate/tls/monitor.key"}}
+    args = state_args(states, "sqlgate-monitor-args")["contents"]
+    for part in ("--web.config.file=/etc/prometheus/sqlgate-web.yml",
+                 "--web.console.templates=/etc/prometheus/sqlgate-consoles",
+                 "--web.console.libraries=/etc/prometheus/sqlgate-consoles",
+                 "--config.file=/etc/prometheus/prometheus.yml", "0.0.0.0:9090"):
+        assert part in args, args
+    consoles = state_args(states, "sqlgate-monitor-consoles")
+    assert consoles["source"] == "salt://sqlgate/monitor/files/consoles"
+    # The monitor's TLS files belong to Prometheus's user.
+    assert state_args(states, "sqlgate-tls-key")["user"] == "prometheus"
+    ready = state_args(states, "prometheus-ready")["unless"]
+    assert "--resolve monitor:9090:127.0.0.1 https://monitor:9090/-/ready" in ready
+
+
+def test_the_alert_rules_get_their_thresholds_and_the_proxys_lag_limit(tmp_path):
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    common = renderer.pillar_dir / "sqlgate" / "common.sls"
+    data = yaml.safe_load(common.read_text())
+    data["sqlgate"]["proxy"] = {"settings": {"max_replica_lag": 2.5}}
+    data["sqlgate"]["monitor"] = {"scrape_interval": "1s", "alerts": {"for": "3s"}}
+    common.write_text(yaml.safe_dump(data))
+    states = renderer.show_sls("monitor", "sqlgate.monitor.config")
+    rules = state_args(states, "sqlgate-monitor-rules")
+    assert rules["source"] == "salt://sqlgate/monitor/files/alerts.rules.yml.jinja"
+    assert rules["context"]["alerts"] == {"for": "3s", "replica_lag_seconds": 2.5,
+                                          "error_ratio": 0.05, "p95_seconds": 0.5}
+    assert rules["check_cmd"] == "/usr/bin/promtool check rules"
+    assert prometheus_config(states)["global"]["scrape_interval"] == "1s"
+    # The rules file renders with that context into rules promtool accepts.
+    text = render_file(states, "sqlgate-monitor-rules")
+    assert isinstance(yaml.safe_load(text)["groups"], list)
+
+
+def test_every_minion_runs_node_exporter_and_database_hosts_mysqld_exporter(renderer):
+    for minion_id in ("proxy", "gatekeeper", "primary", "replica1", "monitor"):
+        states = renderer.show_sls(minion_id, "sqlgate.exporters")
+        assert "sqlgate-exporters-node-args" in states, minion_id
+        assert state_args(states, "sqlgate-exporters-node-args")["contents"].endswith(
+            'ARGS="--web.listen-address=:9100 '
+            '--collector.textfile.directory=/var/lib/prometheus/node-exporter"\n')
+        database = minion_id in ("primary", "replica1")
+        assert ("prometheus-mysqld-exporter-ready" in states) is database, minion_id
+    states = renderer.show_sls("replica1", "sqlgate.exporters")
+    credentials = state_args(states, "sqlgate-exporters-mysqld-credentials")
+    assert (credentials["name"], credentials["user"], credentials["mode"]) == \
+        ("/etc/prometheus/sqlgate-mysqld-exporter.cnf", "prometheus", "0600")
+    assert credentials["show_changes"] is False
+    lines = credentials["contents"].splitlines()
+    for line in ("[client]", "user=sqlgate_exporter", "host=127.0.0.1", "port=3306",
+                 f"password={renderer.secrets.exporter_password}",
+                 "ssl-ca=/etc/prometheus/sqlgate-ca.crt",
+                 "ssl-cert=/etc/prometheus/sqlgate-exporter.crt",
+                 "ssl-key=/etc/prometheus/sqlgate-exporter.key"):
+        assert line in lines, lines
+    key = state_args(states, "sqlgate-exporters-mysqld-key")
+    assert (key["user"], key["mode"], key["show_changes"]) == ("prometheus", "0400", False)
+    assert key["contents"] == renderer.pillar.hosts["replica1"]["sqlgate"]["tls"]["key"]
+    args = state_args(states, "sqlgate-exporters-mysqld-args")["contents"]
+    assert "--config.my-cnf=/etc/prometheus/sqlgate-mysqld-exporter.cnf" in args
+    # The password is in the 0600 file only: never on a command line.
+    rendered = json.dumps({sid: state_args(states, sid) for sid in states
+                           if sid != "sqlgate-exporters-mysqld-credentials"
+                           and not sid.startswith("sqlgate-db-")})
+    assert renderer.secrets.exporter_password not in rendered
+    assert "mysql_up 1" in state_args(states, "prometheus-mysqld-exporter-ready")["unless"]
+
+
+def test_the_proxy_and_gatekeeper_serve_metrics_and_take_their_workers(tmp_path):
+    from services.config import GatekeeperConfig, ProxyConfig, load_config
+
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    common = renderer.pillar_dir / "sqlgate" / "common.sls"
+    data = yaml.safe_load(common.read_text())
+    data["sqlgate"]["proxy"] = {"workers": 3}
+    data["sqlgate"]["gatekeeper"] = {"workers": 2}
+    common.write_text(yaml.safe_dump(data))
+    for name, config_type, workers, port in (("proxy", ProxyConfig, 3, 9181),
+                                             ("gatekeeper", GatekeeperConfig, 2, 9180)):
+        states = renderer.show_sls(name, f"sqlgate.{name}.config")
+        env = tmp_path / f"{name}.env"
+        env.write_text(state_args(states, f"sqlgate-{name}-env")["contents"])
+        config = load_config(config_type, ["--env-file", str(env)], environ={})
+        assert (config.workers, config.metrics_port) == (workers, port), name
+    assert config.metrics_client_ca == "/etc/sqlgate/tls/ca.crt"

@@ -35,6 +35,7 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+from cluster import access
 from cluster import keys as api_keys
 from cluster.errors import ClusterError
 from cluster.pillar import build_pillar, write_pillar_tree
@@ -70,7 +71,7 @@ from cluster.record import (
 from cluster.salt_setup import OrchestrationResult
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import default_cluster_dir
-from cluster.topology import ROLES, SALT_MASTER, Host, plan_hosts
+from cluster.topology import MONITOR, PROMETHEUS_PORT, ROLES, SALT_MASTER, Host, plan_hosts
 
 PROVIDER = "aws"
 SAKILA_URL = "https://downloads.mysql.com/docs/sakila-db.tar.gz"
@@ -233,7 +234,8 @@ def check_existing(plan: AwsPlan, existing: dict[str, dict], had_keys: bool) -> 
     made_for = res.tag_value(master, res.MINIONS_TAG)
     if made_for != plan.minion_ids:
         raise ClusterError(f"the cluster was made for minions {made_for}, not {plan.minion_ids} "
-                           "(--replicas changed?): run 'bootstrap.py down' first to change it")
+                           "(--replicas or --no-monitor changed?): run 'bootstrap.py down' "
+                           "first to change it")
 
 
 def _launch_all(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, bundle: Bundle,
@@ -264,9 +266,13 @@ def record(aws: res.Aws, plan: AwsPlan, instances: dict[str, dict], key_file: Pa
                    instance_id=inst["InstanceId"])
         for host in plan.all_hosts if (inst := instances.get(host.name))
     )
+    monitor = next((h for h in hosts if h.role == MONITOR), None)
+    monitor_url = (https_url(monitor.public_address, PROMETHEUS_PORT) + "/"
+                   if monitor and monitor.public_address else None)
     return write_record(ClusterRecord(
         provider=PROVIDER, cluster_name=aws.cluster_name, gatekeeper_url=url,
         api_key=secrets.api_key, ca_file=ca_file, hosts=hosts, sb_password=secrets.sb_password,
+        monitor_url=monitor_url,
         provider_data={
             "region": aws.region,
             "account": aws.account,
@@ -317,7 +323,7 @@ def _up(args: argparse.Namespace) -> int:
     keys = ClusterKeys.load_or_create(provider_dir(), [h.name for h in plan.minions],
                                       aws.cluster_name)
     write_known_hosts(provider_dir() / "ssh" / "known_hosts", keys)
-    group_ids = res.ensure_security_groups(aws, plan.network, plan.admin_cidr, say)
+    group_ids = res.ensure_security_groups(aws, plan.network, plan.admin_cidr, say, plan.groups)
     address, allocated = res.ensure_address(aws)
     public_ip = address["PublicIp"]
     if allocated:
@@ -365,6 +371,9 @@ def _up(args: argparse.Namespace) -> int:
         say(f"turned the metadata endpoint off on {len(disabled)} instance(s): their user data "
             "(which holds Salt and SSH private keys) is no longer served to them")
     print_access(url, path, ca_file, say)
+    for line in access.monitor_lines(read_record(PROVIDER).monitor_url, ca_file,
+                                     server_name=MONITOR):
+        say(line)
     return 0
 
 
@@ -443,7 +452,8 @@ def apply_keys(keyset: api_keys.KeySet) -> int:
     if not (master and public_ip):
         raise ClusterError(f"--apply: no running cluster in {record_path(PROVIDER)}; the next "
                            "'bootstrap.py up' applies the key set")
-    minions = plan_hosts(sum(1 for h in recorded.hosts if h.role == "replica"))
+    minions = plan_hosts(sum(1 for h in recorded.hosts if h.role == "replica"),
+                         monitor=any(h.role == MONITOR for h in recorded.hosts))
     cluster_keys = ClusterKeys.load_or_create(provider_dir(), [h.name for h in minions],
                                               recorded.cluster_name)
     deployed = deployment(recorded.cluster_name, minions, public_ip, keyset=keyset)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cluster.errors import ClusterError
 from cluster.providers.aws import resources as res
-from cluster.topology import GROUPS, INGRESS_RULES, SALT_MASTER, Host, plan_hosts
+from cluster.topology import SALT_MASTER, Host, groups_of, ingress_rules, plan_hosts
 
 CHECKIP_URL = "https://checkip.amazonaws.com"
 
@@ -47,10 +47,15 @@ class AwsPlan:
     def all_hosts(self) -> list[Host]:
         return [SALT_MASTER, *self.minions]
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The security groups this plan needs (no monitor group with --no-monitor)."""
+        return groups_of(self.minions)
+
     @classmethod
     def make(cls, aws: res.Aws, args: argparse.Namespace, admin_cidr: str) -> AwsPlan:
         try:
-            minions = plan_hosts(args.replicas)
+            minions = plan_hosts(args.replicas, monitor=not getattr(args, "no_monitor", False))
         except ValueError as error:
             raise ClusterError(str(error)) from None
         return cls(aws.cluster_name, args.instance_type, res.find_ubuntu_ami(aws),
@@ -68,11 +73,12 @@ class AwsPlan:
                           group_ids[host.group], user_data, key_name, extra)
 
 
-def rule_lines(aws: res.Aws, admin_cidr: str) -> dict[str, list[str]]:
+def rule_lines(aws: res.Aws, admin_cidr: str,
+               groups: tuple[str, ...]) -> dict[str, list[str]]:
     """Each group's rules in words, sources named as the groups will be."""
-    names = {group: res.group_name(aws, group) for group in GROUPS}
-    lines: dict[str, list[str]] = {group: [] for group in GROUPS}
-    for rule in INGRESS_RULES:
+    names = {group: res.group_name(aws, group) for group in groups}
+    lines: dict[str, list[str]] = {group: [] for group in groups}
+    for rule in ingress_rules(groups):
         for perm in res.permissions_of(rule, names, admin_cidr):
             ports = (f"{perm.from_port}" if perm.from_port == perm.to_port
                      else f"{perm.from_port}-{perm.to_port}")
@@ -95,7 +101,7 @@ def describe_plan(aws: res.Aws, plan: AwsPlan, existing: dict[str, dict],
         f"subnet {plan.network.subnet_id} ({plan.network.zone})",
         "security groups (ingress; egress open):",
     ]
-    for group, rules in rule_lines(aws, plan.admin_cidr).items():
+    for group, rules in rule_lines(aws, plan.admin_cidr, plan.groups).items():
         lines.append(f"  [{mark(group in groups)}] {res.group_name(aws, group)}")
         lines.extend(f"      {rule}" for rule in rules)
     lines.append(f"instances ({plan.instance_type}, IMDSv2 required and turned off once "

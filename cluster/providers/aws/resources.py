@@ -159,7 +159,7 @@ def permissions_of(rule: IngressRule, group_ids: dict[str, str],
     elif rule.source == ADMIN:
         sources = [admin_cidr]
     elif rule.source == CLUSTER:
-        sources = [group_ids[group] for group in GROUPS]
+        sources = [group_ids[group] for group in GROUPS if group in group_ids]
     else:
         sources = [group_ids[rule.source]]
     from_port, to_port = rule.ports if rule.ports else ICMP_ECHO_REQUEST
@@ -168,8 +168,9 @@ def permissions_of(rule: IngressRule, group_ids: dict[str, str],
 
 def wanted_permissions(group: str, group_ids: dict[str, str],
                        admin_cidr: str) -> dict[Permission, str]:
-    """``permission -> description`` for ``group``, from ``INGRESS_RULES``."""
-    return {perm: rule.why for rule in rules_for(group)
+    """``permission -> description`` for ``group``, from ``INGRESS_RULES`` among the groups of
+    ``group_ids`` (no rule from a group the cluster does not have, the monitor's say)."""
+    return {perm: rule.why for rule in rules_for(group, group_ids)
             for perm in permissions_of(rule, group_ids, admin_cidr)}
 
 
@@ -204,11 +205,13 @@ def find_security_groups(aws: Aws) -> dict[str, dict]:
 
 
 def ensure_security_groups(aws: Aws, network: Network, admin_cidr: str,
-                           say: Callable[[str], None]) -> dict[str, str]:
-    """Create the missing groups, then make each group's rules exactly the wanted ones."""
+                           say: Callable[[str], None],
+                           groups: Iterable[str] = GROUPS) -> dict[str, str]:
+    """Create the missing groups of ``groups`` (the plan's: no monitor group without a
+    monitor host), then make each group's rules exactly the wanted ones."""
     existing = find_security_groups(aws)
     group_ids = {}
-    for group in GROUPS:
+    for group in groups:
         if group in existing:
             group_ids[group] = existing[group]["GroupId"]
             continue

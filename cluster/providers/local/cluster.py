@@ -17,7 +17,7 @@ from cluster.keys import KEYS_FILE
 from cluster.providers.deploy import https_url
 from cluster.providers.local.hosts import PRIVATE_DIRS, RUNTIME_ROOT, NamespaceHost, run, short_name
 from cluster.state import CLUSTER_DIR_ENV, PROJECT_ROOT, default_cluster_dir
-from cluster.topology import SALT_MASTER, plan_hosts
+from cluster.topology import MONITOR, PROMETHEUS_PORT, SALT_MASTER, plan_hosts
 
 PROVIDER = "local"
 VENV_BIN = Path(sys.executable).parent
@@ -25,6 +25,13 @@ VENV_BIN = Path(sys.executable).parent
 SAKILA_DIR = (PROJECT_ROOT.parent / "shared" / "datasets" / "sakila").resolve()
 NEEDED_COMMANDS = ("ip", "nft", "nsenter", "unshare", "mount", "mariadbd", "supervisord", "curl",
                    "useradd")
+MONITOR_COMMANDS = ("prometheus", "promtool", "prometheus-node-exporter",
+                    "prometheus-mysqld-exporter")
+# The local cluster's monitor settings (the formula's `monitor`): scrapes and rule evaluations
+# every second, alerts after a few seconds, so that a change shows at once (the tests wait for
+# it); AWS keeps the formula's defaults.
+LOCAL_MONITOR = {"scrape_interval": "1s", "evaluation_interval": "1s",
+                 "alerts": {"for": "3s"}}
 
 
 @dataclass(frozen=True)
@@ -37,13 +44,17 @@ class LocalCluster:
     state_dir: Path
 
     @classmethod
-    def plan(cls, args: argparse.Namespace) -> LocalCluster:
+    def plan(cls, args: argparse.Namespace, monitor: bool | None = None) -> LocalCluster:
+        """The cluster of ``args``; with a monitor host unless ``--no-monitor`` (or
+        ``monitor`` says otherwise: what a record shows was made)."""
+        if monitor is None:
+            monitor = not getattr(args, "no_monitor", False)
         try:
             subnet = ipaddress.IPv4Network(args.subnet)
         except ValueError as error:
             raise ClusterError(f"--subnet {args.subnet}: {error}") from None
         try:
-            planned = [SALT_MASTER, *plan_hosts(args.replicas)]
+            planned = [SALT_MASTER, *plan_hosts(args.replicas, monitor=monitor)]
         except ValueError as error:
             raise ClusterError(f"--replicas {args.replicas}: {error}") from None
         if subnet.num_addresses < len(planned) + 3:
@@ -108,6 +119,17 @@ class LocalCluster:
         return https_url(self.gatekeeper_address)
 
     @property
+    def monitor(self) -> NamespaceHost | None:
+        return next((host for host in self.hosts if host.role == MONITOR), None)
+
+    @property
+    def monitor_url(self) -> str | None:
+        """Prometheus on the monitor host, over HTTPS with the cluster CA's certificate (which
+        names the monitor's address); the machine is the operator its firewall lets in."""
+        monitor = self.monitor
+        return https_url(monitor.address, PROMETHEUS_PORT) + "/" if monitor else None
+
+    @property
     def runtime_dir(self) -> Path:
         return RUNTIME_ROOT / self.name
 
@@ -142,9 +164,10 @@ def require_root(command: str) -> None:
                            "mounts): run it with sudo")
 
 
-def require_commands() -> None:
+def require_commands(monitor: bool = True) -> None:
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    missing = [name for name in NEEDED_COMMANDS if shutil.which(name, path=search) is None]
+    needed = NEEDED_COMMANDS + (MONITOR_COMMANDS if monitor else ())
+    missing = [name for name in needed if shutil.which(name, path=search) is None]
     if missing:
         raise ClusterError(f"missing {', '.join(missing)}: run 'make system-packages' as root")
 

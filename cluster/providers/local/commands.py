@@ -26,6 +26,7 @@ from cluster.pillar import build_pillar, write_pillar_tree
 from cluster.pki import ClusterTls
 from cluster.providers.deploy import cluster_tls, https_url, public_host, public_trust, publish_ca
 from cluster.providers.local.cluster import (
+    LOCAL_MONITOR,
     PROVIDER,
     SAKILA_DIR,
     LocalCluster,
@@ -82,6 +83,7 @@ def cluster_record(cluster: LocalCluster, secrets: ClusterSecrets, url: str,
         hosts=tuple(HostRecord(h.name, h.role, h.address, namespace=h.namespace)
                     for h in cluster.hosts),
         salt_command=tuple(salt_command(cluster)), sb_password=secrets.sb_password,
+        monitor_url=cluster.monitor_url,
         provider_data={"subnet": str(cluster.subnet), "bridge": cluster.bridge,
                        "api_key_file": str(cluster.api_key_file),
                        "keys_file": str(cluster.keys_file),
@@ -101,6 +103,8 @@ def _print_summary(cluster: LocalCluster, result: OrchestrationResult, record: C
                                     f"in {cluster.api_key_file} (and in {path}, mode 0600)",
                                     f"$(cat {cluster.api_key_file})", record.ca_file):
         print(line)
+    for line in access.monitor_lines(record.monitor_url, record.ca_file):
+        print(line)
 
 
 def write_pillar(cluster: LocalCluster, secrets: ClusterSecrets, tls: ClusterTls,
@@ -108,7 +112,8 @@ def write_pillar(cluster: LocalCluster, secrets: ClusterSecrets, tls: ClusterTls
     """The pillar tree the master serves, in the cluster's state directory."""
     plan = [Host(h.name, h.role) for h in cluster.minions]
     pillar = build_pillar(cluster.name, plan, secrets, provider=PROVIDER,
-                          sakila_source=str(SAKILA_DIR), tls=tls, api_keys=keyset.pillar())
+                          sakila_source=str(SAKILA_DIR), tls=tls, api_keys=keyset.pillar(),
+                          monitor=LOCAL_MONITOR if cluster.monitor else None)
     pillar_dir = cluster.state_dir / "pillar"
     write_pillar_tree(pillar, plan, pillar_dir)
     return pillar_dir
@@ -116,8 +121,8 @@ def write_pillar(cluster: LocalCluster, secrets: ClusterSecrets, tls: ClusterTls
 
 def up(args: argparse.Namespace) -> int:
     require_root("up")
-    require_commands()
     cluster = LocalCluster.plan(args)
+    require_commands(monitor=cluster.monitor is not None)
     if not SAKILA_DIR.is_dir():
         raise ClusterError(f"the Sakila files are not at {SAKILA_DIR}")
     require_free_subnet(cluster)
@@ -166,9 +171,20 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def recorded_plan(args: argparse.Namespace) -> tuple[LocalCluster, ClusterRecord | None]:
+    """The cluster of ``args`` as its record says it was made (with a monitor host or not),
+    and that record when it is this cluster's."""
+    record = read_record(PROVIDER)
+    cluster = LocalCluster.plan(args)
+    if record is None or record.cluster_name != cluster.name:
+        return cluster, None
+    monitored = any(h.role == "monitor" for h in record.hosts)
+    return LocalCluster.plan(args, monitor=monitored), record
+
+
 def status(args: argparse.Namespace) -> int:
     require_root("status")
-    cluster = LocalCluster.plan(args)
+    cluster, ours = recorded_plan(args)
     if not cluster.master.network_exists():
         print(f"cluster {cluster.name} is not running")
         return 1
@@ -182,14 +198,18 @@ def status(args: argparse.Namespace) -> int:
     replication = access.replication_report(
         ask, [m.name for m in cluster.minions if m.role == "replica"],
         [m.name for m in cluster.minions if m.role == "proxy"])
-    record = read_record(PROVIDER)
-    ours = record if record is not None and record.cluster_name == cluster.name else None
     url = ours.gatekeeper_url if ours and ours.gatekeeper_url else cluster.gatekeeper_url
     healthy = access.health_ok(url, ca_file=ours.ca_file if ours else None,
                                also_trust=public_trust(cluster.state_dir),
                                address=cluster.gatekeeper_address)
     print(f"cluster {cluster.name}: Gatekeeper {url}/health: "
           f"{'ok' if healthy else 'NOT answering'}")
+    if cluster.monitor_url:
+        ready = access.prometheus_ready(cluster.monitor_url,
+                                        ca_file=ours.ca_file if ours else None)
+        healthy &= ready
+        print(f"  Prometheus {cluster.monitor_url} ({cluster.monitor_url}consoles/sqlgate.html): "
+              f"{'ready' if ready else 'NOT answering'}")
     for host in cluster.hosts:
         line = f"  {host.name:<11} {host.role:<10} {host.address:<15} {host.namespace:<24}"
         running = services.get(host.name)
@@ -264,7 +284,8 @@ def _applier(cluster: LocalCluster):
                                "'bootstrap.py up' applies the key set")
         recorded = LocalCluster.plan(argparse.Namespace(
             cluster_name=cluster.name, subnet=record.provider_data["subnet"],
-            replicas=sum(1 for h in record.hosts if h.role == "replica")))
+            replicas=sum(1 for h in record.hosts if h.role == "replica")),
+            monitor=any(h.role == "monitor" for h in record.hosts))
         secrets = load_or_create(recorded.secrets_file)
         tls = cluster_tls(recorded.state_dir, recorded.name, recorded.tls_names())
         pillar_dir = write_pillar(recorded, secrets, tls, keyset)

@@ -32,6 +32,7 @@ HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Private directories of every host: mount point -> name of its directory in the state dir.
 PRIVATE_DIRS: dict[str, str] = {
     "/var/lib/mysql": "var-lib-mysql",
+    "/var/lib/prometheus": "var-lib-prometheus",
     "/var/log": "var-log",
     "/var/cache/salt": "var-cache-salt",
     "/var/cache/sqlgate": "var-cache-sqlgate",

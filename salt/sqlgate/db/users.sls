@@ -3,7 +3,8 @@
     Every user that connects over the network must use TLS (REQUIRE SSL); `sb@localhost` uses
     the socket. The Proxy has one user per scope (defaults.yaml db:app_users), each bounded in
     connections and, where the flavour has a per-user limit, in statement time; its health
-    monitor has its own. No user gets PROCESS, SUPER, FILE, GRANT OPTION or data on *.*.
+    monitor has its own, and so has the mysqld_exporter (the only one with PROCESS, which
+    it needs for the process list). No user gets SUPER, FILE, GRANT OPTION or data on *.*.
     The users are the formula's own state (_states/sqlgate_users.py): saltext.mysql's
     mysql_user cannot require TLS or set limits. #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
@@ -84,6 +85,17 @@ sqlgate-db-schema-{{ schema }}:
 {{- grant('sqlgate-db-grants-monitor-' ~ monitor.schema, 'sqlgate-db-users-monitor',
           monitor.user, monitor.privileges, monitor.schema ~ '.*',
           schema_id='sqlgate-db-schema-' ~ monitor.schema) }}
+
+{#- The database hosts' mysqld_exporter: the server's status, process list and replication
+    (the flavour's exporter_privileges), performance_schema read-only; from the host itself,
+    over TLS, at most a few connections. #}
+{%- set exporter = db.exporter %}
+{{- user('sqlgate-db-users-exporter', exporter.user, secrets.exporter_password,
+         host=exporter.host, limits={'max_user_connections': exporter.max_user_connections}) }}
+{{- grant('sqlgate-db-grants-exporter', 'sqlgate-db-users-exporter', exporter.user,
+          db.exporter_privileges, '*.*', host=exporter.host) }}
+{{- grant('sqlgate-db-grants-exporter-performance-schema', 'sqlgate-db-users-exporter',
+          exporter.user, 'SELECT', 'performance_schema.*', host=exporter.host) }}
 
 {#- sysbench, owning its own schema, over the socket only. #}
 {{- user('sqlgate-db-users-sb', 'sb', secrets.sb_password, host='localhost', require_ssl=False) }}

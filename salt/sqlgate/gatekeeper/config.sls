@@ -5,7 +5,10 @@
     (hashes only) in a file only the service user reads, which the Gatekeeper reloads by itself
     when it changes (no restart: in-flight requests go on). Ports below 1024 without root: under
     systemd the unit grants CAP_NET_BIND_SERVICE; under supervisor the host's (namespaced)
-    unprivileged port floor is lowered to the lower of the two ports. #}
+    unprivileged port floor is lowered to the lower of the two ports. With a monitor host,
+    the metrics on their own port, over HTTPS with the host's cluster certificate, for clients
+    with a certificate of the cluster CA (the monitor's); without, none. `workers` processes
+    (0: one per core). #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, roles, address_of with context %}
 {%- from tpldir.split('/')[0] ~ '/tls.jinja' import tls with context %}
 {%- set app = sqlgate.app %}
@@ -87,5 +90,8 @@ sqlgate-gatekeeper-env:
         GATEKEEPER_PROXY_CA={{ tls.ca }}
         GATEKEEPER_PROXY_CLIENT_CERT={{ tls.cert }}
         GATEKEEPER_PROXY_CLIENT_KEY={{ tls.key }}
+        GATEKEEPER_WORKERS={{ sqlgate.gatekeeper.workers | int }}
+        GATEKEEPER_METRICS_PORT={{ sqlgate.ports.gatekeeper_metrics if roles.get('monitor') else 0 }}
+        GATEKEEPER_METRICS_CLIENT_CA={{ tls.ca }}
     - require:
       - sls: sqlgate.app.user

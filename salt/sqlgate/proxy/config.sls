@@ -4,7 +4,10 @@
     and unprivileged ICMP for the ping strategy (a namespaced sysctl that lets the service's
     group, and only it, open datagram ICMP sockets; no root, no CAP_NET_RAW). The group is made
     in the same run, so its id is read when the state runs (a slot), not when the file is
-    rendered. Values in the env file are shell-quoted, as services.config reads them. #}
+    rendered. Values in the env file are shell-quoted, as services.config reads them. With a
+    monitor host, the metrics on their own port (HTTPS, for clients with a certificate of the
+    cluster CA, as the service's port); without, none. `workers` processes (0: one per
+    core). #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, roles, address_of with context %}
 {%- from tpldir.split('/')[0] ~ '/tls.jinja' import tls with context %}
 {%- set app = sqlgate.app %}
@@ -50,6 +53,8 @@ sqlgate-proxy-env:
         PROXY_DB_MONITOR_USER={{ db.monitor.user }}
         PROXY_DB_MONITOR_PASSWORD={{ secrets.monitor_password | quote }}
         PROXY_PING_PRIVILEGED=false
+        PROXY_WORKERS={{ sqlgate.proxy.workers | int }}
+        PROXY_METRICS_PORT={{ sqlgate.ports.proxy_metrics if roles.get('monitor') else 0 }}
 {%- for name, value in sqlgate.proxy.settings | dictsort %}
         PROXY_{{ name | upper }}={{ value | string | quote }}
 {%- endfor %}

@@ -117,7 +117,15 @@ def test_security_groups_have_exactly_the_topology_rules(aws_env, cluster_up):
                      if any(r[3] == "0.0.0.0/0" for r in actual_rules(groups[f"sqlgate-{g}"]))]
     assert open_to_world == ["gatekeeper"]
     assert actual_rules(groups["sqlgate-proxy"]) == {
-        ("tcp", 5000, 5000, ids["gatekeeper"]), ("tcp", 22, 22, ADMIN_CIDR)}
+        ("tcp", 5000, 5000, ids["gatekeeper"]), ("tcp", 22, 22, ADMIN_CIDR),
+        ("tcp", 9181, 9181, ids["monitor"]), ("tcp", 9100, 9100, ids["monitor"])}
+    # Prometheus: the operator only; the exporters and metrics: the monitor only.
+    assert actual_rules(groups["sqlgate-monitor"]) == {
+        ("tcp", 9090, 9090, ADMIN_CIDR), ("tcp", 22, 22, ADMIN_CIDR),
+        ("tcp", 9100, 9100, ids["monitor"])}
+    monitored = {(r[1], r[3]) for g in GROUPS for r in actual_rules(groups[f"sqlgate-{g}"])
+                 if r[1] in (9100, 9104, 9180, 9181)}
+    assert {source for _, source in monitored} == {ids["monitor"]}
     mysql_sources = {r[3] for r in actual_rules(groups["sqlgate-database"]) if r[1] == 3306}
     assert mysql_sources == {ids["proxy"], ids["database"]}
 
@@ -355,8 +363,24 @@ def test_up_refuses_to_change_the_minions_of_a_running_master(aws_env, cluster_u
     before = snapshot(aws_env)
     code, _, err = up(capsys, "--replicas", "3")
     assert_one_line_error(code, err, "the cluster was made for minions gatekeeper,proxy,primary,"
-                                     "replica1,replica2, not ")
+                                     "replica1,replica2,monitor, not ")
     assert snapshot(aws_env) == before
+
+
+def test_no_monitor_makes_no_monitor_host_group_or_rule(aws_env, capsys):
+    code, out, err = up(capsys, "--no-monitor")
+    assert code == 0, err
+    ec2 = aws_env.client("ec2")
+    hosts = {tags_of(i)[res.HOST_TAG] for i in live_instances(ec2)}
+    assert hosts == {h.name for h in HOSTS} - {"monitor"}
+    groups = groups_by_name(ec2)
+    assert sorted(groups) == sorted(f"{CLUSTER_NAME}-{g}" for g in GROUPS if g != "monitor")
+    ports = {r[1] for g in groups.values() for r in actual_rules(g)}
+    assert not ports & {9090, 9100, 9104, 9180, 9181}
+    recorded = read_record("aws")
+    assert recorded.monitor_url is None
+    assert "monitor" not in {h.name for h in recorded.hosts}
+    assert "Prometheus" not in out
 
 
 def test_up_refuses_when_the_local_keys_are_lost(aws_env, cluster_up, capsys):
@@ -375,6 +399,7 @@ def test_dry_run_creates_nothing(aws_env, capsys):
     assert "[create] sqlgate-gatekeeper" in out
     assert "tcp 443 from 0.0.0.0/0" in out and "tcp 80 from 0.0.0.0/0" in out
     assert "[create] Elastic IP for the Gatekeeper" in out
+    assert "[create] sqlgate-monitor" in out and "tcp 9090 from " in out
     assert ec2.describe_addresses()["Addresses"] == []
     assert "tcp 5000 from sqlgate-gatekeeper" in out
     assert f"tcp 22 from {ADMIN_CIDR}" in out

@@ -158,11 +158,11 @@ def test_metadata_endpoints_go_off_once_the_gatekeeper_is_healthy(aws_env, capsy
     code, out, err = up(capsys)
     assert code == 0, err
     instances = live_instances(aws_env.client("ec2"))
-    assert len(instances) == 6
+    assert len(instances) == 7  # the Salt master, six minions (the monitor among them)
     for name, instance in instances.items():
         options = instance["MetadataOptions"]
         assert (options["HttpEndpoint"], options["HttpTokens"]) == ("disabled", "required"), name
-    assert "turned the metadata endpoint off on 6 instance(s)" in out
+    assert "turned the metadata endpoint off on 7 instance(s)" in out
     # /health was asked over HTTPS, checked against the cluster CA, at the Elastic IP.
     recorded = read_record("aws")
     url, trust = on_aws["health"][0]

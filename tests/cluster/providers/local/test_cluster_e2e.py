@@ -3,7 +3,10 @@ acceptance checks of the local cluster (HTTPS with the cluster CA, plain HTTP on
 the Proxy closed to anyone without the cluster's certificate, scoped keys enforced, errors
 that name no internal address, the Salt master as ``salt`` with a private pillar), a second
 ``up`` that changes nothing, another that applies a changed key set without restarting the
-services, and ``down``.
+services, and ``down``. The monitor: Prometheus over HTTPS for the operator only, every target
+of every job up, the Gatekeeper's request counter following a known load, a lag series per
+replica from the Proxy and from mysqld_exporter, the exporter's database user and its grants,
+and the replication alert firing and clearing.
 
 The cluster has its own name, subnet and cluster directory, so it cannot collide with a
 developer's running cluster; it is taken down even when a check fails. Run one at a time:
@@ -19,10 +22,13 @@ import os
 import re
 import shlex
 import socket
+import ssl
 import stat
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,15 @@ from cluster.pki import CertificateAuthority
 from cluster.providers.local.hosts import RUNTIME_ROOT
 from cluster.record import ClusterRecord, HostRecord, read_record
 from cluster.state import PROJECT_ROOT
-from cluster.topology import PROXY_PORT, REDIRECT_PORT
+from cluster.topology import (
+    GATEKEEPER_METRICS_PORT,
+    MYSQLD_EXPORTER_PORT,
+    NODE_EXPORTER_PORT,
+    PROMETHEUS_PORT,
+    PROXY_METRICS_PORT,
+    PROXY_PORT,
+    REDIRECT_PORT,
+)
 from cluster.waiting import wait_until
 from loadtest.consistency import run_pairs
 from loadtest.workload import DEFAULT_TABLE, create_table_sql
@@ -209,7 +223,8 @@ def test_cluster_file_is_private_and_complete(cluster):
         assert secret not in keys_file.read_text()
     roles = {h.name: h.role for h in cluster.record.hosts}
     assert roles == {"saltmaster": "saltmaster", "gatekeeper": "gatekeeper", "proxy": "proxy",
-                     "primary": "primary", "replica1": "replica", "replica2": "replica"}
+                     "primary": "primary", "replica1": "replica", "replica2": "replica",
+                     "monitor": "monitor"}
     for host in cluster.record.hosts:
         assert host.namespace in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                    text=True, check=True).stdout
@@ -453,6 +468,179 @@ def test_reads_see_their_writes_while_a_replica_sql_thread_is_stopped(cluster):
     assert set(with_token.nodes) <= {"replica2", "primary"}  # never the stopped replica
     wait_until(lambda: "OUT of rotation" not in cluster.bootstrap("status", timeout=120).stdout,
                60, "replica1 back in rotation", interval=1)
+
+
+# --- the monitor -----------------------------------------------------------------------------
+
+SCRAPE_JOBS = {"gatekeeper", "proxy", "node", "mysqld", "prometheus"}
+LOAD_REQUESTS = 200
+ALERT = "SqlgateReplicationStopped"
+
+
+def prometheus(cluster: E2ECluster, path: str, **params: str) -> dict:
+    """GET Prometheus's HTTP API from this machine (the operator), over HTTPS checked against
+    the cluster CA; its ``data``."""
+    url = f"{cluster.record.monitor_url.rstrip('/')}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    context = ssl.create_default_context(cafile=cluster.record.ca_file)
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        answer = json.load(response)
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def instant(cluster: E2ECluster, expression: str) -> list[dict]:
+    return prometheus(cluster, "/api/v1/query", query=expression)["result"]
+
+
+def scalar(cluster: E2ECluster, expression: str) -> float | None:
+    result = instant(cluster, expression)
+    return float(result[0]["value"][1]) if result else None
+
+
+def targets(cluster: E2ECluster) -> list[dict]:
+    return prometheus(cluster, "/api/v1/targets", state="active")["activeTargets"]
+
+
+def test_up_prints_the_prometheus_url_and_the_record_carries_it(cluster):
+    monitor = cluster.host("monitor").address
+    url = f"https://{monitor}:{PROMETHEUS_PORT}/"
+    assert cluster.record.monitor_url == url
+    assert f"Prometheus: {url}" in cluster.first_up.stdout
+    assert f"{url}consoles/sqlgate.html" in cluster.first_up.stdout
+    status = cluster.bootstrap("status", timeout=120)
+    assert f"Prometheus {url}" in status.stdout and "ready" in status.stdout, status.stdout
+
+
+def test_prometheus_and_the_exporters_answer_only_whom_they_must(cluster):
+    monitor = cluster.host("monitor")
+    # The operator (this machine) reaches Prometheus; nobody reaches the exporters from here.
+    assert tcp_answers(monitor.address, PROMETHEUS_PORT)
+    assert prometheus(cluster, "/api/v1/status/buildinfo")["version"]
+    for name in ("gatekeeper", "proxy", "primary"):
+        assert not tcp_answers(cluster.host(name).address, NODE_EXPORTER_PORT), name
+    assert not tcp_answers(cluster.host("primary").address, MYSQLD_EXPORTER_PORT)
+    assert not tcp_answers(cluster.host("gatekeeper").address, GATEKEEPER_METRICS_PORT)
+    # Another host of the cluster does not reach Prometheus; the monitor reaches the exporters.
+    assert not tcp_answers_from(cluster.host("gatekeeper").namespace, monitor.address,
+                                PROMETHEUS_PORT)
+    assert not tcp_answers_from(cluster.host("gatekeeper").namespace,
+                                cluster.host("primary").address, MYSQLD_EXPORTER_PORT)
+    assert tcp_answers_from(monitor.namespace, cluster.host("replica1").address,
+                            MYSQLD_EXPORTER_PORT)
+    assert tcp_answers_from(monitor.namespace, cluster.host("proxy").address, NODE_EXPORTER_PORT)
+    # Plain HTTP gets nothing: Prometheus speaks HTTPS only (Go answers 400, or closes).
+    connection = http.client.HTTPConnection(monitor.address, PROMETHEUS_PORT, timeout=5)
+    try:
+        connection.request("GET", "/api/v1/targets")
+        plain: int | None = connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        plain = None
+    finally:
+        connection.close()
+    assert plain in (None, 400), plain
+
+
+def test_the_scrape_config_has_every_job_host_and_role(cluster):
+    found = targets(cluster)
+    assert {t["labels"]["job"] for t in found} == SCRAPE_JOBS
+    by_job: dict[str, dict[str, str]] = {}
+    for target in found:
+        labels = target["labels"]
+        by_job.setdefault(labels["job"], {})[labels["host"]] = labels["role"]
+    roles = {h.name: h.role for h in cluster.record.hosts if h.role != "saltmaster"}
+    assert by_job["node"] == roles
+    assert by_job["mysqld"] == {n: r for n, r in roles.items() if r in ("primary", "replica")}
+    assert by_job["gatekeeper"] == {"gatekeeper": "gatekeeper"}
+    assert by_job["proxy"] == {"proxy": "proxy"}
+    assert by_job["prometheus"] == {"monitor": "monitor"}
+    schemes = {t["labels"]["job"]: t["scrapeUrl"].split(":")[0] for t in found}
+    assert schemes == {"gatekeeper": "https", "proxy": "https", "prometheus": "https",
+                       "node": "http", "mysqld": "http"}
+    ports = {t["labels"]["job"]: int(t["scrapeUrl"].split(":")[2].split("/")[0]) for t in found}
+    assert ports == {"gatekeeper": GATEKEEPER_METRICS_PORT, "proxy": PROXY_METRICS_PORT,
+                     "node": NODE_EXPORTER_PORT, "mysqld": MYSQLD_EXPORTER_PORT,
+                     "prometheus": PROMETHEUS_PORT}
+
+
+def test_every_target_of_every_job_is_up(cluster):
+    def all_up() -> bool:
+        return all(t["health"] == "up" for t in targets(cluster))
+
+    try:
+        wait_until(all_up, 30, "every target up", interval=1)
+    except TimeoutError:
+        down = {(t["labels"]["job"], t["labels"]["host"]): t.get("lastError")
+                for t in targets(cluster) if t["health"] != "up"}
+        pytest.fail(f"targets not up: {down}")
+    assert scalar(cluster, "count(up == 1)") == len(targets(cluster))
+
+
+def test_the_exporters_database_user_has_its_grants_only(cluster):
+    for host in ("primary", "replica1"):  # made on the primary, replicated
+        done = subprocess.run(
+            [*cluster.record.salt_command, "--out=json", "--static", host, "cmd.run",
+             "mariadb -N -e \"SHOW GRANTS FOR 'sqlgate_exporter'@'127.0.0.1'\""],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        grants = json.loads(done.stdout)[host]
+        on_all = next(line for line in grants.splitlines() if " ON *.* " in line)
+        privileges = {p.strip() for p in on_all.removeprefix("GRANT ").split(" ON ")[0]
+                      .split(",")}
+        assert privileges == {"PROCESS", "BINLOG MONITOR", "SLAVE MONITOR"}, grants
+        assert "REQUIRE SSL" in grants and "MAX_USER_CONNECTIONS 3" in grants, grants
+        # MariaDB escapes the `_` of the schema's name in SHOW GRANTS.
+        assert re.search(r"GRANT SELECT ON `performance\\?_schema`\.\* TO", grants), grants
+        assert len([line for line in grants.splitlines() if line.strip()]) == 2, grants
+        assert not any(word in grants for word in ("SUPER", "FILE", "GRANT OPTION", "ALL "))
+
+
+def test_the_gatekeeper_request_counter_follows_a_known_load(cluster):
+    counter = 'sum(sqlgate_gatekeeper_requests_total{endpoint="POST /query"})'
+    wait_until(lambda: scalar(cluster, counter) is not None, 30, "the Gatekeeper's counter",
+               interval=1)
+    time.sleep(2)  # one scrape after the last request of the tests before
+    before = scalar(cluster, counter)
+    with client(cluster) as gatekeeper:
+        for _ in range(LOAD_REQUESTS):
+            assert gatekeeper.query(ACTOR_COUNT, mode="random").status == 200
+    wait_until(lambda: scalar(cluster, counter) >= before + LOAD_REQUESTS, 10,
+               f"the counter to grow by {LOAD_REQUESTS}", interval=0.5)
+    assert scalar(cluster, counter) == before + LOAD_REQUESTS
+
+
+def test_a_lag_series_per_replica_from_the_proxy_and_from_mysqld_exporter(cluster):
+    replicas = {h.name for h in cluster.record.hosts if h.role == "replica"}
+
+    def series(expression: str, label: str) -> set[str]:
+        return {r["metric"].get(label) for r in instant(cluster, expression)}
+
+    wait_until(lambda: series("mysql_slave_status_seconds_behind_master", "host") == replicas,
+               15, "mysqld_exporter's lag of every replica", interval=1)
+    wait_until(lambda: series("sqlgate_proxy_replica_lag_seconds", "node") == replicas, 15,
+               "the Proxy's lag of every replica", interval=1)
+
+
+def firing(cluster: E2ECluster) -> list[dict]:
+    return [a for a in prometheus(cluster, "/api/v1/alerts")["alerts"]
+            if a["labels"].get("alertname") == ALERT and a["state"] == "firing"]
+
+
+def test_the_replication_alert_fires_when_a_replica_stops_and_clears_after(cluster):
+    assert not firing(cluster)
+    started = time.monotonic()
+    salt_sql(cluster, "replica2", "STOP SLAVE")
+    try:
+        wait_until(lambda: firing(cluster), 60, f"{ALERT} to fire", interval=1)
+        fired = time.monotonic() - started
+        labels = firing(cluster)[0]["labels"]
+        assert "replica2" in labels.values(), labels
+    finally:
+        salt_sql(cluster, "replica2", "START SLAVE")
+    wait_until(lambda: not firing(cluster), 60, f"{ALERT} to clear", interval=1)
+    print(f"\n{ALERT}: fired after {fired:.1f}s, cleared "
+          f"{time.monotonic() - started - fired:.1f}s later")
 
 
 def test_second_up_reports_no_changes(cluster):

@@ -50,7 +50,9 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
     assert set(SECRETS_OF_ROLE["proxy"]) == {"app_read_password", "app_write_password",
                                              "app_admin_password", "monitor_password"}
     assert set(SECRETS_OF_ROLE["primary"]) == set(SECRETS_OF_ROLE["proxy"]) | {
-        "repl_password", "sb_password"}
+        "repl_password", "sb_password", "exporter_password"}
+    assert set(SECRETS_OF_ROLE["replica"]) == {"repl_password", "exporter_password"}
+    assert SECRETS_OF_ROLE["monitor"] == ()
     # Each private key is in its own host's file, and in no other file.
     texts = {path.name: path.read_text() for path in tmp_path.rglob("*.sls")}
     for host in hosts:
@@ -151,6 +153,43 @@ def test_only_the_gatekeeper_accepts_from_anywhere():
     assert "tcp dport 4505-4506" in salt and "10.9.0.1, " not in salt
 
 
+MONITORED = {**ADDRESSES, "monitor": ["10.9.0.7"]}
+
+
+def test_only_the_monitor_scrapes_and_only_the_operator_reaches_prometheus():
+    for group, ports in (("gatekeeper", (9180, 9100)), ("proxy", (9181, 9100)),
+                         ("database", (9104, 9100)), ("monitor", (9100,))):
+        rules = ruleset(group, MONITORED, "10.9.0.1")
+        for port in ports:
+            lines = [line for line in rules.splitlines() if f"dport {port} " in line]
+            assert lines and all("ip saddr { 10.9.0.7 }" in line for line in lines), (group, port)
+    monitor = ruleset("monitor", MONITORED, "10.9.0.1")
+    assert "ip saddr { 10.9.0.1 } tcp dport 9090 accept" in monitor
+    assert [line for line in monitor.splitlines() if "dport 9090" in line] == [
+        line for line in monitor.splitlines() if "ip saddr { 10.9.0.1 } tcp dport 9090" in line]
+    # The Salt master takes the monitor's minion too.
+    assert "10.9.0.7" in next(line for line in ruleset("saltmaster", MONITORED, "10.9.0.1")
+                               .splitlines() if "4505-4506" in line)
+
+
+def test_without_a_monitor_host_no_rule_opens_a_monitoring_port():
+    for group in ("gatekeeper", "proxy", "database", "saltmaster"):
+        rules = ruleset(group, ADDRESSES, "10.9.0.1")
+        assert not any(f"dport {port} " in rules for port in (9090, 9100, 9104, 9180, 9181))
+
+
+def test_ingress_rules_among_the_groups_of_a_plan():
+    from cluster.topology import groups_of, ingress_rules
+
+    bare = groups_of(plan_hosts(2, monitor=False))
+    assert "monitor" not in bare and "saltmaster" in bare
+    rules = ingress_rules(bare)
+    assert all(rule.group != "monitor" and rule.source != "monitor" for rule in rules)
+    assert {rule.ports for rule in ingress_rules(groups_of(plan_hosts(2)))} - \
+        {rule.ports for rule in rules} == {(9180, 9180), (9181, 9181), (9100, 9100),
+                                           (9104, 9104), (9090, 9090)}
+
+
 def _args(**overrides) -> argparse.Namespace:
     values = {"cluster_name": "sqlgate", "replicas": 2, "subnet": "10.213.0.0/24", **overrides}
     return argparse.Namespace(**values)
@@ -159,7 +198,11 @@ def _args(**overrides) -> argparse.Namespace:
 def test_cluster_plan_addresses_and_interface_names():
     cluster = LocalCluster.plan(_args(cluster_name="a-rather-long-cluster-name", replicas=3))
     assert [h.name for h in cluster.hosts] == ["saltmaster", "gatekeeper", "proxy", "primary",
-                                               "replica1", "replica2", "replica3"]
+                                               "replica1", "replica2", "replica3", "monitor"]
+    assert cluster.monitor_url == "https://10.213.0.9:9090/"
+    bare = LocalCluster.plan(_args(no_monitor=True))
+    assert bare.monitor is None and bare.monitor_url is None
+    assert "monitor" not in [h.name for h in bare.hosts]
     assert cluster.machine_address == "10.213.0.1"
     assert cluster.host("gatekeeper").address == "10.213.0.3"
     assert all(len(name) <= 15 for name in [cluster.bridge, *(h.veth for h in cluster.hosts)])
@@ -257,17 +300,22 @@ def test_the_pillar_carries_the_role_table_and_the_ports_of_the_firewall():
     pillar = build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
                           sakila_source="/data/sakila", tls=cluster_tls(hosts),
                           api_keys=[]).common["sqlgate"]
-    assert pillar["role_order"] == ["primary", "replica", "proxy", "gatekeeper"]
+    assert pillar["role_order"] == ["primary", "replica", "proxy", "gatekeeper", "monitor"]
     for role in MINION_ROLES:
         assert pillar["roles"][role] == {"states": ROLES[role].states}
         assert ROLES[role].service
-        # Every role but the Gatekeeper (API key hashes only) has database passwords.
-        assert bool(ROLES[role].secrets) is (role != "gatekeeper"), role
+        # Every role but the Gatekeeper (API key hashes only) and the monitor has database
+        # passwords.
+        assert bool(ROLES[role].secrets) is (role not in ("gatekeeper", "monitor")), role
     assert set(SECRETS_OF_ROLE) == set(MINION_ROLES)
     opened = {(rule.group, rule.ports[0]) for rule in INGRESS_RULES if rule.ports}
     ports = pillar["ports"]
     assert ports["gatekeeper"] == 443 and ports["redirect"] == 80
     assert {("gatekeeper", ports["gatekeeper"]), ("gatekeeper", ports["redirect"]),
-            ("proxy", ports["proxy"]), ("database", ports["mysql"])} <= opened
+            ("proxy", ports["proxy"]), ("database", ports["mysql"]),
+            ("gatekeeper", ports["gatekeeper_metrics"]), ("proxy", ports["proxy_metrics"]),
+            ("database", ports["mysqld_exporter"]), ("monitor", ports["prometheus"])} <= opened
+    assert {group for group, port in opened if port == ports["node_exporter"]} == \
+        {"gatekeeper", "proxy", "database", "monitor"}
     defaults = yaml.safe_load((PROJECT_ROOT / "salt/sqlgate/defaults.yaml").read_text())
     assert defaults["sqlgate"]["ports"] == pillar["ports"]

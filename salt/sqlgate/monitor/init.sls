@@ -1,0 +1,7 @@
+# The monitor host: Prometheus, scraping every host of the cluster and evaluating the alert
+# rules, its UI, API and consoles over HTTPS.
+include:
+  - .package
+  - .tls
+  - .config
+  - .service
