@@ -28,6 +28,7 @@ from services.config import ProxyConfig, worker_instance_name
 from services.contract import TRANSACTION_ID_PATTERN
 from tests.conftest import Answer, http, proxy_service, scratch_tables
 from tests.services.gatekeeper.conftest import Key, new_key, write_keys
+from tests.services.scrape import Samples, scrape
 
 INSTANCE = "wtest"
 RATE, BURST = 5.0, 5
@@ -36,7 +37,8 @@ RATE, BURST = 5.0, 5
 @pytest.fixture(scope="module")
 def proxy2(db_cluster, tmp_path_factory) -> Iterator[ServiceProcess]:
     service = proxy_service(db_cluster, tmp_path_factory.mktemp("logs") / "proxy2.log",
-                            PROXY_WORKERS="2", PROXY_INSTANCE_NAME=INSTANCE)
+                            PROXY_WORKERS="2", PROXY_INSTANCE_NAME=INSTANCE,
+                            PROXY_METRICS_PORT=str(free_port()))
     with service.running():
         yield service
 
@@ -143,6 +145,43 @@ def test_a_transaction_over_many_connections_always_reaches_its_worker(
     rows = db_cluster.primary.sql(f"SELECT id, v FROM {table} ORDER BY id")
     assert [(row["id"], row["v"]) for row in rows] == \
         [(row, "w0") for row in range(12)] + [(100 + row, "w1") for row in range(12)]
+
+
+def proxy2_metrics(service: ServiceProcess) -> Samples:
+    return scrape(int(service.env["PROXY_METRICS_PORT"]), service.tls)
+
+
+def test_metrics_add_up_across_workers_and_a_passed_request_counts_once(proxy2, scratch):
+    """Reads spread over both workers and one transaction's statements (half of them passed
+    from the worker that took the connection to the one holding it): the one metrics port
+    counts each request exactly once, whichever worker served it or scraped."""
+    table = scratch()
+    query = {"endpoint": "POST /query"}
+    before = proxy2_metrics(proxy2)
+    reads = on_many_connections(lambda: http(proxy2.url + "/query",
+                                             {"sql": "SELECT 1", "mode": "random"}), 40)
+    assert all(answer.status == 200 for answer in reads), reads
+    assert workers_seen(proxy2) == {0, 1}
+    opened = http(proxy2.url + "/transactions", b"")
+    assert opened.status == 201, opened.json
+    tid = opened.json["transaction_id"]
+    for row in range(10):
+        answer = http(proxy2.url + "/query", {"sql": f"INSERT INTO {table} (id, v) VALUES "
+                                                     "(?, 'm')", "params": [row],
+                                              "transaction_id": tid})
+        assert answer.status == 200, answer.json
+    assert http(f"{proxy2.url}/transactions/{tid}/commit", b"").status == 200
+    after = proxy2_metrics(proxy2)
+    grown = after.total("sqlgate_proxy_requests_total", **query) - \
+        before.total("sqlgate_proxy_requests_total", **query)
+    assert grown == 40 + 10
+    assert after.total("sqlgate_proxy_requests_total",
+                       endpoint="POST /transactions/{id}/commit") - before.total(
+        "sqlgate_proxy_requests_total", endpoint="POST /transactions/{id}/commit") == 1
+    assert after.total("sqlgate_proxy_request_duration_seconds_count", **query) - \
+        before.total("sqlgate_proxy_request_duration_seconds_count", **query) == 40 + 10
+    assert after.value("sqlgate_proxy_in_flight_requests") == 0
+    assert after.value("sqlgate_proxy_open_transactions") == 0
 
 
 def test_a_transaction_through_the_gatekeeper_keeps_its_request_id_and_scope(
