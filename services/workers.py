@@ -12,9 +12,9 @@ so a parent killed outright leaves none behind.
 Each worker finds in its environment its index (``SQLGATE_WORKER``, 0-based), how many there
 are (``SQLGATE_WORKERS``) and a private runtime directory (``SQLGATE_RUNTIME_DIR``, 0700: the
 Proxy's workers put there the unix sockets they pass transactions to each other over).
-``PROMETHEUS_MULTIPROC_DIR``, a fresh 0700 directory set before the fork (so before any worker
-imports ``prometheus_client``), lets the workers' metrics add up; a dead worker is marked dead
-in it. Both directories go when the parent exits. ``workers`` = 1 forks nothing:
+``PROMETHEUS_MULTIPROC_DIR``, a fresh 0700 directory set before the fork, lets the workers'
+metrics add up (``services.metrics`` makes its metrics after the fork, in each worker); a dead
+worker is marked dead in it. Both directories go when the parent exits. ``workers`` = 1 forks nothing:
 ``services.http.serve`` runs the service in its own process, as it always did.
 """
 
@@ -79,9 +79,6 @@ def serve_workers(make_app: MakeApp, address: str, port: int, name: str,
     """``services.http.serve`` over ``count`` worker processes; returns when all stopped."""
     logging.basicConfig(level=logging.INFO, force=True,
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
-    if "prometheus_client" in sys.modules:
-        log.warning("prometheus_client was imported before the workers' metrics directory "
-                    "was set: the workers' metrics will not add up")
     listeners = [(address, port), *((listener.address, listener.port) for listener in also)]
     sockets: list[list[socket.socket]] = []
     try:
