@@ -43,8 +43,11 @@ test: system-packages $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The baseline: the last commit before metrics and request logs (what they cost, in one run).
+BENCH_BASELINE ?= 6060902
 bench: system-packages $(STAMP)
-	$(PY) -m loadtest.bench_overhead $(BENCH_ARGS)
+	$(PY) -m loadtest.bench_overhead --baseline $(BENCH_BASELINE) $(BENCH_ARGS)
+	$(PY) -m loadtest.bench_workers $(BENCH_WORKERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -61,6 +61,9 @@ BATCH_SIZE = 50
 OPERATIONS = ("point select", "insert", "batch")
 TARGETS = {"gatekeeper_rps_16": 2000.0, "gatekeeper_p50_1_ms": 1.0}
 SECURE, PLAIN = "TLS", "plain"
+# make bench's baseline is the last commit before the services had metrics and request logs.
+BASELINE_NOTE = ("with make bench's baseline, what metrics and request logs cost: the goal "
+                 "is 95% or more at 1 client")
 # What each operation needs of the database, as the Gatekeeper would tell the Proxy for a key.
 SCOPE_OF = {"point select": "read", "insert": "write", "batch": "read"}
 # The bench's key: write scope, with a bucket that never runs dry (it is still checked).
@@ -262,6 +265,9 @@ def verdict(measurements: list[Measurement], most_clients: int) -> str:
             lines.append(f"  {m.target.split(' ')[0]} {m.operation}, {m.clients} client(s): "
                          f"{m.requests_per_second / plain.requests_per_second:.1%} of plain's "
                          f"req/s, p50 {m.p50_ms - plain.p50_ms:+.3f} ms")
+    refs = sorted({m.target.partition(" @")[2] for m in measurements} - {""})
+    if refs:
+        lines.append(f"Against {', '.join(refs)} (plain rows, same run; {BASELINE_NOTE}):")
     for m in measurements:
         service, _, ref = m.target.partition(" @")
         plain = find(f"{service} ({PLAIN})", m.clients, m.operation) if ref else None

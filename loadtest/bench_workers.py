@@ -31,11 +31,34 @@ from loadtest.bench_overhead import (
 )
 
 
+def mean_rate(measurements: list[Measurement], target: str, operation: str,
+              clients: int) -> float:
+    rates = [m.requests_per_second for m in measurements
+             if (m.target, m.operation, m.clients) == (target, operation, clients)]
+    return sum(rates) / len(rates) if rates else float("nan")
+
+
+def gain(measurements: list[Measurement], workers: list[int]) -> str:
+    """Each setting's requests per second against the first's, per operation and clients (the
+    mean of its rounds)."""
+    first = f"gatekeeper x{workers[0]}"
+    lines = [f"What more workers buy (req/s against {first}, same run, mean of the rounds):"]
+    for operation, clients in dict.fromkeys((m.operation, m.clients) for m in measurements):
+        base = mean_rate(measurements, first, operation, clients)
+        for count in workers[1:]:
+            rate = mean_rate(measurements, f"gatekeeper x{count}", operation, clients)
+            lines.append(f"  {operation}, {clients} clients: x{count} {rate:.0f} req/s, "
+                         f"x{workers[0]} {base:.0f}: {rate / base:.0%}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measurements of each cell per setting, alternating")
     parser.add_argument("--operations", nargs="+", default=["point select", "insert"],
                         choices=["point select", "insert", "batch"])
     args = parser.parse_args()
@@ -51,6 +74,7 @@ def main() -> None:
         db.primary.sql("CREATE TABLE IF NOT EXISTS sqlgate_test.bench (id BIGINT "
                        "AUTO_INCREMENT PRIMARY KEY, k BIGINT, v VARCHAR(32))")
         db.wait_for_replicas()
+        targets = []
         for workers in args.workers:
             proxy = proxy_service(db, workdir / f"proxy-{workers}.log",
                                   PROXY_WORKERS=str(workers))
@@ -58,17 +82,25 @@ def main() -> None:
                                             workdir / f"gatekeeper-{workers}.log",
                                             GATEKEEPER_WORKERS=str(workers),
                                             GATEKEEPER_LOG_REQUESTS="false")
-            with proxy.running(), gatekeeper.running():
-                target = HttpTarget(f"gatekeeper x{workers}", gatekeeper.url,
-                                    (("X-API-Key", secret),))
-                check_answers(target, gatekeeper, tuple(args.operations))
-                for operation in args.operations:
-                    for clients in args.clients:
+            running.enter_context(proxy.running())
+            running.enter_context(gatekeeper.running())
+            target = HttpTarget(f"gatekeeper x{workers}", gatekeeper.url,
+                                (("X-API-Key", secret),))
+            check_answers(target, gatekeeper, tuple(args.operations))
+            targets.append(target)
+        # Every setting runs beside the others, and the cells alternate between them, so a
+        # machine that gets busier during the run does not favour one of them.
+        for operation in args.operations:
+            for clients in args.clients:
+                for _ in range(args.rounds):
+                    for target in targets:
                         measurements.append(measure_http(target, operation, clients,
                                                          args.seconds, workdir))
                         print(render(measurements[-1:]).splitlines()[-1], flush=True)
     print()
     print(render(measurements))
+    print()
+    print(gain(measurements, args.workers))
     if any(m.errors for m in measurements):
         raise SystemExit("some requests failed: see the errors column")
 

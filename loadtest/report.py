@@ -4,7 +4,7 @@ For each routing mode, exactly N writes then N reads through the Gatekeeper (def
 sequential client); the table (avg, p50, p95, p99, max per mode and type) as
 Markdown and CSV, every request as CSV, a PNG, and with ``--sysbench`` the OLTP baseline per DB
 node. The exit code is 1 when any request failed, so a run with errors never passes quietly.
-With a Prometheus (``--prometheus URL``, else the cluster record's ``prometheus_url``) the
+With a Prometheus (``--prometheus URL``, else the cluster record's ``monitor_url``) the
 report adds the server side: the Proxy's own requests/s and p95 by mode over the run's time
 window (``loadtest.prometheus``), as a table and a PNG next to the client-side ones.
 
@@ -37,8 +37,9 @@ from loadtest import sysbench
 from loadtest.plot import plot
 from loadtest.runner import Plan, RunResult, run
 from loadtest.summary import Row, markdown_table, summarize, write_csv, write_samples_csv
-from loadtest.target import PREFERRED_PROVIDERS, Target, find_target, gatekeeper_tls
+from loadtest.target import PREFERRED_PROVIDERS, Target, find_target
 from loadtest.workload import DEFAULT_TABLE, MODES
+from services.client import TlsFiles
 
 RESULTS_DIR = PROJECT_ROOT / "results"
 
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "cluster file's sb_password)")
     parser.add_argument("--prometheus", metavar="URL",
                         help="Prometheus to read the Proxy's own figures of the run from "
-                             "(default: the cluster file's prometheus_url, if any)")
+                             "(default: the cluster file's monitor_url, if any)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="parent of the run's timestamped directory (default: results/)")
     return parser
@@ -163,7 +164,7 @@ def _target(args: argparse.Namespace, options: sysbench.Options) -> Iterator[tup
 
 def _record_prometheus(target: Target) -> str | None:
     """The cluster record's Prometheus, for records that have one (the monitor role's)."""
-    return getattr(target, "prometheus_url", None) or None
+    return target.monitor_url or None
 
 
 def _server_view(url: str | None, target: Target, result: RunResult
@@ -172,7 +173,8 @@ def _server_view(url: str | None, target: Target, result: RunResult
     report its server side only (said in it and on stderr), never the client-side figures."""
     if not url:
         return None, ""
-    tls = gatekeeper_tls(target) if url.startswith("https://") else None  # the cluster's CA
+    # The monitor's certificate is the cluster's: checked against the record's CA.
+    tls = TlsFiles(target.ca_file or "") if url.startswith("https://") else None
     try:
         return server_side.collect(server_side.Prometheus(url, tls), result.started_at,
                                    result.finished_at), ""

@@ -14,8 +14,8 @@ are (``SQLGATE_WORKERS``) and a private runtime directory (``SQLGATE_RUNTIME_DIR
 Proxy's workers put there the unix sockets they pass transactions to each other over).
 ``PROMETHEUS_MULTIPROC_DIR``, a fresh 0700 directory set before the fork, lets the workers'
 metrics add up (``services.metrics`` makes its metrics after the fork, in each worker); a dead
-worker is marked dead in it. Both directories go when the parent exits. ``workers`` = 1 forks nothing:
-``services.http.serve`` runs the service in its own process, as it always did.
+worker is marked dead in it. Both directories go when the parent exits. ``workers`` = 1 forks
+nothing: ``services.http.serve`` runs the service in its own process, as it always did.
 """
 
 from __future__ import annotations
