@@ -36,13 +36,15 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import os
 import shutil
 import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncmy
@@ -105,6 +107,7 @@ class Measurement:
     p99_ms: float
     errors: int
     statements_per_request: int = 1
+    cpu_ms_per_request: float = float("nan")  # the services' CPU time (all their processes)
 
     @property
     def statements_per_second(self) -> float:
@@ -125,6 +128,27 @@ class HttpTarget:
     url: str
     headers: tuple[tuple[str, str], ...] = ()
     proxy: bool = False  # gets the scope of each operation
+    # The services a request goes through, whose CPU time per request the row shows.
+    services: tuple[ServiceProcess, ...] = field(default=(), compare=False)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and of its live children (a service's worker
+    processes), from /proc; 0 for a process that is gone."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError, ValueError):
+        return total
+    return total + sum(cpu_seconds(int(child)) for child in children)
+
+
+def services_cpu(target: HttpTarget) -> float:
+    return sum(cpu_seconds(service.process.pid) for service in target.services
+               if service.process is not None)
 
 
 async def measure_driver(stack: LoopbackStack, operation: str, clients: int,
@@ -200,15 +224,19 @@ def measure_http(target: HttpTarget, operation: str, clients: int, seconds: floa
                         for name, value in target_headers(target, operation).items())
     script.write_text(WRK_SCRIPT % {"headers": headers, "body": body, "path": path,
                                     "insert_prefix": INSERT_PREFIX})
+    cpu_before = services_cpu(target)
     result = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script),
          target.url], capture_output=True, text=True, check=True)
+    cpu = services_cpu(target) - cpu_before
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
     requests, duration_us, p50_us, p99_us, errors = line.split()[1:]
     return Measurement(target.name, operation, clients,
                        int(requests) / (int(duration_us) / 1e6), float(p50_us) / 1000.0,
                        float(p99_us) / 1000.0, int(errors),
-                       BATCH_SIZE if operation == "batch" else 1)
+                       BATCH_SIZE if operation == "batch" else 1,
+                       1000.0 * cpu / int(requests) if target.services and int(requests)
+                       else float("nan"))
 
 
 def check_answers(target: HttpTarget, service: ServiceProcess,
@@ -229,12 +257,13 @@ def check_answers(target: HttpTarget, service: ServiceProcess,
 
 def render(measurements: list[Measurement]) -> str:
     header = (f"{'target':<22} {'operation':<13} {'clients':>7} {'req/s':>9} {'stmts/s':>9} "
-              f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+              f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'cpu ms/req':>10}")
     lines = [header, "-" * len(header)]
     for m in measurements:
+        cpu = "" if math.isnan(m.cpu_ms_per_request) else f"{m.cpu_ms_per_request:.3f}"
         lines.append(f"{m.target:<22} {m.operation:<13} {m.clients:>7} "
                      f"{m.requests_per_second:>9.0f} {m.statements_per_second:>9.0f} "
-                     f"{m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.errors:>7}")
+                     f"{m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.errors:>7} {cpu:>10}")
     return "\n".join(lines)
 
 
@@ -274,7 +303,9 @@ def verdict(measurements: list[Measurement], most_clients: int) -> str:
         if plain is not None:
             lines.append(f"{plain.target} {m.operation}, {m.clients} client(s): "
                          f"{plain.requests_per_second / m.requests_per_second:.1%} of "
-                         f"{ref}'s req/s")
+                         f"{ref}'s req/s; CPU per request "
+                         f"{plain.cpu_ms_per_request - m.cpu_ms_per_request:+.3f} ms "
+                         f"({plain.cpu_ms_per_request / m.cpu_ms_per_request - 1:+.1%})")
     return "\n".join(lines)
 
 
@@ -320,9 +351,9 @@ def plain_services(db: MariaDBCluster, api_key: str, workdir: Path, root: Path =
     try:
         proxy.start()
         gatekeeper.start()
-        yield [(HttpTarget(f"proxy {label}", proxy.url, proxy=True), proxy),
-               (HttpTarget(f"gatekeeper {label}", gatekeeper.url, (("X-API-Key", api_key),)),
-                gatekeeper)]
+        yield [(HttpTarget(f"proxy {label}", proxy.url, proxy=True, services=(proxy,)), proxy),
+               (HttpTarget(f"gatekeeper {label}", gatekeeper.url, (("X-API-Key", api_key),),
+                           services=(gatekeeper, proxy)), gatekeeper)]
     finally:
         gatekeeper.stop()
         proxy.stop()
@@ -355,9 +386,11 @@ def secure_services(stack: LoopbackStack, workdir: Path
                            proxy_settings_for(stack.db, PROXY_TLS_CLIENT_CA=""),
                            log_path=workdir / "proxy-tls-direct.log",
                            tls=stack.db.pki.server_tls())
-    return ([(HttpTarget(f"proxy ({SECURE})", proxy.url, proxy=True), proxy),
+    return ([(HttpTarget(f"proxy ({SECURE})", proxy.url, proxy=True, services=(proxy,)),
+              proxy),
              (HttpTarget(f"gatekeeper ({SECURE})", stack.gatekeeper.url,
-                         (("X-API-Key", secret),)), stack.gatekeeper)],
+                         (("X-API-Key", secret),), services=(stack.gatekeeper, stack.proxy)),
+              stack.gatekeeper)],
             proxy, secret)
 
 
