@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from services.contract import (
@@ -26,6 +27,20 @@ from services.proxy.scopes import Caller, caller_from_headers
 from services.proxy.transactions import TransactionManager
 
 log = logging.getLogger(__name__)
+# A quoted string in a server's error text, unless it is half of an account ('user'@'host').
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'")
+
+
+def without_values(message: str) -> str:
+    """A server's error text for the log: its quoted strings can be the statement's values
+    (``Duplicate entry '...'``, ``Incorrect integer value: '...'``), so they become '?'; the
+    account it names stays, which is what the log keeps it for."""
+    def hide(match: re.Match) -> str:
+        start, end = match.span()
+        account = message[end:end + 1] == "@" or message[start - 1:start] == "@"
+        return match.group() if account else "'?'"
+
+    return _QUOTED.sub(hide, message)
 
 
 class IndexHandler(JsonHandler):
@@ -109,10 +124,7 @@ class ProxyHandler(JsonHandler):
             hidden = self.scrubber.error(error)
             if hidden or "required_scope" in error.details:
                 caller = self.caller
-                # A server's own error text can quote the statement's values (a duplicate
-                # entry, say): the log keeps its error number only.
-                message = (f"database error {full[1]['mysql_errno']}"
-                           if "mysql_errno" in full[1] else full[0])
+                message = without_values(full[0]) if "mysql_errno" in full[1] else full[0]
                 log.log(logging.WARNING if hidden else logging.INFO,
                         "request %s key=%s scope=%s %s %s: %d %s %s", self.request_id,
                         caller.key if caller else None, caller.scope if caller else None,

@@ -13,6 +13,7 @@ from cluster.loopback.processes import free_port
 from cluster.loopback.services import ServiceProcess
 from services.contract import REQUEST_ID_HEADER
 from services.errors import ApiError
+from services.proxy.handlers import without_values
 from services.proxy.quiet import Scrubber
 from tests.conftest import http, proxy_service
 
@@ -131,3 +132,13 @@ def test_the_scrubber_reaches_into_details():
         "failures": ["primary: Can't connect to MySQL server on '(internal address)'"],
         "replicas": {"replica1": "down: (internal address)"}, "mysql_errno": 2003}
     assert scrubber.error(ApiError(400, "unknown mode 'x'")) is False
+
+
+def test_the_log_keeps_a_server_errors_account_but_never_its_quoted_values():
+    assert without_values("SELECT command denied to user 'app_read'@'127.0.0.1' for table "
+                          "`mysql`.`user`") == ("SELECT command denied to user "
+                                                "'app_read'@'127.0.0.1' for table `mysql`.`user`")
+    assert without_values("Duplicate entry 'secret-1' for key 'PRIMARY'") == \
+        "Duplicate entry '?' for key '?'"
+    assert without_values("Incorrect integer value: 'it''s \\' x' for column `t`.`id`") == \
+        "Incorrect integer value: '?' for column `t`.`id`"
