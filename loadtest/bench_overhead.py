@@ -2,7 +2,7 @@
 through the Proxy, and through the Gatekeeper, each in the secure and the plain configuration
 of the same code, side by side in one run.
 
-    python -m loadtest.bench_overhead [--seconds 5] [--clients 1 16] [--baseline REF]
+    python -m loadtest.bench_overhead [--seconds 3] [--rounds 3] [--clients 1 16] [--baseline REF]
 
 It starts its own loopback stack (a MariaDB primary with two replicas, the Proxy, the
 Gatekeeper), so the numbers compare like with like on this machine. The HTTP load comes from
@@ -12,7 +12,7 @@ primary whatever the mode. A batch is one ``POST /batch`` of 50 point selects ru
 independently (``transaction: false``), against the driver running the same 50 in a row on
 one connection; its ``stmts/s`` column counts statements.
 
-The two configurations, on the same servers:
+The configurations, on the same servers:
 
 - ``(TLS)``, as deployed: HTTPS to the Gatekeeper, whose key is checked against the keys file
   (a hash, in constant time, and a token bucket set never to run dry); mutual TLS from the
@@ -20,6 +20,15 @@ The two configurations, on the same servers:
   per scope). The driver row connects over TLS as the scope's user too.
 - ``(plain)``, the development set-up: plain HTTP everywhere, an inline key, one database user
   without TLS (so the bench lets its servers take plain connections, and makes that user).
+- ``(plain, quiet)``: the same, with no metrics port (so nothing is recorded) and no request
+  log lines. Every other row records its metrics and writes its JSON line per request, as a
+  deployed service with a monitoring host does, so ``(plain)`` against ``(plain, quiet)`` is
+  what metrics and request logs cost.
+
+Every cell (a row's operation at a number of clients) is measured in ``--rounds`` rounds of
+``--seconds``, the rows taking turns and in the opposite order every other round, so a machine
+that gets busier during the run does not favour one row; the table shows each row's rounds
+together, and the metrics lines each round's ratio too.
 
 wrk does not verify certificates and cannot show a client certificate; the client check is
 part of the TLS handshake, once per keep-alive connection, so it costs nothing per request. The
@@ -35,16 +44,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
 import shutil
 import ssl
+import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncmy
@@ -53,8 +64,10 @@ import numpy as np
 from cluster.keys import KeySet
 from cluster.loopback import LoopbackStack, proxy_settings_for
 from cluster.loopback.mariadb import DbUser, MariaDBCluster, quoted
+from cluster.loopback.processes import free_port
 from cluster.loopback.services import PROJECT_ROOT, ServiceProcess
 from cluster.waiting import wait_until
+from loadtest import accounting_cost
 from services.contract import SCOPE_HEADER
 
 POINT_SELECT = "SELECT actor_id, first_name, last_name FROM sakila.actor WHERE actor_id = 17"
@@ -62,10 +75,10 @@ INSERT_PREFIX = "INSERT INTO sqlgate_test.bench (k, v) VALUES ("
 BATCH_SIZE = 50
 OPERATIONS = ("point select", "insert", "batch")
 TARGETS = {"gatekeeper_rps_16": 2000.0, "gatekeeper_p50_1_ms": 1.0}
-SECURE, PLAIN = "TLS", "plain"
+SECURE, PLAIN, QUIET = "TLS", "plain", "plain, quiet"
+METRICS_GOAL = 0.95  # of the quiet rows' requests per second, at 1 client
 # make bench's baseline is the last commit before the services had metrics and request logs.
-BASELINE_NOTE = ("with make bench's baseline, what metrics and request logs cost: the goal "
-                 "is 95% or more at 1 client")
+BASELINE_NOTE = "with make bench's baseline, what metrics, request logs and workers cost"
 # What each operation needs of the database, as the Gatekeeper would tell the Proxy for a key.
 SCOPE_OF = {"point select": "read", "insert": "write", "batch": "read"}
 # The bench's key: write scope, with a bucket that never runs dry (it is still checked).
@@ -119,6 +132,27 @@ def percentile(values: list[float], fraction: float) -> float:
     return float(np.percentile(values, fraction * 100)) if values else float("nan")
 
 
+def combined(rounds: list[Measurement]) -> Measurement:
+    """One row from its rounds (each as long as the others): the mean rate, the CPU time per
+    request over all of them, the median of their percentiles, every error."""
+    rates = [m.requests_per_second for m in rounds]
+    cpu = [m.cpu_ms_per_request * m.requests_per_second for m in rounds]
+    return replace(rounds[0], requests_per_second=statistics.fmean(rates),
+                   p50_ms=statistics.median(m.p50_ms for m in rounds),
+                   p99_ms=statistics.median(m.p99_ms for m in rounds),
+                   errors=sum(m.errors for m in rounds),
+                   cpu_ms_per_request=sum(cpu) / sum(rates) if sum(rates) else float("nan"))
+
+
+def cells(rounds: list[Measurement]) -> list[Measurement]:
+    """The rows of the table: each (row, operation, clients) with its rounds combined, in the
+    order they were first measured."""
+    groups: dict[tuple[str, str, int], list[Measurement]] = {}
+    for m in rounds:
+        groups.setdefault((m.target, m.operation, m.clients), []).append(m)
+    return [combined(group) for group in groups.values()]
+
+
 @dataclass(frozen=True)
 class HttpTarget:
     """One service to load with wrk: its row's name, URL, and the headers every request
@@ -130,23 +164,29 @@ class HttpTarget:
     proxy: bool = False  # gets the scope of each operation
     # The services a request goes through, whose CPU time per request the row shows.
     services: tuple[ServiceProcess, ...] = field(default=(), compare=False)
+    # Or, for services this bench did not start, their CPU time so far.
+    cpu: Callable[[], float] | None = field(default=None, compare=False)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process and of its live children (a service's worker
-    processes), from /proc; 0 for a process that is gone."""
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User and system CPU time of a process and (``children``) of its live children, a
+    service's worker processes, from /proc; 0 for a process that is gone."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if not children:
+            return total
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (OSError, IndexError, ValueError):
         return total
-    return total + sum(cpu_seconds(int(child)) for child in children)
+    return total + sum(cpu_seconds(int(child)) for child in listed)
 
 
 def services_cpu(target: HttpTarget) -> float:
+    if target.cpu is not None:
+        return target.cpu()
     return sum(cpu_seconds(service.process.pid) for service in target.services
                if service.process is not None)
 
@@ -235,8 +275,8 @@ def measure_http(target: HttpTarget, operation: str, clients: int, seconds: floa
                        int(requests) / (int(duration_us) / 1e6), float(p50_us) / 1000.0,
                        float(p99_us) / 1000.0, int(errors),
                        BATCH_SIZE if operation == "batch" else 1,
-                       1000.0 * cpu / int(requests) if target.services and int(requests)
-                       else float("nan"))
+                       1000.0 * cpu / int(requests)
+                       if (target.services or target.cpu) and int(requests) else float("nan"))
 
 
 def check_answers(target: HttpTarget, service: ServiceProcess,
@@ -267,10 +307,68 @@ def render(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def verdict(measurements: list[Measurement], most_clients: int) -> str:
+def find_in(measurements: list[Measurement], target: str, clients: int,
+            operation: str = "point select") -> Measurement | None:
+    return next((m for m in measurements if m.target == target and
+                 m.operation == operation and m.clients == clients), None)
+
+
+def rounds_of(rounds: list[Measurement], cell: Measurement) -> list[Measurement]:
+    return [m for m in rounds
+            if (m.target, m.operation, m.clients) == (cell.target, cell.operation, cell.clients)]
+
+
+def metrics_cost(rounds: list[Measurement]) -> list[str]:
+    """Each ``(plain)`` row against its ``(plain, quiet)`` twin: the same code, with and
+    without metrics and request lines. Both rows' rounds ran side by side, so each round's
+    ratio is shown too: their spread is how far this machine lets one run be trusted."""
+    table = cells(rounds)
+    lines = [f"What metrics and request logs cost ({PLAIN} against {QUIET}, same code, same "
+             f"run; goal: {METRICS_GOAL:.0%} or more at 1 client):"]
+    for cell in table:
+        quiet = find_in(table, cell.target.replace(f"({PLAIN})", f"({QUIET})"), cell.clients,
+                        cell.operation)
+        if not cell.target.endswith(f"({PLAIN})") or quiet is None:
+            continue
+        ratio = cell.requests_per_second / quiet.requests_per_second
+        each = ", ".join(f"{mine.requests_per_second / theirs.requests_per_second:.0%}"
+                         for mine, theirs in zip(rounds_of(rounds, cell),
+                                                 rounds_of(rounds, quiet), strict=True))
+        met = (" (met)" if ratio >= METRICS_GOAL else " (MISSED)") if cell.clients == 1 else ""
+        lines.append(f"  {cell.target.split(' ')[0]} {cell.operation}, {cell.clients} "
+                     f"client(s): {ratio:.1%} of {QUIET}'s req/s{met}, rounds {each}; CPU per "
+                     f"request {cell.cpu_ms_per_request - quiet.cpu_ms_per_request:+.3f} ms "
+                     f"({cell.cpu_ms_per_request / quiet.cpu_ms_per_request - 1:+.1%})")
+    return lines if len(lines) > 1 else []
+
+
+def accounting_share(measurements: list[Measurement],
+                     costs: dict[tuple[str, str], float]) -> list[str]:
+    """The in-process cost of a request's metrics and line (``loadtest.accounting_cost``)
+    against the CPU time the quiet rows' requests took: the share of the services' work they
+    add, which the end-to-end rows can only show within their rounds' spread."""
+    if not costs:
+        return []
+    lines = ["The same, in-process (loadtest.accounting_cost: a request's metrics and JSON line "
+             "in a hot loop), against the quiet rows' CPU per request:"]
+    for operation in ("point select", "insert"):
+        for service, chain in (("proxy", ("proxy",)), ("gatekeeper", ("gatekeeper", "proxy"))):
+            quiet_row = find_in(measurements, f"{service} ({QUIET})", 1, operation)
+            if quiet_row is None or math.isnan(quiet_row.cpu_ms_per_request):
+                continue
+            each = [costs[(name, "metrics and line")] for name in chain]
+            cpu_us = 1000.0 * quiet_row.cpu_ms_per_request
+            lines.append(f"  {service} {operation}, 1 client: "
+                         f"{' + '.join(f'{cost:.1f}' for cost in each)} µs of {cpu_us:.0f} µs: "
+                         f"{sum(each) / cpu_us:.1%}")
+    return lines if len(lines) > 1 else []
+
+
+def verdict(measurements: list[Measurement], most_clients: int,
+            rounds: list[Measurement] | None = None,
+            costs: dict[tuple[str, str], float] | None = None) -> str:
     def find(target: str, clients: int, operation: str = "point select") -> Measurement | None:
-        return next((m for m in measurements if m.target == target and
-                     m.operation == operation and m.clients == clients), None)
+        return find_in(measurements, target, clients, operation)
 
     lines = []
     gatekeeper = f"gatekeeper ({SECURE})"
@@ -285,6 +383,8 @@ def verdict(measurements: list[Measurement], most_clients: int) -> str:
         met = "met" if single.p50_ms <= goal else "MISSED"
         lines.append(f"Gatekeeper (TLS) point select, 1 client: p50 {single.p50_ms:.3f} ms "
                      f"(target <= {goal:.1f} ms: {met})")
+    lines.extend(metrics_cost(rounds or measurements))
+    lines.extend(accounting_share(measurements, costs or {}))
     lines.append("What security costs (TLS against plain, same code, same run):")
     for m in measurements:
         if not m.target.endswith(f"({SECURE})"):
@@ -339,14 +439,32 @@ def plain_gatekeeper_env(proxy_url: str, api_key: str) -> dict[str, str]:
             "GATEKEEPER_PROXY_URL": proxy_url, "GATEKEEPER_API_KEY": api_key}
 
 
+def observed(service: str) -> dict[str, str]:
+    """A service as deployed with a monitoring host: a metrics port, so every request records
+    its metrics (besides its JSON line, on by default)."""
+    return {f"{service.upper()}_METRICS_PORT": str(free_port())}
+
+
+def quiet(service: str) -> dict[str, str]:
+    """No metrics port (nothing recorded) and no request lines."""
+    return {f"{service.upper()}_METRICS_PORT": "0", f"{service.upper()}_LOG_REQUESTS": "false"}
+
+
 @contextlib.contextmanager
 def plain_services(db: MariaDBCluster, api_key: str, workdir: Path, root: Path = PROJECT_ROOT,
-                   label: str = f"({PLAIN})") -> Iterator[list[tuple[HttpTarget, ServiceProcess]]]:
-    """A plain Proxy and Gatekeeper of the checkout at ``root``, on ``db``."""
-    tag = label.strip("()@ ").replace(" ", "-")
-    proxy = ServiceProcess("services.proxy", plain_proxy_env(db), root=root,
+                   label: str = f"({PLAIN})",
+                   settings: Callable[[str], dict[str, str]] | None = observed
+                   ) -> Iterator[list[tuple[HttpTarget, ServiceProcess]]]:
+    """A plain Proxy and Gatekeeper of the checkout at ``root``, on ``db``, with
+    ``settings(service)`` added to each one's environment (None: nothing, for a commit that
+    may not know them)."""
+    tag = label.strip("()@ ").replace(" ", "-").replace(",", "")
+    more = settings or (lambda service: {})
+    proxy = ServiceProcess("services.proxy", {**plain_proxy_env(db), **more("proxy")}, root=root,
                            log_path=workdir / f"proxy-{tag}.log")
-    gatekeeper = ServiceProcess("services.gatekeeper", plain_gatekeeper_env(proxy.url, api_key),
+    gatekeeper = ServiceProcess("services.gatekeeper",
+                                {**plain_gatekeeper_env(proxy.url, api_key),
+                                 **more("gatekeeper")},
                                 root=root, log_path=workdir / f"gatekeeper-{tag}.log")
     try:
         proxy.start()
@@ -368,7 +486,8 @@ def baseline_services(db: MariaDBCluster, api_key: str, ref: str,
     subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--quiet", "--detach",
                     str(tree), ref], check=True)
     try:
-        with plain_services(db, api_key, workdir, root=tree, label=f"@{ref}") as services:
+        with plain_services(db, api_key, workdir, root=tree, label=f"@{ref}",
+                            settings=None) as services:
             yield services
     finally:
         subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force",
@@ -383,7 +502,8 @@ def secure_services(stack: LoopbackStack, workdir: Path
         BENCH_KEY_NAME, BENCH_KEY_SCOPE, rate=BENCH_KEY_RATE, burst=int(BENCH_KEY_RATE))
     keys.save(stack.keys_file)
     proxy = ServiceProcess("services.proxy",
-                           proxy_settings_for(stack.db, PROXY_TLS_CLIENT_CA=""),
+                           proxy_settings_for(stack.db, PROXY_TLS_CLIENT_CA="",
+                                              **observed("proxy")),
                            log_path=workdir / "proxy-tls-direct.log",
                            tls=stack.db.pki.server_tls())
     return ([(HttpTarget(f"proxy ({SECURE})", proxy.url, proxy=True, services=(proxy,)),
@@ -396,7 +516,10 @@ def secure_services(stack: LoopbackStack, workdir: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each cell")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="duration of each cell's round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every cell, the rows taking turns")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--operations", nargs="+", default=list(OPERATIONS),
                         choices=OPERATIONS)
@@ -406,14 +529,18 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench_overhead: wrk is missing (make system-packages installs it)")
-    measurements: list[Measurement] = []
-    with tempfile.TemporaryDirectory() as tmp, LoopbackStack(log_dir=Path(tmp)) as stack, \
+    rounds: list[Measurement] = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            LoopbackStack(log_dir=Path(tmp), proxy_settings=observed("proxy"),
+                          gatekeeper_settings=observed("gatekeeper")) as stack, \
             contextlib.ExitStack() as running:
         workdir = Path(tmp)
         secure, direct_proxy, _ = secure_services(stack, workdir)
         running.enter_context(direct_proxy.running())
         allow_plain(stack.db)
         plain = running.enter_context(plain_services(stack.db, stack.api_key, workdir))
+        plain += running.enter_context(plain_services(stack.db, stack.api_key, workdir,
+                                                      label=f"({QUIET})", settings=quiet))
         baseline = (running.enter_context(baseline_services(stack.db, stack.api_key,
                                                             args.baseline, workdir))
                     if args.baseline else [])
@@ -429,18 +556,23 @@ def main() -> None:
             check_answers(target, service, tuple(op for op in args.operations if op != "batch"))
         for operation in args.operations:
             for clients in args.clients:
-                for secure_driver in (True, False):
-                    measurements.append(asyncio.run(
-                        measure_driver(stack, operation, clients, args.seconds, secure_driver)))
-                targets = secure + plain + (baseline if operation != "batch" else [])
-                for target, _ in targets:
-                    measurements.append(measure_http(target, operation, clients, args.seconds,
-                                                     workdir))
+                row_cells: list[Callable[[], Measurement]] = [
+                    functools.partial(lambda *cell: asyncio.run(measure_driver(*cell)),
+                                      stack, operation, clients, args.seconds, secure_driver)
+                    for secure_driver in (True, False)]
+                row_cells += [functools.partial(measure_http, target, operation, clients,
+                                                args.seconds, workdir)
+                              for target, _ in secure + plain
+                              + (baseline if operation != "batch" else [])]
+                for number in range(args.rounds):
+                    for measure in row_cells if number % 2 == 0 else row_cells[::-1]:
+                        rounds.append(measure())
         rows = stack.db.primary.sql("SELECT COUNT(*) AS n FROM sqlgate_test.bench")[0]["n"]
+    measurements = cells(rounds)
     print(render(measurements))
     print()
-    print(verdict(measurements, max(args.clients)))
-    inserted = sum(round(m.requests_per_second * args.seconds) for m in measurements
+    print(verdict(measurements, max(args.clients), rounds, accounting_cost.costs()))
+    inserted = sum(round(m.requests_per_second * args.seconds) for m in rounds
                    if m.operation == "insert")
     print(f"Rows in the bench table: {rows} (about {inserted} expected from the insert cells)")
     if any(m.errors for m in measurements):

@@ -38,15 +38,15 @@ def mean_rate(measurements: list[Measurement], target: str, operation: str,
     return sum(rates) / len(rates) if rates else float("nan")
 
 
-def gain(measurements: list[Measurement], workers: list[int]) -> str:
+def gain(measurements: list[Measurement], workers: list[int], name: str = "gatekeeper") -> str:
     """Each setting's requests per second against the first's, per operation and clients (the
-    mean of its rounds)."""
-    first = f"gatekeeper x{workers[0]}"
+    mean of its rounds); the rows are called ``{name} x{workers}``."""
+    first = f"{name} x{workers[0]}"
     lines = [f"What more workers buy (req/s against {first}, same run, mean of the rounds):"]
     for operation, clients in dict.fromkeys((m.operation, m.clients) for m in measurements):
         base = mean_rate(measurements, first, operation, clients)
         for count in workers[1:]:
-            rate = mean_rate(measurements, f"gatekeeper x{count}", operation, clients)
+            rate = mean_rate(measurements, f"{name} x{count}", operation, clients)
             lines.append(f"  {operation}, {clients} clients: x{count} {rate:.0f} req/s, "
                          f"x{workers[0]} {base:.0f}: {rate / base:.0%}")
     return "\n".join(lines)

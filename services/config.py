@@ -138,8 +138,8 @@ class ProxyConfig:
     # across them, and a transaction's requests always reach the process that holds it.
     workers: int = 1
     # Prometheus metrics (GET /metrics) on a port of their own, never on the service's port:
-    # 0 none. With a TLS certificate it is HTTPS, and with a client CA it admits only clients
-    # with a certificate from that CA (the monitoring host's).
+    # 0 none, and none recorded. With a TLS certificate it is HTTPS, and with a client CA it
+    # admits only clients with a certificate from that CA (the monitoring host's).
     metrics_port: int = 0
     # One JSON line per request on stderr (request id, key name, mode, node, status, times).
     log_requests: bool = True
@@ -236,8 +236,8 @@ class GatekeeperConfig:
     # across them, and a transaction's requests always reach the process that holds it.
     workers: int = 1
     # Prometheus metrics (GET /metrics) on a port of their own, never on the service's port:
-    # 0 none. With a TLS certificate it is HTTPS, and with a client CA it admits only clients
-    # with a certificate from that CA (the monitoring host's).
+    # 0 none, and none recorded. With a TLS certificate it is HTTPS, and with a client CA it
+    # admits only clients with a certificate from that CA (the monitoring host's).
     metrics_port: int = 0
     # One JSON line per request on stderr (request id, key name, mode, node, status, times).
     log_requests: bool = True

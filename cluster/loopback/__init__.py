@@ -88,7 +88,8 @@ class LoopbackStack:
 
     def __init__(self, replicas: int = 2, log_dir: Path | None = None,
                  proxy_settings: dict[str, str] | None = None,
-                 gatekeeper_port: int | None = None) -> None:
+                 gatekeeper_port: int | None = None,
+                 gatekeeper_settings: dict[str, str] | None = None) -> None:
         self.db = MariaDBCluster(replicas=replicas)
         self.api_key = secrets.token_urlsafe(24)  # the admin key's secret
         self.keys_file = write_keys_file(self.db.root / "gatekeeper-keys.json", self.api_key)
@@ -96,7 +97,8 @@ class LoopbackStack:
         self.proxy = proxy_service(self.db, self.log_dir / "proxy.log",
                                    **(proxy_settings or {}))
         self.gatekeeper = gatekeeper_service(self.db, self.proxy.url, self.keys_file,
-                                             self.log_dir / "gatekeeper.log")
+                                             self.log_dir / "gatekeeper.log",
+                                             **(gatekeeper_settings or {}))
         if gatekeeper_port:
             self.gatekeeper.port = gatekeeper_port
 

@@ -30,7 +30,8 @@ def main() -> None:
                             idle_timeout=config.idle_timeout, body_timeout=config.body_timeout,
                             max_header_bytes=config.max_header_bytes,
                             max_connections=config.max_connections,
-                            on_refused=lambda: gatekeeper_metrics().connection_refused())
+                            on_refused=(lambda: gatekeeper_metrics().connection_refused())
+                            if metrics else None)
     also = [metrics] if metrics else []
     if config.redirect_port:
         # The redirect answers from the headers alone: short timeouts, the same header cap.

@@ -37,7 +37,8 @@ def request_log(config: GatekeeperConfig) -> RequestLog:
     """One JSON line per request, and its metrics: who (the key's name, never its secret),
     which request, what, how it ended and how long it took. Never the body: it holds SQL
     parameter values. Shared by the service's port and the redirect port."""
-    return RequestLog("gatekeeper", gatekeeper_metrics, config.log_requests)
+    return RequestLog("gatekeeper", gatekeeper_metrics if config.metrics_port else None,
+                      config.log_requests)
 
 
 def metrics_listener(config: GatekeeperConfig) -> Listener | None:
@@ -71,7 +72,8 @@ async def make_gatekeeper_app(config: GatekeeperConfig,
                               buckets: SharedBuckets | None = None):
     """The application and the coroutine that releases what it holds. ``buckets``: the rate
     limits' table, shared with the other workers when it was made before they were forked."""
-    announce("gatekeeper")
+    if config.metrics_port:
+        announce("gatekeeper")
     requests = requests or request_log(config)
     keys = KeyRing(config.keys_file, config.inline_api_key(), buckets=buckets)
     ssl_context = (proxy_client_context(config.proxy_ca, config.proxy_client_cert,
@@ -111,5 +113,6 @@ async def make_gatekeeper_app(config: GatekeeperConfig,
         with contextlib.suppress(asyncio.CancelledError):
             await reloading
         await forwarder.close()
+        requests.flush()
 
     return app, close

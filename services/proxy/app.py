@@ -66,7 +66,8 @@ def metrics_listener(config: ProxyConfig) -> Listener | None:
 
 
 def request_log(config: ProxyConfig) -> RequestLog:
-    return RequestLog("proxy", proxy_metrics, config.log_requests)
+    return RequestLog("proxy", proxy_metrics if config.metrics_port else None,
+                      config.log_requests)
 
 
 def token_secret(config: ProxyConfig) -> bytes:
@@ -93,8 +94,9 @@ async def make_proxy_app(config: ProxyConfig, worker: Worker | None = None):
     if worker is not None:
         affinity = Affinity.for_worker(worker, config)
         config = config.for_worker(worker.index)
-    metrics = proxy_metrics()
-    announce("proxy")
+    metrics = proxy_metrics() if config.metrics_port else None  # none without a port to read
+    if metrics is not None:
+        announce("proxy")
     requests = request_log(config)
     primary = NodeHealth(NodePool(config.primary, "primary", config))
     replicas = [NodeHealth(NodePool(address, "replica", config)) for address in config.replicas]
@@ -134,5 +136,6 @@ async def make_proxy_app(config: ProxyConfig, worker: Worker | None = None):
         await transactions.stop()
         await monitor.stop()
         await asyncio.gather(*(node.pool.close() for node in cluster.nodes))
+        requests.flush()
 
     return app, close

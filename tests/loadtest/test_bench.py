@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
+from loadtest import accounting_cost
 from loadtest.bench_overhead import (
     HttpTarget,
     Measurement,
+    cells,
     render,
     target_headers,
     verdict,
 )
+from loadtest.bench_workers import gain
 
 
 def row(target: str, rps: float, p50: float, operation: str = "point select",
@@ -37,3 +42,34 @@ def test_a_proxy_is_told_each_operations_scope_and_a_gatekeeper_its_key():
     assert target_headers(proxy, "insert") == {"X-Sqlgate-Scope": "write"}
     assert target_headers(proxy, "point select") == {"X-Sqlgate-Scope": "read"}
     assert target_headers(gatekeeper, "insert") == {"X-API-Key": "k"}
+
+
+def test_metrics_are_priced_against_the_quiet_twin_round_by_round():
+    rounds = []
+    for plain, quiet in ((980, 1000), (1100, 1000), (900, 1000)):  # the rows took turns
+        rounds += [Measurement("proxy (plain)", "point select", 1, plain, 1.0, 2.0, 0, 1, 1.02),
+                   Measurement("proxy (plain, quiet)", "point select", 1, quiet, 1.0, 2.0, 0, 1,
+                               1.0)]
+    table = cells(rounds)
+    assert [m.target for m in table] == ["proxy (plain)", "proxy (plain, quiet)"]
+    assert table[0].requests_per_second == pytest.approx(993.33, abs=0.01)  # the mean rate
+    text = verdict(table, 1, rounds, {("proxy", "metrics and line"): 20.0,
+                                      ("gatekeeper", "metrics and line"): 30.0})
+    assert ("proxy point select, 1 client(s): 99.3% of plain, quiet's req/s (met), rounds "
+            "98%, 110%, 90%; CPU per request +0.020 ms (+2.0%)") in text
+    assert "proxy point select, 1 client: 20.0 µs of 1000 µs: 2.0%" in text
+    rounds[0] = Measurement("proxy (plain)", "point select", 1, 500, 1.0, 2.0, 0, 1, 1.02)
+    assert "(MISSED)" in verdict(cells(rounds), 1, rounds)
+
+
+def test_the_accounting_of_a_request_is_timed_for_each_service_and_setting():
+    costs = accounting_cost.costs(requests=200)
+    assert set(costs) == {(service, setting) for service in ("proxy", "gatekeeper")
+                          for setting in accounting_cost.SETTINGS}
+    assert all(0 < cost < 10_000 for cost in costs.values()), costs
+
+
+def test_the_workers_gain_compares_each_setting_with_the_first():
+    rows = [Measurement(f"cluster x{workers}", "point select", 16, rate, 1.0, 2.0, 0)
+            for workers, rate in ((1, 400), (2, 500), (1, 400), (2, 460))]
+    assert "point select, 16 clients: x2 480 req/s, x1 400: 120%" in gain(rows, [1, 2], "cluster")

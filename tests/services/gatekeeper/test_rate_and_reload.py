@@ -107,7 +107,12 @@ def test_requests_carry_ids_and_each_is_one_json_line(tls_dir, fake_proxy, keys,
             assert answer.headers["X-Request-Id"] == request_id
             ids[name] = (request_id, answer.status)
 
-    lines = request_lines(log_path)
+    def logged() -> list[dict]:  # the lines are written in batches, a fifth of a second apart
+        wanted = {request_id for request_id, _ in ids.values()}
+        return [line for line in request_lines(log_path) if line["request_id"] in wanted]
+
+    wait_until(lambda: len(logged()) == len(ids), 10, "a line per request")
+    lines = logged()
     for name, key_name in (("ok", keys.write.name), ("bad key", None), ("bad json", "reports")):
         request_id, status = ids[name]
         (line,) = [line for line in lines if line["request_id"] == request_id]

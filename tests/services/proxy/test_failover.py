@@ -55,11 +55,13 @@ def test_a_stopped_replica_is_skipped_within_the_request(own_proxy, db_cluster, 
         assert answer.json["node"] == "replica2"
     assert node_up(own_proxy, "replica1") is False
     replica1.start()
-    wait_until(lambda: own_proxy.health()[1]["nodes"]["replica1"]["in_rotation"], 15,
-               "replica1 to be back in rotation")
+    # Both: on a loaded machine replica2 may be briefly out too (over the lag limit).
+    wait_until(lambda: all(own_proxy.health()[1]["nodes"][name]["in_rotation"]
+                           for name in ("replica1", "replica2")), 15,
+               "replica1 to be back in rotation, beside replica2")
     answers = [read(own_proxy).json for _ in range(30)]
     nodes = {answer["node"] for answer in answers}
-    assert {"replica1", "replica2"} <= nodes, answers
+    assert {"replica1", "replica2"} <= nodes, (answers, own_proxy.health()[1])
     # The primary only as the fallback of a moment when a loaded machine put both replicas
     # over the lag limit, never because a replica back in rotation failed the read.
     assert all(answer["attempts"] == 1 for answer in answers if answer["node"] == "primary"), \
@@ -106,7 +108,8 @@ def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
         busy = read(service, "direct")
         assert busy.status == 503, busy.json
         assert "busy" in str(busy.json["failures"])
-        assert read(service, "random").json["node"] in {"replica1", "replica2"}
+        other = read(service, "random")
+        assert other.json.get("node") in {"replica1", "replica2"}, other.json
         assert node_up(service, "primary") is True  # busy, not down
         for thread in slow:
             thread.join(10)
