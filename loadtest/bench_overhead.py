@@ -343,30 +343,33 @@ def metrics_cost(rounds: list[Measurement]) -> list[str]:
 
 
 def accounting_share(measurements: list[Measurement],
-                     costs: dict[tuple[str, str], float]) -> list[str]:
-    """The in-process cost of a request's metrics and line (``loadtest.accounting_cost``)
-    against the CPU time the quiet rows' requests took: the share of the services' work they
-    add, which the end-to-end rows can only show within their rounds' spread."""
+                     costs: dict[str, dict[tuple[str, str], float]]) -> list[str]:
+    """The in-process cost of a request's metrics and line (``loadtest.accounting_cost``,
+    ``cold`` and ``hot``) against the CPU time the quiet rows' requests took: the share of
+    the services' work they add, which the end-to-end rows show only within their rounds'
+    spread."""
     if not costs:
         return []
     lines = ["The same, in-process (loadtest.accounting_cost: a request's metrics and JSON line "
-             "in a hot loop), against the quiet rows' CPU per request:"]
+             "with the caches flushed before it, and in a hot loop), against the quiet rows' "
+             "CPU per request:"]
     for operation in ("point select", "insert"):
         for service, chain in (("proxy", ("proxy",)), ("gatekeeper", ("gatekeeper", "proxy"))):
             quiet_row = find_in(measurements, f"{service} ({QUIET})", 1, operation)
             if quiet_row is None or math.isnan(quiet_row.cpu_ms_per_request):
                 continue
-            each = [costs[(name, "metrics and line")] for name in chain]
+            cold, hot = ([kind[(name, "metrics and line")] for name in chain]
+                         for kind in (costs["cold"], costs["hot"]))
             cpu_us = 1000.0 * quiet_row.cpu_ms_per_request
             lines.append(f"  {service} {operation}, 1 client: "
-                         f"{' + '.join(f'{cost:.1f}' for cost in each)} µs of {cpu_us:.0f} µs: "
-                         f"{sum(each) / cpu_us:.1%}")
+                         f"{' + '.join(f'{cost:.1f}' for cost in cold)} µs of {cpu_us:.0f} µs: "
+                         f"{sum(cold) / cpu_us:.1%} (hot: {sum(hot) / cpu_us:.1%})")
     return lines if len(lines) > 1 else []
 
 
 def verdict(measurements: list[Measurement], most_clients: int,
             rounds: list[Measurement] | None = None,
-            costs: dict[tuple[str, str], float] | None = None) -> str:
+            costs: dict[str, dict[tuple[str, str], float]] | None = None) -> str:
     def find(target: str, clients: int, operation: str = "point select") -> Measurement | None:
         return find_in(measurements, target, clients, operation)
 
@@ -571,7 +574,9 @@ def main() -> None:
     measurements = cells(rounds)
     print(render(measurements))
     print()
-    print(verdict(measurements, max(args.clients), rounds, accounting_cost.costs()))
+    costs = {"cold": accounting_cost.costs(requests=1000, cold=True),
+             "hot": accounting_cost.costs()}
+    print(verdict(measurements, max(args.clients), rounds, costs))
     inserted = sum(round(m.requests_per_second * args.seconds) for m in rounds
                    if m.operation == "insert")
     print(f"Rows in the bench table: {rows} (about {inserted} expected from the insert cells)")

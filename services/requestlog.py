@@ -12,10 +12,11 @@ API keys or passwords: none of them is a field.
      "node": "replica1", "status": 200, "elapsed_ms": 1.234, "attempts": 1, "waited_ms": null}
 
 Lines are written in batches, as nginx's ``access_log ... buffer= flush=`` does: at most
-``FLUSH_SECONDS`` after the first one waiting, as soon as ``FLUSH_BYTES`` wait, and when the
-service stops. One write per request cost more than the rest of the line (a system call and a
-file update each), and a line a fifth of a second late costs nobody anything; a process
-killed with SIGKILL loses the lines of its last fifth of a second.
+``FLUSH_SECONDS`` after the first one waiting, as soon as ``FLUSH_LINES`` wait, and when the
+service stops: a write per request (a system call and a file update each) and a line made per
+request cost it more than the rest of its accounting, and a line a fifth of a second late
+costs nobody anything. A process killed with SIGKILL loses the lines of its last fifth of a
+second (its requests' metrics were counted at once).
 
 With ``log_requests`` off, only failures (5xx) and slow answers (over 1 s) get a line, in the
 service's ordinary log, at once.
@@ -37,7 +38,7 @@ from typing import Any
 WORKER_ENV = "SQLGATE_WORKER"
 SLOW_SECONDS = 1.0
 FLUSH_SECONDS = 0.2
-FLUSH_BYTES = 64 * 1024
+FLUSH_LINES = 256
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ class _Clock:
     def __init__(self) -> None:
         self._second, self._prefix = -1, ""
 
-    def now(self) -> str:
-        now = time.time()
+    def format(self, now: float) -> str:
         second = int(now)
         if second != self._second:
             self._second = second
@@ -99,15 +99,14 @@ class RequestLog:
         self.enabled = enabled
         self._clock = _Clock()
         self._worker: int | None = None
-        self._pending: list[str] = []
-        self._pending_bytes = 0
+        self._pending: list[tuple] = []  # each waiting line's fields, made into lines at flush
         self._flushing: asyncio.TimerHandle | None = None
         os.register_at_fork(after_in_child=self._forget_worker)
         atexit.register(self.flush)
 
     def _forget_worker(self) -> None:
         self._worker = None  # a forked worker learns its own index from its environment
-        self._pending, self._pending_bytes, self._flushing = [], 0, None
+        self._pending, self._flushing = [], None
 
     @property
     def worker(self) -> int:
@@ -149,30 +148,19 @@ class RequestLog:
                         handler.endpoint, 1000.0 * seconds, handler.request_id)
 
     def write(self, handler: Any, status: int, seconds: float) -> None:
-        """One line: one ``json.dumps`` (its default encoder is made once and cached), kept
-        for the next batch. Not through ``logging``: a record, a handler lock and a formatter
-        per request cost twice what the line itself does, and nothing here needs them (the
-        line is already what it should be, and a service's stderr is its log)."""
+        """Keep the line's fields for the next batch, which makes them into lines, each one
+        ``json.dumps`` (its default encoder is made once and cached). Making a line costs a
+        request a few times more than making a hundred in a row costs each of them (the
+        code and the encoder are then in the caches), and nothing needs a line sooner. Not
+        through ``logging``: a record, a handler lock and a formatter per line would cost
+        more than the line, and the line is already what it should be (a service's stderr is
+        its log)."""
         trace = handler.trace
-        waited_ms = trace.waited_ms
-        line = json.dumps({
-            "ts": self._clock.now(),
-            "service": self.service,
-            "worker": self.worker,
-            "request_id": handler.request_id,
-            "key": handler.key_name,
-            "endpoint": handler.endpoint,
-            "mode": trace.mode,
-            "query_type": trace.query_type,
-            "node": trace.node,
-            "status": status,
-            "elapsed_ms": round(1000.0 * seconds, 3),
-            "attempts": trace.attempts,
-            "waited_ms": None if waited_ms is None else round(waited_ms, 3),
-        }) + "\n"
-        self._pending.append(line)
-        self._pending_bytes += len(line)
-        if self._pending_bytes >= FLUSH_BYTES:
+        pending = self._pending
+        pending.append((time.time(), handler.request_id, handler.key_name, handler.endpoint,
+                        trace.mode, trace.query_type, trace.node, status, seconds,
+                        trace.attempts, trace.waited_ms))
+        if len(pending) >= FLUSH_LINES:
             self.flush()
         elif self._flushing is None:
             try:
@@ -181,12 +169,32 @@ class RequestLog:
             except RuntimeError:  # no event loop (a test calling it directly): now
                 self.flush()
 
+    def lines(self, pending: list[tuple]) -> str:
+        """The JSON lines of ``pending``'s fields, joined."""
+        clock, service, worker, dumps = self._clock, self.service, self.worker, json.dumps
+        return "".join([dumps({
+            "ts": clock.format(now),
+            "service": service,
+            "worker": worker,
+            "request_id": request_id,
+            "key": key,
+            "endpoint": endpoint,
+            "mode": mode,
+            "query_type": query_type,
+            "node": node,
+            "status": status,
+            "elapsed_ms": round(1000.0 * seconds, 3),
+            "attempts": attempts,
+            "waited_ms": None if waited_ms is None else round(waited_ms, 3),
+        }) + "\n" for (now, request_id, key, endpoint, mode, query_type, node, status, seconds,
+                       attempts, waited_ms) in pending])
+
     def flush(self) -> None:
         """Write the lines waiting, in one write (the services call it as they stop)."""
         if self._flushing is not None:
             self._flushing.cancel()
             self._flushing = None
         if self._pending:
-            lines, self._pending, self._pending_bytes = self._pending, [], 0
-            sys.stderr.write("".join(lines))
+            pending, self._pending = self._pending, []
+            sys.stderr.write(self.lines(pending))
             sys.stderr.flush()

@@ -53,20 +53,20 @@ def test_metrics_are_priced_against_the_quiet_twin_round_by_round():
     table = cells(rounds)
     assert [m.target for m in table] == ["proxy (plain)", "proxy (plain, quiet)"]
     assert table[0].requests_per_second == pytest.approx(993.33, abs=0.01)  # the mean rate
-    text = verdict(table, 1, rounds, {("proxy", "metrics and line"): 20.0,
-                                      ("gatekeeper", "metrics and line"): 30.0})
+    costs = {("proxy", "metrics and line"): 20.0, ("gatekeeper", "metrics and line"): 30.0}
+    text = verdict(table, 1, rounds, {"cold": costs, "hot": {k: v / 4 for k, v in costs.items()}})
     assert ("proxy point select, 1 client(s): 99.3% of plain, quiet's req/s (met), rounds "
             "98%, 110%, 90%; CPU per request +0.020 ms (+2.0%)") in text
-    assert "proxy point select, 1 client: 20.0 µs of 1000 µs: 2.0%" in text
+    assert "proxy point select, 1 client: 20.0 µs of 1000 µs: 2.0% (hot: 0.5%)" in text
     rounds[0] = Measurement("proxy (plain)", "point select", 1, 500, 1.0, 2.0, 0, 1, 1.02)
     assert "(MISSED)" in verdict(cells(rounds), 1, rounds)
 
 
 def test_the_accounting_of_a_request_is_timed_for_each_service_and_setting():
-    costs = accounting_cost.costs(requests=200)
-    assert set(costs) == {(service, setting) for service in ("proxy", "gatekeeper")
-                          for setting in accounting_cost.SETTINGS}
-    assert all(0 < cost < 10_000 for cost in costs.values()), costs
+    for costs in (accounting_cost.costs(requests=200), accounting_cost.costs(20, cold=True)):
+        assert set(costs) == {(service, setting) for service in ("proxy", "gatekeeper")
+                              for setting in accounting_cost.SETTINGS}
+        assert all(0 < cost < 10_000 for cost in costs.values()), costs
 
 
 def test_the_workers_gain_compares_each_setting_with_the_first():
