@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.http import JsonHandler, NotFoundHandler
+from services.requestlog import flush_all
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Request durations from 0.1 ms (a refusal) to 10 s (the query timeout).
@@ -110,6 +111,7 @@ class MetricsHandler(JsonHandler):
     def get(self) -> None:
         # Without a registry of its own, decided at each scrape: the application may be built
         # before the worker runner sets PROMETHEUS_MULTIPROC_DIR.
+        flush_all()  # the requests this process answered and has not counted yet
         registry = self.registry or exposition_registry()
         self.set_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
         self.finish(generate_latest(registry))

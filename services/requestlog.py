@@ -11,12 +11,13 @@ API keys or passwords: none of them is a field.
      "key": "ci", "endpoint": "POST /query", "mode": "random", "query_type": "read",
      "node": "replica1", "status": 200, "elapsed_ms": 1.234, "attempts": 1, "waited_ms": null}
 
-Lines are written in batches, as nginx's ``access_log ... buffer= flush=`` does: at most
-``FLUSH_SECONDS`` after the first one waiting, as soon as ``FLUSH_LINES`` wait, and when the
-service stops: a write per request (a system call and a file update each) and a line made per
-request cost it more than the rest of its accounting, and a line a fifth of a second late
-costs nobody anything. A process killed with SIGKILL loses the lines of its last fifth of a
-second (its requests' metrics were counted at once).
+A request's metrics and line are made in batches, as nginx's ``access_log ... buffer= flush=``
+writes its lines: at most ``FLUSH_SECONDS`` after the first request waiting, as soon as
+``FLUSH_LINES`` wait, before every scrape of this process, and when the service stops. Made
+in the middle of each answer they cost the request several times more (measured: 58 µs a
+point select in the Proxy, against about 30 in a batch), and a line or a count a fifth of a
+second late costs nobody anything. A process killed with SIGKILL loses the lines and the
+counts of its last fifth of a second (a worker's other counts are in its multiprocess files).
 
 With ``log_requests`` off, only failures (5xx) and slow answers (over 1 s) get a line, in the
 service's ordinary log, at once.
@@ -31,6 +32,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,9 @@ FLUSH_SECONDS = 0.2
 FLUSH_LINES = 256
 
 log = logging.getLogger(__name__)
+# This process's request logs, for a scrape to flush (flush_all); weak, so that a log no
+# service holds any more is not kept for it.
+_LOGS: weakref.WeakSet[RequestLog] = weakref.WeakSet()
 
 
 @dataclass(slots=True)
@@ -56,6 +61,23 @@ class RequestTrace:
     node: str | None = None
     attempts: int | None = None
     waited_ms: float | None = None
+
+
+@dataclass(slots=True)
+class Finished:
+    """A request as its accounting saw it finish: what its metrics and its line are made of
+    (the metric sets' ``record`` reads it). ``relayed``: the Gatekeeper relayed the Proxy's
+    answer."""
+
+    at: float  # time.time() when it finished
+    request_id: str | None
+    key: str | None
+    endpoint: str
+    status: int
+    seconds: float
+    trace: RequestTrace
+    error_cause: str | None = None
+    relayed: bool = False
 
 
 def utc_timestamp(now: float) -> str:
@@ -85,8 +107,9 @@ class RequestLog:
     ``finished`` (the application's ``log_function``) and ``abandoned`` (the client left first).
 
     ``metrics()`` gives the service's metric set, asked for at the first request (in the
-    worker, after any fork and once PROMETHEUS_MULTIPROC_DIR is set): its ``record(handler,
-    status, seconds)`` writes the request metrics, and its ``in_flight`` gauge is counted up
+    worker, after any fork and once PROMETHEUS_MULTIPROC_DIR is set): its ``record(finished)``
+    writes a request's metrics (in the batch, with its line), and its ``in_flight`` gauge is
+    counted up
     once per request and down exactly once, whether the request finished or its client went
     away. ``metrics`` None: a service without a metrics port records none (nobody could read
     them)."""
@@ -99,10 +122,11 @@ class RequestLog:
         self.enabled = enabled
         self._clock = _Clock()
         self._worker: int | None = None
-        self._pending: list[tuple] = []  # each waiting line's fields, made into lines at flush
+        self._pending: list[Finished] = []  # counted and logged at the next flush
         self._flushing: asyncio.TimerHandle | None = None
         os.register_at_fork(after_in_child=self._forget_worker)
         atexit.register(self.flush)
+        _LOGS.add(self)
 
     def _forget_worker(self) -> None:
         self._worker = None  # a forked worker learns its own index from its environment
@@ -139,27 +163,22 @@ class RequestLog:
             return  # another worker answered it: it counts the request and logs its line
         status = handler.get_status()
         seconds = handler.request.request_time()
-        if self._metrics_of is not None:
-            self.metrics.record(handler, status, seconds)
-        if self.enabled:
-            self.write(handler, status, seconds)
-        elif status >= 500 or seconds > SLOW_SECONDS:
+        if self._metrics_of is not None or self.enabled:
+            self._keep(Finished(time.time(), handler.request_id, handler.key_name,
+                                handler.endpoint, status, seconds, handler.trace,
+                                handler.error_cause, getattr(handler, "relayed", False)))
+        if not self.enabled and (status >= 500 or seconds > SLOW_SECONDS):
             log.warning("%d %s %s %.1fms request_id=%s", status, handler.request.method,
                         handler.endpoint, 1000.0 * seconds, handler.request_id)
 
-    def write(self, handler: Any, status: int, seconds: float) -> None:
-        """Keep the line's fields for the next batch, which makes them into lines, each one
-        ``json.dumps`` (its default encoder is made once and cached). Making a line costs a
-        request a few times more than making a hundred in a row costs each of them (the
-        code and the encoder are then in the caches), and nothing needs a line sooner. Not
-        through ``logging``: a record, a handler lock and a formatter per line would cost
-        more than the line, and the line is already what it should be (a service's stderr is
-        its log)."""
-        trace = handler.trace
+    def _keep(self, request: Finished) -> None:
+        """Keep a finished request for the next batch, which counts it in the metrics and
+        makes its line. Both cost a request a few times more when done in the middle of its
+        answer than when done a hundred in a row (the code and its data are then in the
+        caches), and nothing needs them sooner: a scrape of this process first writes what
+        waits (``flush_all``)."""
         pending = self._pending
-        pending.append((time.time(), handler.request_id, handler.key_name, handler.endpoint,
-                        trace.mode, trace.query_type, trace.node, status, seconds,
-                        trace.attempts, trace.waited_ms))
+        pending.append(request)
         if len(pending) >= FLUSH_LINES:
             self.flush()
         elif self._flushing is None:
@@ -169,32 +188,49 @@ class RequestLog:
             except RuntimeError:  # no event loop (a test calling it directly): now
                 self.flush()
 
-    def lines(self, pending: list[tuple]) -> str:
-        """The JSON lines of ``pending``'s fields, joined."""
+    def lines(self, pending: list[Finished]) -> str:
+        """The JSON lines of ``pending``, joined: one ``json.dumps`` each (its default
+        encoder is made once and cached). Not through ``logging``: a record, a handler lock
+        and a formatter per line would cost more than the line, and the line is already what
+        it should be (a service's stderr is its log)."""
         clock, service, worker, dumps = self._clock, self.service, self.worker, json.dumps
         return "".join([dumps({
-            "ts": clock.format(now),
+            "ts": clock.format(request.at),
             "service": service,
             "worker": worker,
-            "request_id": request_id,
-            "key": key,
-            "endpoint": endpoint,
-            "mode": mode,
-            "query_type": query_type,
-            "node": node,
-            "status": status,
-            "elapsed_ms": round(1000.0 * seconds, 3),
-            "attempts": attempts,
-            "waited_ms": None if waited_ms is None else round(waited_ms, 3),
-        }) + "\n" for (now, request_id, key, endpoint, mode, query_type, node, status, seconds,
-                       attempts, waited_ms) in pending])
+            "request_id": request.request_id,
+            "key": request.key,
+            "endpoint": request.endpoint,
+            "mode": request.trace.mode,
+            "query_type": request.trace.query_type,
+            "node": request.trace.node,
+            "status": request.status,
+            "elapsed_ms": round(1000.0 * request.seconds, 3),
+            "attempts": request.trace.attempts,
+            "waited_ms": (None if request.trace.waited_ms is None
+                          else round(request.trace.waited_ms, 3)),
+        }) + "\n" for request in pending])
 
     def flush(self) -> None:
-        """Write the lines waiting, in one write (the services call it as they stop)."""
+        """Count the requests waiting and write their lines, in one write (a scrape and the
+        service's stop call it)."""
         if self._flushing is not None:
             self._flushing.cancel()
             self._flushing = None
-        if self._pending:
-            pending, self._pending = self._pending, []
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if self._metrics_of is not None:
+            record = self.metrics.record
+            for request in pending:
+                record(request)
+        if self.enabled:
             sys.stderr.write(self.lines(pending))
             sys.stderr.flush()
+
+
+def flush_all() -> None:
+    """Every request log of this process written out: what a scrape calls first, so that it
+    counts every request answered before it (one service has one or two request logs)."""
+    for requests in list(_LOGS):
+        requests.flush()

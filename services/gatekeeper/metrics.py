@@ -9,11 +9,11 @@ refusals, which never become requests (``services.http.LimitedHTTPServer`` calls
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.metrics import BUCKETS, LabelCache, values_follow_environment
+from services.requestlog import Finished
 
 # The Gatekeeper's own refusals, by status; of the Proxy's answers it relays, these.
 OWN_REFUSALS = {401: "unauthenticated", 429: "rate_limited", 413: "too_large",
@@ -51,19 +51,19 @@ class GatekeeperMetrics:
         self._refusals = LabelCache(self.refusals)
         self._proxy_errors = LabelCache(self.proxy_errors)
 
-    def record(self, handler: Any, status: int, seconds: float) -> None:
-        endpoint = handler.endpoint
-        key = handler.key_name or "-"
+    def record(self, request: Finished) -> None:
+        endpoint, status = request.endpoint, request.status
+        key = request.key or "-"
         self._requests(endpoint, str(status), key).inc()
-        self._duration(endpoint).observe(seconds)
+        self._duration(endpoint).observe(request.seconds)
         if status < 400:
             return
-        if getattr(handler, "relayed", False):
+        if request.relayed:
             reason = RELAYED_REFUSALS.get(status)
         elif status in PROXY_ERROR_STATUSES:
             reason = None
-            if handler.error_cause is not None:
-                self._proxy_errors(handler.error_cause).inc()
+            if request.error_cause is not None:
+                self._proxy_errors(request.error_cause).inc()
         else:
             reason = OWN_REFUSALS.get(status)
             if status == 429:

@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.metrics import BUCKETS, LabelCache, values_follow_environment
+from services.requestlog import Finished
 
 # Refusals told apart by their status alone; the others carry ApiError.cause.
 REFUSALS_BY_STATUS = {400: "bad_request", 404: "bad_request", 405: "bad_request",
@@ -97,14 +98,13 @@ class ProxyMetrics:
 
     # --- per request (the request log calls this once per answer) ------------------------------
 
-    def record(self, handler: Any, status: int, seconds: float) -> None:
-        trace = handler.trace
-        endpoint = handler.endpoint
+    def record(self, request: Finished) -> None:
+        trace, endpoint, status = request.trace, request.endpoint, request.status
         self._requests(endpoint, trace.mode, trace.query_type, trace.node or "none",
-                       str(status), handler.key_name or "-").inc()
-        self._duration(endpoint, trace.mode).observe(seconds)
+                       str(status), request.key or "-").inc()
+        self._duration(endpoint, trace.mode).observe(request.seconds)
         if status >= 400:
-            reason = handler.error_cause or REFUSALS_BY_STATUS.get(status)
+            reason = request.error_cause or REFUSALS_BY_STATUS.get(status)
             if reason is not None:
                 self._refusals(reason).inc()
 
