@@ -26,6 +26,7 @@ from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
 from services.config import ProxyConfig, worker_instance_name
 from services.contract import TRANSACTION_ID_PATTERN
+from services.requestlog import FLUSH_SECONDS
 from tests.conftest import Answer, http, proxy_service, scratch_tables
 from tests.services.gatekeeper.conftest import Key, new_key, write_keys
 from tests.services.scrape import Samples, scrape
@@ -151,13 +152,27 @@ def proxy2_metrics(service: ServiceProcess) -> Samples:
     return scrape(int(service.env["PROXY_METRICS_PORT"]), service.tls)
 
 
+def settled_metrics(service: ServiceProcess) -> Samples:
+    """A scrape that counts every request answered before it: the earlier tests' requests
+    may still wait in a worker's batch (made at most FLUSH_SECONDS after them), so two
+    scrapes more than that apart must agree."""
+    def settled() -> Samples | None:
+        first = proxy2_metrics(service)
+        time.sleep(2 * FLUSH_SECONDS)
+        second = proxy2_metrics(service)
+        return second if second.total("sqlgate_proxy_requests_total") == \
+            first.total("sqlgate_proxy_requests_total") else None
+
+    return wait_until(settled, 10, "the workers' batches written")
+
+
 def test_metrics_add_up_across_workers_and_a_passed_request_counts_once(proxy2, scratch):
     """Reads spread over both workers and one transaction's statements (half of them passed
     from the worker that took the connection to the one holding it): the one metrics port
     counts each request exactly once, whichever worker served it or scraped."""
     table = scratch()
     query = {"endpoint": "POST /query"}
-    before = proxy2_metrics(proxy2)
+    before = settled_metrics(proxy2)
     reads = on_many_connections(lambda: http(proxy2.url + "/query",
                                              {"sql": "SELECT 1", "mode": "random"}), 40)
     assert all(answer.status == 200 for answer in reads), reads
