@@ -43,8 +43,7 @@ FLUSH_SECONDS = 0.2
 FLUSH_LINES = 256
 
 log = logging.getLogger(__name__)
-# This process's request logs, for a scrape to flush (flush_all); weak, so that a log no
-# service holds any more is not kept for it.
+# This process's request logs, for a scrape to flush (flush_all).
 _LOGS: weakref.WeakSet[RequestLog] = weakref.WeakSet()
 
 
@@ -109,10 +108,9 @@ class RequestLog:
     ``metrics()`` gives the service's metric set, asked for at the first request (in the
     worker, after any fork and once PROMETHEUS_MULTIPROC_DIR is set): its ``record(finished)``
     writes a request's metrics (in the batch, with its line), and its ``in_flight`` gauge is
-    counted up
-    once per request and down exactly once, whether the request finished or its client went
-    away. ``metrics`` None: a service without a metrics port records none (nobody could read
-    them)."""
+    counted up once per request and down exactly once, whether the request finished or its
+    client went away. ``metrics`` None: a service without a metrics port records none
+    (nobody could read them)."""
 
     def __init__(self, service: str, metrics: Callable[[], Any] | None,
                  enabled: bool = True) -> None:
