@@ -76,9 +76,9 @@ BATCH_SIZE = 50
 OPERATIONS = ("point select", "insert", "batch")
 TARGETS = {"gatekeeper_rps_16": 2000.0, "gatekeeper_p50_1_ms": 1.0}
 SECURE, PLAIN, QUIET = "TLS", "plain", "plain, quiet"
-METRICS_GOAL = 0.95  # of the quiet rows' throughput at 1 client: metrics take 5% at most
+METRICS_GOAL = 0.05  # the most of a single request's CPU time its metrics and line may take
 # make bench's baseline is the last commit before the services had metrics and request logs.
-BASELINE_NOTE = "with make bench's baseline, what metrics, request logs and workers cost"
+BASELINE_NOTE = "with make bench's baseline, what metrics and request logs cost"
 # What each operation needs of the database, as the Gatekeeper would tell the Proxy for a key.
 SCOPE_OF = {"point select": "read", "insert": "write", "batch": "read"}
 # The bench's key: write scope, with a bucket that never runs dry (it is still checked).
@@ -351,7 +351,7 @@ def accounting_share(measurements: list[Measurement],
         return []
     lines = ["The same, in-process (loadtest.accounting_cost: a request's metrics and JSON line "
              "with the caches flushed before it, and in a hot loop), against the quiet rows' "
-             f"CPU per request; goal: {1 - METRICS_GOAL:.0%} or less at 1 client:"]
+             f"CPU per request; goal: {METRICS_GOAL:.0%} or less at 1 client:"]
     for operation in ("point select", "insert"):
         for service, chain in (("proxy", ("proxy",)), ("gatekeeper", ("gatekeeper", "proxy"))):
             quiet_row = find_in(measurements, f"{service} ({QUIET})", 1, operation)
@@ -361,7 +361,7 @@ def accounting_share(measurements: list[Measurement],
                          for kind in (costs["cold"], costs["hot"]))
             cpu_us = 1000.0 * quiet_row.cpu_ms_per_request
             share = sum(cold) / cpu_us
-            met = "met" if share <= 1 - METRICS_GOAL else "MISSED"
+            met = "met" if share <= METRICS_GOAL else "MISSED"
             lines.append(f"  {service} {operation}, 1 client: "
                          f"{' + '.join(f'{cost:.1f}' for cost in cold)} µs of {cpu_us:.0f} µs: "
                          f"{share:.1%} ({met}; hot: {sum(hot) / cpu_us:.1%})")
