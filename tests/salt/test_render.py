@@ -236,18 +236,27 @@ def test_proxy_settings_quote_the_passwords_use_tls_and_ping_only_as_the_service
 
 
 def test_database_settings_follow_the_flavour(renderer):
-    settings = state_args(renderer.show_sls("replica1", ROLE_SLS["replica1"]),
-                          "sqlgate-db-config")
-    options = settings["context"]["options"]
-    if renderer.flavour.name == "mysql":
-        assert options["gtid_mode"] == "ON"
-        # MySQL bounds statements server-wide (milliseconds), MariaDB per user.
-        assert options["max_execution_time"] == 10000
-        assert settings["context"]["replica_options"]["super_read_only"] == "ON"
-    else:
-        assert options["gtid_strict_mode"] == "ON"
-        assert "max_execution_time" not in options
-        assert settings["context"]["replica_options"] == {"read_only": "ON"}
+    """Every server, the primary's host too, starts read-only with semi-sync's replica side on,
+    AFTER_SYNC, and durable commits (docs/failover.md); the flavours name them differently."""
+    for host in ("primary", "replica1"):
+        settings = state_args(renderer.show_sls(host, ROLE_SLS[host]), "sqlgate-db-config")
+        options = settings["context"]["options"]
+        assert options["read_only"] == "ON"
+        assert options["sync_binlog"] == options["innodb_flush_log_at_trx_commit"] == 1
+        if renderer.flavour.name == "mysql":
+            assert options["gtid_mode"] == "ON"
+            # MySQL bounds statements server-wide (milliseconds), MariaDB per user.
+            assert options["max_execution_time"] == 10000
+            assert options["super_read_only"] == "ON"
+            assert options["rpl_semi_sync_replica_enabled"] == "ON"
+            assert options["rpl_semi_sync_source_wait_point"] == "AFTER_SYNC"
+        else:
+            assert options["gtid_strict_mode"] == "ON"
+            assert "max_execution_time" not in options
+            assert options["rpl_semi_sync_slave_enabled"] == "ON"
+            assert options["rpl_semi_sync_master_wait_point"] == "AFTER_SYNC"
+            assert options["init_rpl_role"] == "SLAVE"
+        assert "replica_options" not in settings["context"]
     assert settings["context"]["tls"] == {"ca": "/etc/sqlgate/tls/ca.crt",
                                           "cert": "/etc/sqlgate/tls/replica1.crt",
                                           "key": "/etc/sqlgate/tls/replica1.key"}
