@@ -708,7 +708,8 @@ def test_the_alert_rules_get_their_thresholds_and_the_proxys_lag_limit(tmp_path)
     rules = state_args(states, "sqlgate-monitor-rules")
     assert rules["source"] == "salt://sqlgate/monitor/files/alerts.rules.yml.jinja"
     assert rules["context"]["alerts"] == {"for": "3s", "replica_lag_seconds": 2.5,
-                                          "error_ratio": 0.05, "p95_seconds": 0.5}
+                                          "error_ratio": 0.05, "p95_seconds": 0.5,
+                                          "quarantine_for": "10m"}
     assert rules["check_cmd"] == "/usr/bin/promtool check rules"
     assert prometheus_config(states)["global"]["scrape_interval"] == "1s"
     # The rules file renders with that context into rules promtool accepts.
