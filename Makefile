@@ -51,6 +51,7 @@ BENCH_BASELINE ?= 6060902
 bench: system-packages $(STAMP)
 	$(PY) -m loadtest.bench_overhead --baseline $(BENCH_BASELINE) $(BENCH_ARGS)
 	$(PY) -m loadtest.bench_workers $(BENCH_WORKERS_ARGS)
+	$(PY) -m loadtest.bench_semisync $(BENCH_SEMISYNC_ARGS)
 	$(PY) bootstrap.py up --provider local
 	$(PY) -m loadtest.bench_cluster_workers $(BENCH_CLUSTER_ARGS)
 
