@@ -124,6 +124,10 @@ def _schemas() -> dict[str, Any]:
                           "description": "403: the scope of the key that was refused"},
                 "mysql_errno": {"type": "integer"},
                 "failed_statement": {"type": "integer", "minimum": 0},
+                "outcome": {"enum": ["unknown"],
+                            "description": "503: the write may or may not have been applied "
+                            "(its connection died after it was sent), or it returned while "
+                            "semi-synchronous replication was off (on the primary alone)"},
             },
         },
         "Value": value,
