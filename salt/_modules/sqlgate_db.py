@@ -50,6 +50,7 @@ _FIELD = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*):(?: (.*))?$")
 _ROW = re.compile(r"^\*+ \d+\. row \*+$")
 # A schema, table, user or column name these functions put in a statement unquoted.
 _NAME = re.compile(r"[A-Za-z0-9_$]+")
+_ADDRESS = re.compile(r"[0-9A-Fa-f.:/]+")
 # What a schema is, for a load that must never overwrite data (schema_state).
 SCHEMA_ABSENT, SCHEMA_EMPTY, SCHEMA_NOT_EMPTY, SCHEMA_UNKNOWN = (
     "absent", "empty", "not empty", "unknown")
@@ -691,6 +692,16 @@ def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None
         return seen
     state.pop("lost_since", None)
     primary = current_primary(pillar)
+    if primary == me:
+        # The primary restarted read-only (every server starts so): the runner decides
+        # whether it may take writes again.
+        if query("SELECT @@read_only", client=client, socket=socket) in ([["1"]], [["ON"]]) \
+                and now - state.get("rejoin_at", 0) >= float(refire_seconds):
+            __salt__["event.send"](REJOIN_TAG, {"node": me, "primary": primary})  # noqa: F821
+            state["rejoin_at"] = now
+            seen["fired"] = REJOIN_TAG
+        _watch_state(path, state)
+        return seen
     quarantined = me in ((pillar.get("failover") or {}).get("quarantined") or [])
     if primary and primary != me and not quarantined and \
             now - state.get("rejoin_at", 0) >= float(refire_seconds):
@@ -699,3 +710,67 @@ def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None
         seen["fired"] = REJOIN_TAG
     _watch_state(path, state)
     return seen
+
+
+# --- fencing by the firewall (the local cluster's nftables; AWS stops the instance) ---------
+
+FENCE_COMMENT = "sqlgate-fenced"
+NFT_TABLE = ("inet", "sqlgate")
+
+
+def _nft(*args, stdin=None):
+    done = __salt__["cmd.run_all"](  # noqa: F821 (a Salt dunder)
+        ["nft", *args], stdin=stdin, python_shell=False, ignore_retcode=True,
+        output_loglevel="quiet")
+    return done["retcode"], done.get("stdout") or "", done.get("stderr") or ""
+
+
+def _fence_handles():
+    code, out, _ = _nft("-a", "list", "chain", *NFT_TABLE, "input")
+    if code != 0:
+        return None
+    return [line.rsplit("# handle ", 1)[1].strip() for line in out.splitlines()
+            if FENCE_COMMENT in line and "# handle " in line]
+
+
+def close_port(sources, port=3306):
+    """Drop the database port to ``sources`` (the Proxies' addresses) before every rule of
+    the host's firewall (the nftables table ``inet sqlgate`` the local cluster loads in each
+    host): a fenced primary whose server cannot be told to stop taking writes is cut off from
+    them. Answers ``closed``, ``already closed``, or ``no firewall`` (no such table: on AWS
+    the security group is the group's, and the runner's caller stops the instance).
+
+    CLI Example::
+
+        salt primary sqlgate_db.close_port '[10.213.0.4]'
+    """
+    if isinstance(sources, str):
+        sources = [sources]
+    handles = _fence_handles()
+    if handles is None:
+        return "no firewall"
+    if handles:
+        return "already closed"
+    wanted = ", ".join(str(source) for source in sources if _ADDRESS.fullmatch(str(source)))
+    match = f"ip saddr {{ {wanted} }} " if wanted else ""
+    code, _, err = _nft("insert", "rule", *NFT_TABLE, "input",
+                        *f"{match}tcp dport {int(port)} drop".split(),
+                        "comment", f'"{FENCE_COMMENT}"')
+    if code != 0:
+        raise CommandExecutionError(f"nft could not close the port: {err.strip()}")
+    return "closed"
+
+
+def open_port():
+    """Remove what ``close_port`` added (a node that rejoins as a replica serves reads).
+
+    CLI Example::
+
+        salt primary sqlgate_db.open_port
+    """
+    handles = _fence_handles()
+    if not handles:
+        return "open"
+    for handle in handles:
+        _nft("delete", "rule", *NFT_TABLE, "input", "handle", handle)
+    return "opened"
