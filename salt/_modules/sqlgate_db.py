@@ -774,3 +774,63 @@ def open_port():
     for handle in handles:
         _nft("delete", "rule", *NFT_TABLE, "input", "handle", handle)
     return "opened"
+
+
+# --- rebuild: a quarantined node made a fresh replica ---------------------------------------
+
+KEPT_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+KEPT_USERS = ("root", "mariadb.sys", "mysql", "mysql.sys", "mysql.session",
+              "mysql.infoschema", "debian-sys-maint", "")
+
+
+def wipe(confirm=None, client=None, socket=None):
+    """Forget this node's diverged history so that it can replicate the primary's from its
+    first transaction: read-only, replication reset, every schema and user that replication
+    brings dropped (not binary-logged), its binary log and GTID positions emptied. Only with
+    ``confirm`` equal to this minion's id, and never on a writable node.
+
+    CLI Example::
+
+        salt replica2 sqlgate_db.wipe confirm=replica2
+    """
+    if confirm != __opts__["id"]:  # noqa: F821 (a Salt dunder)
+        raise CommandExecutionError("wipe needs confirm=<this minion's id>")
+    state = node_state(client=client, socket=socket)
+    if not state.get("running"):
+        raise CommandExecutionError(f"the server does not answer: {state.get('error')}")
+    if not state.get("read_only"):
+        raise CommandExecutionError("the node is writable: never wiped (fence it first)")
+    kept = ", ".join(sql_literal(name) for name in KEPT_SCHEMAS)
+    schemas = [row[0] for row in query(
+        f"SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN ({kept})",
+        client=client, socket=socket)]
+    kept_users = ", ".join(sql_literal(name) for name in KEPT_USERS)
+    users = query(f"SELECT User, Host FROM mysql.user WHERE User NOT IN ({kept_users})",
+                  client=client, socket=socket)
+    steps = ["SET SESSION sql_log_bin = 0", "STOP REPLICA", "RESET REPLICA ALL"]
+    steps += [f"DROP DATABASE `{name}`" for name in schemas if _NAME.fullmatch(name)]
+    steps += [f"DROP USER {sql_literal(user)}@{sql_literal(host)}" for user, host in users]
+    steps += ["RESET MASTER"]
+    if _flavour(client)[0] != "mysql":
+        steps.append("SET GLOBAL gtid_slave_pos = ''")
+    execute(";\n".join(steps) + ";\n", client=client, socket=socket)
+    return {"dropped_schemas": schemas, "dropped_users": len(users)}
+
+
+def history_complete(client=None, socket=None):
+    """Whether this server's binary logs still begin with its first transaction (MariaDB: the
+    first log's starting GTID position is empty), so that a wiped node can replay them all.
+
+    CLI Example::
+
+        salt replica1 sqlgate_db.history_complete
+    """
+    if _flavour(client)[0] == "mysql":
+        rows = query("SELECT @@gtid_purged", client=client, socket=socket)
+        return rows == [[""]]
+    logs = query("SHOW BINARY LOGS", client=client, socket=socket)
+    if not logs:
+        return False
+    rows = query(f"SELECT BINLOG_GTID_POS({sql_literal(logs[0][0])}, 4)",
+                 client=client, socket=socket)
+    return rows in ([[""]], [["NULL"]])

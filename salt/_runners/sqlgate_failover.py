@@ -41,6 +41,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import time
 
 import salt.client
@@ -165,6 +166,7 @@ class Cluster:
                          " the current primary and epoch. bootstrap.py up keeps it.\n")
             salt.utils.yaml.safe_dump(data, handle, default_flow_style=False)
         os.chmod(temporary, 0o600)
+        _own(temporary)
         os.replace(temporary, path)
         self.failover_pillar = data
         self.primary, self.epoch, self.fork_gtid_pos = primary, int(epoch), fork_gtid_pos
@@ -213,9 +215,19 @@ def _proxy_view(cluster, timeout):
 
 # --- the lock and the record ----------------------------------------------------------------
 
+def _own(path):
+    """A file made by an operator's ``salt-run`` as root belongs to the master's user, which
+    runs the reactor's calls."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError, OSError):
+            user = pwd.getpwnam(_opts().get("user") or "root")
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+
 def _state_dir():
     path = os.path.join(_opts()["cachedir"], STATE_DIR)
     os.makedirs(path, mode=0o700, exist_ok=True)
+    _own(path)
     return path
 
 
@@ -224,6 +236,7 @@ def _single_flight():
     """Yields True to the one caller holding the lock, False (at once) to any other."""
     path = os.path.join(_opts()["cachedir"], LOCK_FILE)
     with open(path, "a", encoding="utf-8") as handle:
+        _own(path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -251,6 +264,7 @@ def _save(history):
     temporary = f"{path}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(history, handle, indent=1, sort_keys=True)
+    _own(temporary)
     os.replace(temporary, path)
 
 
@@ -635,6 +649,53 @@ def _restore(cluster, node, timeout):
     _record({"kind": "restore", "node": node, "detected": time.time(), "answer": answer,
              "result": "writable" if isinstance(answer, dict) else "failed"})
     return {"result": "writable" if isinstance(answer, dict) else "failed", "node": node}
+
+
+# --- rebuild -------------------------------------------------------------------------------
+
+def rebuild(node):
+    """A quarantined (or any non-primary) database node made a fresh replica of the primary:
+    its diverged data and history wiped (``sqlgate_db.wipe``), then it replays the primary's
+    binary logs from their first transaction. Refused when the primary's logs no longer begin
+    there (a copy from a backup is needed then), and on the primary.
+
+    CLI Example::
+
+        salt-run sqlgate_failover.rebuild node=primary
+    """
+    with _single_flight() as held:
+        if not held:
+            return {"result": "already running"}
+        cluster = Cluster()
+        timeout = cluster.settings["check_timeout"]
+        if node not in cluster.db_hosts or node == cluster.primary:
+            return {"result": "refused", "why": f"{node} is the primary or no database host"}
+        states = _states(cluster, [node, cluster.primary], timeout)
+        mine = states.get(node)
+        if not (mine and mine.get("running")) or not states.get(cluster.primary):
+            return {"result": "refused", "why": "the node or the primary does not answer"}
+        complete = _ask([cluster.primary], "sqlgate_db.history_complete",
+                        timeout=timeout).get(cluster.primary)
+        if complete is not True:
+            return {"result": "refused", "why": f"{cluster.primary}'s binary logs no longer "
+                    "hold its whole history: rebuild the node from a backup"}
+        if not mine.get("read_only"):
+            _fence(cluster, node, timeout)
+        wiped = _ask([node], "sqlgate_db.wipe", kwarg={"confirm": node},
+                     timeout=timeout + 30).get(node)
+        if not isinstance(wiped, dict):
+            return {"result": "failed", "why": f"wipe: {wiped}"}
+        _ask([node], "sqlgate_db.open_port", timeout=timeout)
+        follow = cluster.follow_kwargs(cluster.primary, mine.get("flavour", "mariadb"))
+        answer = _ask([node], "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10).get(node)
+        if not isinstance(answer, dict):
+            return {"result": "failed", "why": f"follow: {answer}"}
+        quarantined = [name for name in cluster.quarantined if name != node]
+        cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos, quarantined)
+        _ask(sorted(cluster.hosts), "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=20)
+        _record({"kind": "rebuild", "node": node, "primary": cluster.primary,
+                 "detected": time.time(), "result": "rebuilt"})
+        return {"result": "rebuilt", "node": node, "follows": cluster.primary}
 
 
 # --- status ---------------------------------------------------------------------------------
