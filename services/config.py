@@ -102,6 +102,14 @@ class ProxyConfig:
     read_fallback: str = "primary"
     # The Proxy's heartbeat row on the primary, read back on each replica to measure lag.
     heartbeat_table: str = "sqlgate.heartbeat"
+    # Failover (docs/failover.md): each promotion's epoch row, read on every node to tell the
+    # current primary from an old one; how long writes wait for a primary while none is known
+    # (a failover, a switchover) before a 503; and whether writes are accepted while the
+    # primary's semi-synchronous replication is off (then an acknowledged write may live on
+    # the primary's disk only, and a failover can lose it).
+    epoch_table: str = "sqlgate.epoch"
+    write_hold: float = 15.0
+    allow_async: bool = False
     # Read-your-writes: how long a replica may wait for a token's position before the read
     # moves on; the tokens' key (default: derived from db_password, shared by every Proxy).
     causal_wait: float = 0.5
@@ -167,8 +175,11 @@ class ProxyConfig:
                              "PROXY_REPLICA_RECOVERY_CHECKS at least 1")
         if not 0 <= self.causal_wait <= self.query_timeout:
             raise ValueError("PROXY_CAUSAL_WAIT must be between 0 and PROXY_QUERY_TIMEOUT")
-        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}\.[A-Za-z0-9_]{1,64}", self.heartbeat_table):
-            raise ValueError("PROXY_HEARTBEAT_TABLE: schema.table")
+        for name in ("heartbeat_table", "epoch_table"):
+            if not re.fullmatch(r"[A-Za-z0-9_]{1,64}\.[A-Za-z0-9_]{1,64}", getattr(self, name)):
+                raise ValueError(f"PROXY_{name.upper()}: schema.table")
+        if self.write_hold < 0:
+            raise ValueError("PROXY_WRITE_HOLD must be 0 or more seconds")
         if self.default_scope not in SCOPES:
             raise ValueError(f"PROXY_DEFAULT_SCOPE: one of {', '.join(SCOPES)}")
         if self.max_result_bytes < 1:

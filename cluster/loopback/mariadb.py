@@ -40,6 +40,7 @@ FLAVOUR = "mariadb"
 SAKILA_DIR = Path(os.environ.get("SQLGATE_SAKILA_DIR") or
                   Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sakila")
 HEARTBEAT_SQL = FORMULA_FILES / "heartbeat.sql"
+EPOCH_SQL = FORMULA_FILES / "epoch.sql"
 SERVER_CNF_TEMPLATE = "server.cnf.jinja"
 
 # Loopback-only: the tests' own scratch schema (tests/conftest.py), beside the formula's
@@ -91,7 +92,7 @@ def change_source_sql(source: str, port: int, user: str, password: str, ca: str)
 
 
 def server_option_file(*, server_id: int, port: int, socket: Path, datadir: Path,
-                       replica: bool, tls: CertFiles) -> str:
+                       tls: CertFiles) -> str:
     """The formula's option file (``files/server.cnf.jinja``) for one loopback server, rendered
     with the context db/config.sls gives it."""
     db = db_settings(FLAVOUR)
@@ -104,8 +105,12 @@ def server_option_file(*, server_id: int, port: int, socket: Path, datadir: Path
     return environment.get_template(SERVER_CNF_TEMPLATE).render(
         server_id=server_id, port=port, socket=socket, datadir=datadir,
         binlog_expire_seconds=db["binlog_expire_seconds"], options=options,
-        replica_options=db["replica_options"] if replica else {},
         tls={"ca": tls.ca, "cert": tls.cert, "key": tls.key}) + "\n"
+
+
+def _seqno(position: str) -> int:
+    """The highest sequence number of a MariaDB GTID position (one domain here)."""
+    return max((int(item.rsplit("-", 1)[1]) for item in position.split(",") if item), default=0)
 
 
 def quoted(value: str) -> str:
@@ -121,9 +126,9 @@ class MariaDBNode:
     port: int = field(default_factory=free_port)
     # The server's certificate, key and CA (``LoopbackPki.issue``).
     tls: CertFiles | None = None
-    # A replica gets the formula's replica options (read-only) on top of its server options.
-    replica: bool = False
     process: subprocess.Popen | None = None
+    # The epoch of the promotion that made it the primary; None for a replica or a fenced node.
+    promoted_epoch: int | None = None
 
     @property
     def socket(self) -> Path:
@@ -140,7 +145,7 @@ class MariaDBNode:
         assert self.tls is not None, "a server needs its certificate (MariaDBCluster issues it)"
         self.option_file.write_text(server_option_file(
             server_id=self.server_id, port=self.port, socket=self.socket, datadir=self.datadir,
-            replica=self.replica, tls=self.tls))
+            tls=self.tls))
         self.option_file.chmod(0o644)  # the server ignores world-writable option files
         args = [
             server, f"--defaults-file={self.option_file}",  # must come first
@@ -156,6 +161,10 @@ class MariaDBNode:
         except BaseException:
             self.stop()
             raise
+        if self.promoted_epoch is not None:
+            # It starts read-only, as every server does; as the cluster's primary it is
+            # promoted again, as Salt's highstate does for the pillar's primary.
+            self.promote(self.promoted_epoch)
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -202,6 +211,25 @@ class MariaDBNode:
             cursor.execute(statement)
             return list(cursor.fetchall())
 
+    def promote(self, epoch: int) -> None:
+        """The flavour's promotion (docs/failover.md): replication gone, the epoch row
+        written, the primary side of semi-sync on and writes allowed last. Every server starts
+        read-only; this is what makes one the primary."""
+        db = db_settings(FLAVOUR)
+        for statement in db["promote"]:
+            self.sql(statement)
+        self.sql(db["epoch_write"].format(epoch=int(epoch), host=quoted(self.name)))
+        for statement in db["open_writes"]:
+            self.sql(statement)
+        self.promoted_epoch = int(epoch)
+
+    def fence(self) -> None:
+        """Read-only again, and no semi-sync primary side: what a failover does to the old
+        primary where it can reach it."""
+        for statement in db_settings(FLAVOUR)["fence"]:
+            self.sql(statement)
+        self.promoted_epoch = None
+
     def source(self, path: Path) -> None:
         """Load an SQL file with the client, which understands DELIMITER."""
         with path.open("rb") as script:
@@ -237,11 +265,10 @@ class MariaDBCluster:
         self.repl_user, self.repl_password = db["repl_user"], "repl-test-password"
         self.sb_user, self.sb_password = "sb", sb_password
         self.primary = self._node("primary", 1)
-        self.replicas = [self._node(f"replica{i}", i + 1, replica=True)
-                         for i in range(1, replicas + 1)]
+        self.replicas = [self._node(f"replica{i}", i + 1) for i in range(1, replicas + 1)]
 
-    def _node(self, name: str, server_id: int, replica: bool = False) -> MariaDBNode:
-        return MariaDBNode(name, server_id, self.root / name, replica=replica,
+    def _node(self, name: str, server_id: int) -> MariaDBNode:
+        return MariaDBNode(name, server_id, self.root / name,
                            tls=self.pki.issue(name, owner="mysql"))
 
     @property
@@ -253,10 +280,6 @@ class MariaDBCluster:
     def app_schemas(self) -> tuple[str, ...]:
         """The formula's application schemas, then the tests' own."""
         return (*self.settings["app_schemas"], *TEST_SCHEMAS)
-
-    @property
-    def nodes(self) -> list[MariaDBNode]:
-        return [self.primary, *self.replicas]
 
     def start(self) -> None:
         _, installer = mariadb_binaries()
@@ -292,8 +315,12 @@ class MariaDBCluster:
                 f"REQUIRE SSL{limits}")
 
     def _configure(self) -> None:
-        """db/users.sls, db/replication.sls and db/heartbeat.sls, in SQL."""
+        """The first promotion, then db/users.sls, db/replication.sls and db/heartbeat.sls, in
+        SQL."""
         primary, db = self.primary, self.settings
+        primary.sql(f"CREATE DATABASE IF NOT EXISTS {db['monitor']['schema']}")
+        primary.source(EPOCH_SQL)
+        primary.promote(epoch=1)
         primary.sql(self._user_sql(DbUser(self.repl_user, self.repl_password)))
         primary.sql(f"GRANT REPLICATION SLAVE ON *.* TO '{self.repl_user}'@'%'")
         for replica in self.replicas:
@@ -342,6 +369,64 @@ class MariaDBCluster:
                 waited = replica.sql(f"SELECT MASTER_GTID_WAIT('{position}', {timeout}) AS r")
                 if waited[0]["r"] != 0:
                     raise TimeoutError(f"{replica.name} did not reach {position}")
+
+    # --- failover, as the Salt runner does it (salt/_runners), for the Proxy's tests ---------
+
+    def follow(self, node: MariaDBNode, source: MariaDBNode) -> None:
+        """Point ``node`` at ``source`` by GTID (an old primary's own transactions become its
+        replica position first, as MaxScale's rejoin does)."""
+        node.sql("STOP SLAVE")
+        if node.sql("SHOW SLAVE STATUS") == []:  # never a replica, or reset by a promotion
+            node.sql("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos")
+        node.sql(change_source_sql("127.0.0.1", source.port, self.repl_user,
+                                   quoted(self.repl_password), str(self.ca_file)))
+        node.sql("START SLAVE")
+
+    def _take_over(self, new: MariaDBNode) -> None:
+        """Promote ``new`` at the next epoch, and make every other running node follow it."""
+        epoch = max(node.promoted_epoch or 0 for node in self.nodes)
+        epoch = max(epoch, int(new.sql("SELECT epoch FROM sqlgate.epoch")[0]["epoch"]))
+        new.promote(epoch + 1)
+        everyone = self.nodes
+        self.primary = new
+        self.replicas = [node for node in everyone if node is not new]
+        for node in self.replicas:
+            node.promoted_epoch = None  # as the pillar's new primary: a restart stays read-only
+            if node.running:
+                self.follow(node, new)
+
+    @property
+    def nodes(self) -> list[MariaDBNode]:
+        return sorted([self.primary, *self.replicas], key=lambda node: node.server_id)
+
+    def switchover(self, to: MariaDBNode, timeout: float = 30) -> None:
+        """Planned: the primary fenced (read-only), ``to`` waits until it has every one of its
+        transactions, then takes over; the old primary follows it."""
+        old = self.primary
+        old.fence()
+        position = old.sql("SELECT @@GLOBAL.gtid_binlog_pos AS pos")[0]["pos"]
+        if to.sql(f"SELECT MASTER_GTID_WAIT('{position}', {timeout}) AS r")[0]["r"] != 0:
+            raise TimeoutError(f"{to.name} did not reach {position}")
+        self._take_over(to)
+
+    def failover(self, timeout: float = 30) -> MariaDBNode:
+        """Unplanned, the primary gone: every replica's IO thread stopped, the one that
+        received the most of the old primary's transactions applies its relay log and takes
+        over. Returns it."""
+        running = [node for node in self.replicas if node.running]
+        received = {}
+        for node in running:
+            node.sql("STOP SLAVE IO_THREAD")
+            status = node.sql("SHOW SLAVE STATUS")[0]
+            received[node.name] = status["Gtid_IO_Pos"]
+        best = max(running, key=lambda node: _seqno(received[node.name]))
+        position = received[best.name]
+        best.sql("START SLAVE SQL_THREAD")  # applies what it received (a no-op if running)
+        if position and best.sql(
+                f"SELECT MASTER_GTID_WAIT('{position}', {timeout}) AS r")[0]["r"] != 0:
+            raise TimeoutError(f"{best.name} did not apply its relay log up to {position}")
+        self._take_over(best)
+        return best
 
     def destroy(self) -> None:
         for node in self.nodes:

@@ -109,7 +109,8 @@ async def make_proxy_app(config: ProxyConfig, worker: Worker | None = None):
     router = QueryRouter(cluster, monitor, transactions, TokenCodec(token_secret(config)),
                          config.max_rows, causal_wait=config.causal_wait,
                          primary_fallback=config.read_fallback == "primary",
-                         max_result_bytes=config.max_result_bytes, metrics=metrics)
+                         max_result_bytes=config.max_result_bytes, metrics=metrics,
+                         write_hold=config.write_hold, allow_async=config.allow_async)
     handler_args = {"router": router, "max_body_bytes": config.max_body_bytes,
                     "default_scope": config.default_scope, "scrubber": scrubber_for(config),
                     "affinity": affinity}

@@ -51,7 +51,8 @@ class IndexHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    """200 while some node can serve (``degraded`` without the primary), 503 when none can."""
+    """200 while some node can serve (``degraded`` without the primary), 503 when none can;
+    which node is the primary now, and the cluster's epoch."""
 
     endpoint = "GET /health"
 
@@ -62,12 +63,18 @@ class HealthHandler(JsonHandler):
         self.worker = worker  # which worker answers, when there are several
 
     def get(self) -> None:
-        nodes = {node.name: node.to_json() for node in self.cluster.nodes}
-        primary_up = self.cluster.primary.up is True
-        any_up = any(node.up is True for node in self.cluster.nodes)
+        cluster = self.cluster
+        nodes = {node.name: node.to_json() for node in cluster.nodes}
+        primary = cluster.primary
+        primary_up = primary is not None and primary.up is True
+        any_up = any(node.up is True for node in cluster.nodes)
         status = "ok" if primary_up else ("degraded" if any_up else "unavailable")
         answer = {"service": "proxy", "status": status, "modes": list(MODES),
-                  "open_transactions": self.transactions.open_count, "nodes": nodes}
+                  "primary": primary.name if primary is not None else None,
+                  "epoch": cluster.epoch, "open_transactions": self.transactions.open_count,
+                  "nodes": nodes}
+        if primary is None:
+            answer["no_primary_reason"] = cluster.no_primary_reason
         if self.worker is not None:
             answer["worker"] = self.worker
         self.send_json(answer, 200 if any_up else 503)
@@ -168,7 +175,8 @@ class TransactionsHandler(ProxyHandler):
             self.endpoint = f"POST /transactions/{{id}}/{action}"  # action: the route's two words
         caller = self.start_request()
         transactions = self.router.transactions
-        self.trace.node = transactions.primary.name
+        primary = self.router.cluster.primary
+        self.trace.node = primary.name if primary is not None else None
         if transaction_id is None:
             request = parse_transaction_request(self.body)
             self.use_request_id(request.request_id)
@@ -185,6 +193,7 @@ class TransactionsHandler(ProxyHandler):
     async def _open(self, transactions: TransactionManager, request: Any,
                     caller: Caller) -> dict[str, Any]:
         transaction = await transactions.open(request, caller)
+        self.trace.node = transaction.node
         self.set_header("Location", f"/transactions/{transaction.id}")
         return {"request_id": self.request_id, "transaction_id": transaction.id,
                 "node": transaction.node, "idle_timeout_s": transactions.idle_timeout,
@@ -193,6 +202,10 @@ class TransactionsHandler(ProxyHandler):
     async def _end(self, end: Any, transaction_id: str, action: str,
                    caller: Caller) -> dict[str, Any]:
         transaction = await end(transaction_id, caller)
+        self.trace.node = transaction.node
+        if action == "commit":
+            self.router.check_replicated(transaction.replicated, "the transaction",
+                                         transaction_id=transaction.id, node=transaction.node)
         answer = {"request_id": self.request_id, "transaction_id": transaction.id,
                   "status": "committed" if action == "commit" else "rolled back",
                   "statements": transaction.statements}

@@ -14,6 +14,14 @@ A replica leaves the rotation at once when it is down, a replication thread stop
 lag went over ``max_replica_lag``; it comes back only after ``replica_recovery_checks`` good
 checks in a row, so one good sample does not make it flap. Every routing strategy reads
 ``NodeHealth.usable`` and gets all of this for free.
+
+Which node is the primary is learned the same way, never assumed (docs/failover.md): every
+server starts read-only and only a promotion makes one writable and writes the cluster's epoch
+on it. After each check the primary is the one writable node whose epoch is the highest this
+Proxy has seen on any node; a writable node with an older epoch (an old primary that came back
+writable) is *fenced* and never written to. Writes wait for a primary (``writable_primary``)
+while a failover runs, and are refused while the primary's semi-synchronous replication is off,
+so no write is acknowledged that lives on one disk only.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from services.proxy.replication import FLAVOURS, Flavour, ReplicaStatus, flavour
 
 log = logging.getLogger(__name__)
 
+READ_ONLY_ERROR = 1290  # the server runs with --read-only: it is not (or no longer) the primary
 # How many heartbeats are remembered: beyond that a replica's lag is "at least" the oldest.
 HEARTBEATS_KEPT = 20_000
 LATENCY_SMOOTHING = 0.2  # weight of the newest request in a node's observed latency
@@ -46,6 +55,7 @@ class NodeHealth:
     """What the monitor last learned about one node. ``up`` is None until the first check."""
 
     pool: NodePool
+    role: str = ""  # "primary", "replica" or "fenced": what the last check made of it
     up: bool | None = None
     last_error: str | None = None
     sql_rtt_ms: float | None = None
@@ -61,14 +71,25 @@ class NodeHealth:
     # What requests observe: statements running now, and their smoothed latency.
     in_flight: int = 0
     latency_ms: float | None = None
+    # Its server, as the last check read it: writable or not, the epoch row it holds, and its
+    # primary side of semi-synchronous replication (status, replicas connected).
+    writable: bool | None = None
+    epoch: int | None = None
+    semi_sync: bool | None = None
+    semi_sync_clients: int | None = None
+    primary_since: float | None = None  # monotonic time this Proxy took it as the primary
+
+    def __post_init__(self) -> None:
+        self.role = self.role or self.pool.role
 
     @property
     def name(self) -> str:
         return self.pool.name
 
     @property
-    def role(self) -> str:
-        return self.pool.role
+    def semi_sync_ready(self) -> bool:
+        """A write acknowledged here is on a replica too: semi-sync on, a replica connected."""
+        return self.semi_sync is True and (self.semi_sync_clients or 0) >= 1
 
     @property
     def usable(self) -> bool:
@@ -92,8 +113,13 @@ class NodeHealth:
             "icmp_loss": self.icmp_loss,
             "in_flight": self.in_flight,
             "latency_ms": _rounded(self.latency_ms),
+            "writable": self.writable,
+            "epoch": self.epoch,
         }
-        if self.role == "replica":
+        if self.role == "primary":
+            answer.update({"semi_sync": self.semi_sync,
+                           "semi_sync_replicas": self.semi_sync_clients})
+        else:
             status = self.replication
             answer.update({
                 "in_rotation": self.in_rotation,
@@ -112,17 +138,129 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+class NoPrimary(Exception):
+    """No node may take a write now. ``hold``: a failover may be under way, so waiting for a
+    new primary makes sense; otherwise (semi-sync off on a settled primary) it does not."""
+
+    def __init__(self, reason: str, cause: str, hold: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.cause = cause
+        self.hold = hold
+
+
 @dataclass
 class ClusterHealth:
-    """The nodes as the router sees them: one primary, the replicas, and their health."""
+    """The nodes as the router sees them, their health, and which one is the primary now.
 
-    primary: NodeHealth
-    replicas: list[NodeHealth] = field(default_factory=list)
+    ``primary`` is where writes go: the configured primary until the first check, then the
+    node the checks elect (``elect``); None while no node qualifies (during a failover)."""
+
+    primary: NodeHealth | None
+    others: list[NodeHealth] = field(default_factory=list)
     flavour: Flavour = FLAVOURS["mariadb"]  # learned from the servers' greeting
+    epoch: int = 0  # the highest epoch seen on any node
+    no_primary_reason: str = ""
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.nodes: list[NodeHealth] = [*([self.primary] if self.primary else []), *self.others]
+
+    def node(self, name: str) -> NodeHealth:
+        return next(node for node in self.nodes if node.name == name)
 
     @property
-    def nodes(self) -> list[NodeHealth]:
-        return [self.primary, *self.replicas]
+    def replicas(self) -> list[NodeHealth]:
+        """Every node but the primary and fenced ones: the candidates for reads."""
+        return [node for node in self.nodes if node.role == "replica"]
+
+    def elect(self) -> NodeHealth | None:
+        """The primary after a check: the one writable node at the highest epoch seen.
+
+        A writable node at an older epoch is fenced (an old primary that came back writable),
+        two writable nodes at the same epoch make no primary at all: neither gets a write."""
+        seen = [node.epoch for node in self.nodes if node.epoch is not None]
+        self.epoch = max([self.epoch, *seen])
+        writable = [node for node in self.nodes if node.up and node.writable]
+        current = [node for node in writable if (node.epoch or 0) >= self.epoch]
+        previous = self.primary
+        if len(current) == 1:
+            primary, self.no_primary_reason = current[0], ""
+        elif current:
+            primary = None
+            self.no_primary_reason = (f"{len(current)} writable nodes at epoch {self.epoch} "
+                                      f"({', '.join(node.name for node in current)}): no "
+                                      "write goes to either")
+            log.error("%s", self.no_primary_reason)
+        elif previous is not None and previous.up is False:
+            primary = previous  # down, not replaced (yet): writes wait for it or a successor
+        else:
+            primary = None
+            self.no_primary_reason = "no writable node (a failover or switchover is under way)"
+        for node in self.nodes:
+            if node is primary:
+                node.role = "primary"
+            elif node.up and node.writable:
+                if node.role != "fenced":
+                    log.error("node %s is writable at epoch %s, below the cluster's %s: fenced, "
+                              "never written to", node.name, node.epoch, self.epoch)
+                node.role = "fenced"
+            else:
+                node.role = "replica"
+        if primary is not previous:
+            if primary is not None:
+                primary.primary_since = time.monotonic()
+                log.warning("primary is now %s (epoch %s)", primary.name, self.epoch)
+            else:
+                log.warning("no primary: %s", self.no_primary_reason)
+            self.primary = primary
+            self._changed.set()
+            self._changed = asyncio.Event()
+        return primary
+
+    def write_target(self, allow_async: bool, hold: float) -> NodeHealth:
+        """The node a write goes to now, or NoPrimary saying why not."""
+        primary = self.primary
+        if primary is None:
+            raise NoPrimary(self.no_primary_reason or "no primary known yet", "no_primary",
+                            hold=True)
+        if primary.up is False:
+            raise NoPrimary(f"the primary {primary.name} is down: {primary.last_error}",
+                            "no_primary", hold=True)
+        if not allow_async and not primary.semi_sync_ready:
+            # Just promoted, its replicas are still connecting: worth waiting for.
+            recent = (primary.primary_since is not None
+                      and time.monotonic() - primary.primary_since < hold)
+            clients = primary.semi_sync_clients
+            raise NoPrimary(
+                f"semi-synchronous replication is off on the primary {primary.name} (status "
+                f"{_on_off(primary.semi_sync)}, {clients if clients is not None else 'no'} "
+                "replica(s) acknowledging): a write would live on one disk only, so writes are "
+                "refused until a replica acknowledges again (PROXY_ALLOW_ASYNC=true accepts "
+                "them)", "semi_sync_off", hold=recent)
+        return primary
+
+    async def writable_primary(self, allow_async: bool, hold: float,
+                               deadline: float | None = None) -> NodeHealth:
+        """``write_target``, waiting up to ``hold`` seconds (or until ``deadline``, a
+        monotonic time) while a failover may be under way (the checks elect the new primary)."""
+        if deadline is None:
+            deadline = time.monotonic() + hold
+        while True:
+            try:
+                return self.write_target(allow_async, hold)
+            except NoPrimary as refusal:
+                left = deadline - time.monotonic()
+                if not refusal.hold or left <= 0:
+                    raise
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    # Woken by a new primary; otherwise look again every few checks.
+                    await asyncio.wait_for(changed.wait(), min(left, 0.25))
+
+
+def _on_off(value: bool | None) -> str:
+    return "unknown" if value is None else ("ON" if value else "OFF")
 
 
 class Heartbeat:
@@ -185,6 +323,7 @@ class HealthMonitor:
         self.heartbeat = Heartbeat(config)
         self._tasks: list[asyncio.Task] = []
         self._ping_warning_logged = False
+        self._epoch_table: str | None = config.epoch_table  # None once a node had none
 
     def start(self) -> None:
         self._tasks = [
@@ -209,18 +348,24 @@ class HealthMonitor:
             await asyncio.sleep(interval)
 
     async def check_nodes(self) -> None:
-        """The primary first (its heartbeat), then every replica at once."""
-        await self._check(self.cluster.primary, self._check_primary)
+        """The primary first (its heartbeat), then every other node at once; then which node
+        is the primary now (``ClusterHealth.elect``)."""
+        cluster = self.cluster
+        primary = cluster.primary
+        if primary is not None:
+            await self._check(primary, self._check_primary)
         await asyncio.gather(*(self._check(node, self._check_replica)
-                               for node in self.cluster.replicas))
+                               for node in cluster.nodes if node is not primary))
+        cluster.elect()
         if self.metrics is not None:
-            self.metrics.observe_nodes(self.cluster.nodes)
+            self.metrics.observe_nodes(cluster.nodes, cluster.epoch)
 
     async def _check(self, node: NodeHealth, check) -> None:
         timeout = self._config.connect_timeout
         began = time.perf_counter()
         try:
             await check(node, timeout)
+            await self._read_role(node, timeout)
         except NodeUnavailable as error:
             await self.mark_down(node, error.reason)
             return
@@ -232,6 +377,28 @@ class HealthMonitor:
         if version:
             self.cluster.flavour = flavour_of(version)
 
+    async def _read_role(self, node: NodeHealth, timeout: float) -> None:
+        """Whether the server is writable, its epoch row, and its semi-sync primary side."""
+        flavour = self.cluster.flavour
+        try:
+            rows = await node.pool.probe(flavour.role_sql(self._epoch_table),
+                                         None, timeout)
+        except SqlError as error:
+            if not self._epoch_table:
+                raise NodeUnavailable(node.name, f"cannot read its role: {error.message}",
+                                      maybe_applied=False) from None
+            # No epoch table (a cluster set up before failover): every node is at epoch 0.
+            self._epoch_table = None
+            log.warning("no epoch table on %s (%s): the writable node is the primary",
+                        node.name, error.message)
+            rows = await node.pool.probe(flavour.role_sql(None), None, timeout)
+        row = rows[0]
+        node.writable = not int(row["read_only"])
+        node.epoch = None if row["epoch"] is None else int(row["epoch"])
+        node.semi_sync = flavour.on(row["semi_sync"])
+        node.semi_sync_clients = (None if row["semi_sync_clients"] is None
+                                  else int(row["semi_sync_clients"]))
+
     async def _check_primary(self, node: NodeHealth, timeout: float) -> None:
         heartbeat = self.heartbeat
         if heartbeat.available:
@@ -240,11 +407,13 @@ class HealthMonitor:
                 await node.pool.probe(sql, args, timeout)
                 heartbeat.written_now()
                 return
-            except SqlError as error:  # no table, or no right to write it: measure otherwise
+            except SqlError as error:
+                if error.code == READ_ONLY_ERROR:  # no longer the primary: the roles tell
+                    return
+                # No table, or no right to write it: measure otherwise.
                 heartbeat.available = False
                 log.warning("heartbeat on %s unavailable (%s): replica lag falls back to "
                             "Seconds_Behind_Master, in whole seconds", heartbeat.table, error)
-        await node.pool.probe("SELECT 1", None, timeout)
 
     async def _check_replica(self, node: NodeHealth, timeout: float) -> None:
         try:
@@ -269,12 +438,14 @@ class HealthMonitor:
     def _out_of_rotation_reason(self, status: ReplicaStatus, lag_ms: float | None) -> str | None:
         """Why a replica may not serve reads now; None when it may.
 
-        While the primary is down, a replica's IO thread cannot connect and no new write
-        exists that it could miss: a replica that applied everything it received (its SQL
-        thread runs, its lag is under the limit) keeps serving reads then."""
-        io_matters = self.cluster.primary.up is not False
-        if (io_matters and not status.io_running) or not status.sql_running:
-            stopped = [name for name, running in (("IO", status.io_running or not io_matters),
+        While no primary can take a write (it is down, or a failover is under way), no new
+        write exists that a replica could miss: its replication threads do not matter then
+        (their IO threads cannot connect, a promotion stops them), only its heartbeat lag,
+        which still counts every heartbeat written before the primary went."""
+        primary = self.cluster.primary
+        writes_possible = primary is not None and primary.up is not False
+        if writes_possible and not status.running:
+            stopped = [name for name, running in (("IO", status.io_running),
                                                    ("SQL", status.sql_running)) if not running]
             error = f": {status.last_error}" if status.last_error else ""
             return f"replication {' and '.join(stopped)} thread stopped{error}"
@@ -306,7 +477,7 @@ class HealthMonitor:
         if node.up is not False:
             log.warning("node %s is down: %s", node.name, reason)
         node.up, node.last_error = False, reason
-        if node.role == "replica":
+        if node is not self.cluster.primary:
             node.in_rotation, node.rotation_reason, node.good_checks = False, "down", 0
         await node.pool.drop_idle_connections()
 

@@ -62,8 +62,18 @@ class ProxyMetrics:
                                  ("node",))
         self.pool_waiters = gauge("sqlgate_proxy_pool_waiters",
                                   "Statements waiting for a pooled connection", ("node",))
-        self.node_up = gauge("sqlgate_proxy_node_up", "1 when the last check reached the node",
-                             ("node", "role"), "livemostrecent")
+        self.node_up = measured("sqlgate_proxy_node_up", "1 when the last check reached the node")
+        self.node_primary = measured("sqlgate_proxy_node_primary",
+                                     "1 for the node the Proxy writes to (the elected primary)")
+        self.node_fenced = measured(
+            "sqlgate_proxy_node_fenced", "1 for a writable node at an epoch below the "
+            "cluster's (an old primary): never written to")
+        self.epoch = gauge("sqlgate_proxy_epoch", "The highest failover epoch seen on any node",
+                           mode="livemax")
+        self.semi_sync = gauge(
+            "sqlgate_proxy_primary_semi_sync", "1 while the primary's semi-synchronous "
+            "replication is on with a replica connected (writes are refused at 0)",
+            mode="livemostrecent")
         self.io_running = measured("sqlgate_proxy_replica_io_running",
                                    "1 while the replica's IO thread runs")
         self.sql_running = measured("sqlgate_proxy_replica_sql_running",
@@ -119,12 +129,18 @@ class ProxyMetrics:
 
     # --- the health monitor ---------------------------------------------------------------------
 
-    def observe_nodes(self, nodes: list[Any]) -> None:
+    def observe_nodes(self, nodes: list[Any], epoch: int = 0) -> None:
         """Every node's health, round trips and pool, as the monitor last saw them (the ICMP
-        figure as the last ping left it: pings run on their own interval)."""
+        figure as the last ping left it: pings run on their own interval); which node is the
+        primary, the epoch, and the primary's semi-sync."""
+        self.epoch.set(epoch)
         for node in nodes:
             name = node.name
-            self.node_up.labels(name, node.role).set(1.0 if node.up else 0.0)
+            self.node_up.labels(name).set(1.0 if node.up else 0.0)
+            self.node_primary.labels(name).set(1.0 if node.role == "primary" else 0.0)
+            self.node_fenced.labels(name).set(1.0 if node.role == "fenced" else 0.0)
+            if node.role == "primary":
+                self.semi_sync.set(_flag(node.semi_sync_ready))
             self.latency.labels(name).set(_seconds(node.latency_ms))
             self.icmp_rtt.labels(name).set(_seconds(node.icmp_rtt_ms))
             opened, lent, waiting = node.pool.usage()

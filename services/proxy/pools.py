@@ -105,6 +105,19 @@ class QueryResult:
     size: int = 0  # the rows' estimated size in the JSON answer, bytes
     waited_ms: float | None = None  # waiting for a read-your-writes position first
     position: str | None = None  # the primary's replication position after a write
+    # After a write: whether the primary's semi-sync was still on (None: not read)
+    replicated: bool | None = None
+
+
+def read_position(answer: QueryResult) -> tuple[str | None, bool | None]:
+    """The position statement's answer (``Flavour.position_statement``): the position, and
+    whether semi-sync was on (None when the server has no such status)."""
+    if not answer.rows:
+        return None, None
+    row = answer.rows[0]
+    position = str(row[0]) if row[0] else None
+    status = row[1] if len(row) > 1 else None
+    return position, None if status is None else str(status).upper() == "ON"
 
 
 class NotCaughtUp(Exception):
@@ -434,7 +447,7 @@ class NodePool:
             reset = reset or session.autocommit_off(conn)
             if position is not None and keep:
                 answer = await self._run_on(conn, position, 1, None, drain=True)
-                result.position = str(answer.rows[0][0]) if answer.rows else None
+                result.position, result.replicated = read_position(answer)
             return result
         except SqlError:
             keep = True

@@ -62,9 +62,33 @@ class Flavour:
     position_variable: ClassVar[str]  # the executed GTID set, read on the primary
     wait_function: ClassVar[str]
     status_sql: ClassVar[str] = "SHOW REPLICA STATUS"
+    # The global status table any user may read, and the primary side of semi-sync in it.
+    status_table: ClassVar[str]
+    semi_sync_status: ClassVar[str]
+    semi_sync_clients: ClassVar[str]
+
+    def _status(self, variable: str) -> str:
+        return (f"(SELECT VARIABLE_VALUE FROM {self.status_table} "
+                f"WHERE VARIABLE_NAME = '{variable}')")
 
     def position_statement(self) -> Statement:
-        return Statement.plain(f"SELECT @@GLOBAL.{self.position_variable}")
+        """After a write: the primary's position, and whether semi-sync was still on once the
+        write returned (if it is, the write is on a replica too: docs/failover.md)."""
+        return Statement.plain(f"SELECT @@GLOBAL.{self.position_variable}, "
+                               f"{self._status(self.semi_sync_status)}")
+
+    def role_sql(self, epoch_table: str | None) -> str:
+        """What the health monitor reads on every node: writable or not, the epoch row (the
+        promotion that made the current primary), and the primary side of semi-sync."""
+        epoch = f"(SELECT epoch FROM {epoch_table} WHERE id = 1)" if epoch_table else "NULL"
+        return (f"SELECT @@GLOBAL.read_only AS read_only, {epoch} AS epoch, "
+                f"{self._status(self.semi_sync_status)} AS semi_sync, "
+                f"{self._status(self.semi_sync_clients)} AS semi_sync_clients")
+
+    @staticmethod
+    def on(value: Any) -> bool | None:
+        """A status variable's ON/OFF; None when the server does not have it."""
+        return None if value is None else str(value).upper() == "ON"
 
     def wait_statement(self, position: str, timeout: float) -> Statement:
         """``SELECT <wait>(position, timeout)``: 0 once applied, else a timeout or NULL.
@@ -93,6 +117,9 @@ class MariaDB(Flavour):
     name = "mariadb"
     position_variable = "gtid_binlog_pos"
     wait_function = "MASTER_GTID_WAIT"
+    status_table = "information_schema.GLOBAL_STATUS"
+    semi_sync_status = "RPL_SEMI_SYNC_MASTER_STATUS"
+    semi_sync_clients = "RPL_SEMI_SYNC_MASTER_CLIENTS"
     _GTID = re.compile(r"(\d{1,10})-(\d{1,10})-(\d{1,20})")
 
     def parse(self, position: str) -> dict[int, tuple[int, int]]:
@@ -121,6 +148,9 @@ class MySQL(Flavour):
     name = "mysql"
     position_variable = "gtid_executed"
     wait_function = "WAIT_FOR_EXECUTED_GTID_SET"
+    status_table = "performance_schema.global_status"
+    semi_sync_status = "Rpl_semi_sync_source_status"
+    semi_sync_clients = "Rpl_semi_sync_source_clients"
     _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
     _INTERVAL = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 

@@ -14,7 +14,13 @@ from typing import Any
 
 from services.contract import ApiError, BatchRequest, QueryRequest
 from services.proxy.classify import Classification, Kind, StatementError, classify
-from services.proxy.health import ClusterHealth, HealthMonitor, NodeHealth
+from services.proxy.health import (
+    READ_ONLY_ERROR,
+    ClusterHealth,
+    HealthMonitor,
+    NodeHealth,
+    NoPrimary,
+)
 from services.proxy.metrics import ProxyMetrics
 from services.proxy.pools import (
     Lease,
@@ -108,6 +114,8 @@ class QueryRouter:
     primary_fallback: bool = True  # reads with no replica in rotation: primary, or 503
     max_result_bytes: int = 8 * 1024 * 1024  # per answer: a batch's results share it
     metrics: ProxyMetrics | None = None  # retries and read-your-writes waits
+    write_hold: float = 15.0  # how long a write waits for a primary during a failover
+    allow_async: bool = False  # accept writes while the primary's semi-sync is off
 
     # --- POST /query --------------------------------------------------------------------------
 
@@ -121,13 +129,14 @@ class QueryRouter:
         trace.query_type = classification.query_type
         after = self._position(request.after)
         if request.transaction_id is not None:
-            trace.node = self.cluster.primary.name
             async with self.transactions.using(request.transaction_id) as transaction:
+                trace.node = transaction.node
                 inside = caller.within(transaction.scope)
                 inside.check(classification)
                 result = await self._in_transaction(transaction, request.statement,
                                                     classification, inside)
-            answer = {**Executed(self.cluster.primary, result, 1, None, None).to_json(),
+            answer = {**Executed(self.cluster.node(transaction.node), result, 1, None,
+                                 None).to_json(),
                       "transaction_id": transaction.id}
             ended = self.transactions.ending(transaction.id)
             if ended:  # the statement itself ended it (a procedure's COMMIT, say)
@@ -167,13 +176,33 @@ class QueryRouter:
             raise ApiError(504, f"{error}; the transaction was rolled back",
                            transaction_id=transaction.id) from None
         except NodeUnavailable as error:
-            await self.monitor.mark_down(self.cluster.primary, error.reason)
+            await self.monitor.mark_down(self.cluster.node(transaction.node), error.reason)
             raise ApiError(503, f"lost the primary: the transaction was rolled back: "
                            f"{error.reason}", transaction_id=transaction.id) from None
 
-    def _targets(self, classification: Classification, mode: str) -> list[NodeHealth]:
+    async def _write_node(self, deadline: float | None = None) -> NodeHealth:
+        """The primary, waited for up to ``write_hold`` (or ``deadline``) while a failover may
+        be under way."""
+        try:
+            return await self.cluster.writable_primary(self.allow_async, self.write_hold,
+                                                       deadline)
+        except NoPrimary as refusal:
+            raise ApiError(503, f"no database node can take this write: {refusal.reason}",
+                           cause=refusal.cause) from None
+
+    def check_replicated(self, replicated: bool | None, what: str, **details: Any) -> None:
+        """Fail closed after the fact: semi-sync was off once the write returned, so it may be
+        on the primary's disk only, and a failover would lose it. Not acknowledged."""
+        if replicated is False and not self.allow_async:
+            raise ApiError(503, f"{what} committed on the primary, but semi-synchronous "
+                           "replication was off when it returned: no replica is known to have "
+                           "it, so it is not acknowledged (it survives only if the primary "
+                           "does)", outcome="unknown", cause="semi_sync_off", **details)
+
+    async def _targets(self, classification: Classification, mode: str,
+                       deadline: float) -> list[NodeHealth]:
         if not classification.is_read:
-            return [self.cluster.primary]
+            return [await self._write_node(deadline)]
         targets = read_targets(STRATEGIES[mode], self.cluster, self.primary_fallback)
         if not targets:
             raise ApiError(503, "no replica is in rotation for this read, and reads do not "
@@ -186,10 +215,14 @@ class QueryRouter:
     async def _execute(self, statement: Statement, classification: Classification,
                        mode: str, caller: Caller, after: str | None = None,
                        max_bytes: int | None = None,
-                       trace: RequestTrace | None = None) -> Executed:
+                       trace: RequestTrace | None = None,
+                       deadline: float | None = None) -> Executed:
         """Run outside a transaction, as the caller's scope's database user: a read on its
         targets in turn (waiting on each replica for ``after``, the position it must see), a
-        write on the primary, once."""
+        write on the primary, once. A write that could not even be sent waits for a primary
+        again, until ``deadline`` (``write_hold`` from the first try)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.write_hold
         flavour = self.cluster.flavour
         primary = self.cluster.primary
         metrics = self.metrics
@@ -198,7 +231,7 @@ class QueryRouter:
         failures: list[str] = []
         all_busy = True
         waited_ms = 0.0 if after is not None else None
-        targets = self._targets(classification, mode)
+        targets = await self._targets(classification, mode, deadline)
         for attempt, node in enumerate(targets, 1):
             retrying = metrics is not None and attempt < len(targets)
             wait = (flavour.wait_statement(after, self.causal_wait)
@@ -217,6 +250,8 @@ class QueryRouter:
                     if metrics is not None:
                         metrics.read_waited(node.name, result.waited_ms)
                 trace.waited_ms = waited_ms
+                if not classification.is_read:
+                    self.check_replicated(result.replicated, "the write", node=node.name)
                 return Executed(node, result, attempt, waited_ms,
                                 self.issue_token(result.position))
             except NotCaughtUp as error:  # the next candidate may be further along
@@ -230,6 +265,13 @@ class QueryRouter:
                     metrics.retried(node.name, "not_caught_up")
                 failures.append(str(error))
             except SqlError as error:
+                if error.code == READ_ONLY_ERROR and not classification.is_read:
+                    # Refused, so not applied: the node was fenced or switched over since the
+                    # last check. The write waits for the primary the checks elect next.
+                    node.writable = False
+                    self.cluster.elect()
+                    return await self._execute(statement, classification, mode, caller,
+                                               after, max_bytes, trace, deadline)
                 raise sql_error(error, caller, node=node.name) from None
             except QueryTimeout as error:
                 raise ApiError(504, str(error), node=node.name) from None
@@ -248,10 +290,15 @@ class QueryRouter:
                 if retrying:
                     metrics.retried(node.name, "unavailable")
                 failures.append(str(error))
-                if not classification.is_read and error.maybe_applied:
-                    raise ApiError(
-                        503, f"lost the primary during the write; it may or may not have "
-                        f"been applied: {error.reason}", node=node.name) from None
+                if not classification.is_read:
+                    if error.maybe_applied:
+                        raise ApiError(
+                            503, f"lost the primary during the write; it may or may not have "
+                            f"been applied: {error.reason}", node=node.name,
+                            outcome="unknown") from None
+                    # Never sent: it waits for the next primary (a failover) like any write.
+                    return await self._execute(statement, classification, mode, caller,
+                                               after, max_bytes, trace, deadline)
             finally:
                 node.in_flight -= 1
         what = "read" if classification.is_read else "write"
@@ -292,8 +339,6 @@ class QueryRouter:
                 raise
         reads_only = all(classification.is_read for classification in classifications)
         trace.query_type = "read" if reads_only else "write"
-        if request.transaction_id is not None or request.transaction:
-            trace.node = self.cluster.primary.name
         if request.transaction_id is not None:
             answer = await self._batch_in_transaction(request, classifications, caller)
         elif request.transaction:
@@ -303,6 +348,8 @@ class QueryRouter:
                 trace.mode = request.mode
             answer = await self._independent_batch(request, classifications, caller, after,
                                                    trace)
+        if request.transaction_id is not None or request.transaction:
+            trace.node = answer["node"]
         return {"request_id": request_id, "mode": request.mode,
                 "transaction": request.transaction, **answer,
                 "elapsed_ms": round((time.perf_counter() - began) * 1000.0, 3)}
@@ -310,7 +357,7 @@ class QueryRouter:
     async def _atomic_batch(self, request: BatchRequest, classifications: list[Classification],
                             caller: Caller) -> dict[str, Any]:
         """All statements in one transaction on the primary: all apply, or none."""
-        primary = self.cluster.primary
+        primary = await self._write_node()
         budget = self.max_result_bytes
         try:
             lease = await primary.pool.lease(caller.scope)
@@ -336,7 +383,9 @@ class QueryRouter:
                     raise ImplicitCommit(index)
             committing = True
             await lease.run(_COMMIT, 0)
-            token = self.issue_token(await position_after_commit(lease, self.cluster.flavour))
+            position, replicated = await position_after_commit(lease, self.cluster.flavour)
+            self.check_replicated(replicated, "the batch", node=primary.name)
+            token = self.issue_token(position)
         except SqlError as error:
             await _rollback(lease)
             raise sql_error(error, caller, node=primary.name, rolled_back=True,
@@ -353,7 +402,7 @@ class QueryRouter:
             await self.monitor.mark_down(primary, error.reason)
             if committing:
                 raise ApiError(503, f"lost the primary during COMMIT: the batch may or may not "
-                               f"have been applied: {error.reason}") from None
+                               f"have been applied: {error.reason}", outcome="unknown") from None
             raise ApiError(503, f"lost the primary: nothing was applied: {error.reason}",
                            rolled_back=True, **_failed(index)) from None
         finally:
@@ -387,7 +436,7 @@ class QueryRouter:
                     error.details["failed_statement"] = index
                     raise
             await self._savepoint(transaction, "RELEASE SAVEPOINT")
-        primary = self.cluster.primary
+        primary = self.cluster.node(transaction.node)
         return {"node": primary.name, "node_role": primary.role,
                 "transaction_id": transaction.id,
                 "results": [_statement_json(c, r) for c, r in zip(classifications, results,

@@ -91,7 +91,8 @@ def read_targets(strategy: RoutingStrategy, cluster: ClusterHealth,
                  primary_fallback: bool = True) -> list[NodeHealth]:
     """Where a read is tried, in order: the strategy's replicas, then the primary (always
     for ``direct``; for the others unless ``primary_fallback`` is off)."""
+    primary = [cluster.primary] if cluster.primary is not None else []
     if not strategy.uses_replicas:
-        return [cluster.primary]
+        return primary
     replicas = strategy.order([node for node in cluster.replicas if node.usable])
-    return [*replicas, cluster.primary] if primary_fallback else replicas
+    return [*replicas, *primary] if primary_fallback else replicas

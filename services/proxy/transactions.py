@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from services.config import ProxyConfig
 from services.contract import TRANSACTION_ID_PATTERN, ApiError, TransactionRequest
 from services.proxy.classify import Classification, Kind
-from services.proxy.health import ClusterHealth
+from services.proxy.health import ClusterHealth, NodeHealth, NoPrimary
 from services.proxy.metrics import ProxyMetrics
 from services.proxy.pools import (
     Lease,
@@ -30,6 +30,7 @@ from services.proxy.pools import (
     QueryResult,
     QueryTimeout,
     SqlError,
+    read_position,
 )
 from services.proxy.replication import Flavour
 from services.proxy.scopes import Caller
@@ -52,6 +53,7 @@ class Transaction:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     statements: int = 0
     position: str | None = None  # the primary's replication position after the commit
+    replicated: bool | None = None  # semi-sync still on after the commit (None: not read)
 
     @property
     def node(self) -> str:
@@ -63,7 +65,8 @@ class TransactionManager:
                  metrics: ProxyMetrics | None = None) -> None:
         self.cluster = cluster
         self._open_gauge = metrics.open_transactions if metrics is not None else None
-        self.primary = cluster.primary
+        self.allow_async = config.allow_async
+        self.write_hold = config.write_hold
         self.instance = config.instance_name
         self.max_open = config.max_transactions
         self.idle_timeout = config.transaction_idle_timeout
@@ -115,8 +118,10 @@ class TransactionManager:
                            "back one, or retry later", headers={"Retry-After": "1"},
                            cause="transactions_full")
         self._opening += 1
+        node = None
         try:
-            lease = await self._lease(caller.scope)
+            node = await self.cluster.writable_primary(self.allow_async, self.write_hold)
+            lease = await self._lease(node, caller.scope)
             try:
                 if request.isolation:
                     await lease.run(Statement.plain(
@@ -126,9 +131,12 @@ class TransactionManager:
             except BaseException:
                 await lease.release()
                 raise
+        except NoPrimary as refusal:
+            raise ApiError(503, f"could not open a transaction: {refusal.reason}",
+                           cause=refusal.cause) from None
         except (NodeUnavailable, QueryTimeout, SqlError) as error:
             raise ApiError(503, f"could not open a transaction on the primary: {error}",
-                           node=self.primary.name, cause="no_node") from None
+                           node=node.name, cause="no_node") from None
         finally:
             self._opening -= 1
         now = time.monotonic()
@@ -139,9 +147,9 @@ class TransactionManager:
             self._open_gauge.inc()
         return transaction
 
-    async def _lease(self, scope: str) -> Lease:
+    async def _lease(self, node: NodeHealth, scope: str) -> Lease:
         try:
-            return await self.primary.pool.lease(scope)
+            return await node.pool.lease(scope)
         except NodeBusy as error:
             raise ApiError(503, f"the primary has no free connection: {error}",
                            headers={"Retry-After": "1"}, cause="busy") from None
@@ -226,8 +234,8 @@ class TransactionManager:
                 raise ApiError(503, f"lost the primary during {sql}: {outcome}",
                                transaction_id=transaction_id, node=transaction.node) from error
             if sql == "COMMIT":
-                transaction.position = await position_after_commit(transaction.lease,
-                                                                   self.cluster.flavour)
+                transaction.position, transaction.replicated = await position_after_commit(
+                    transaction.lease, self.cluster.flavour)
             await self._end(transaction, ending)
             return transaction
 
@@ -267,13 +275,14 @@ class TransactionManager:
             await self._end(transaction, reason)
 
 
-async def position_after_commit(lease: Lease, flavour: Flavour) -> str | None:
-    """Where the primary is once a commit returned, for the read-your-writes token; None if
-    that cannot be read (the commit stands: its answer just carries no token)."""
+async def position_after_commit(lease: Lease,
+                                flavour: Flavour) -> tuple[str | None, bool | None]:
+    """Where the primary is once a commit returned, for the read-your-writes token, and
+    whether semi-sync was still on (``read_position``); (None, None) if that cannot be read:
+    the commit stands, its answer carries no token, and whether a replica has it is unknown."""
     with contextlib.suppress(NodeUnavailable, QueryTimeout, SqlError):
-        answer = await lease.run(flavour.position_statement(), 1)
-        return str(answer.rows[0][0]) if answer.rows and answer.rows[0][0] else None
-    return None
+        return read_position(await lease.run(flavour.position_statement(), 1))
+    return None, None
 
 
 def refuse_inside(classification: Classification) -> None:

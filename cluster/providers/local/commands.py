@@ -6,8 +6,9 @@ cluster's certificates and key set, builds a bridge (the VPC) and one namespace 
 machine of the plan plus the Salt master, loads each host's nftables rules (its security group,
 from ``INGRESS_RULES``), starts a real salt-master (as its host's ``salt`` user) and one
 salt-minion per host with pre-seeded keys, and runs the orchestration. ``status`` asks Salt;
-``down`` removes every process, namespace, mount, interface and file ``up`` made. ``keys``
-changes the key set, which the next ``up`` applies (or ``--apply``, at once).
+``down`` removes every process, namespace, mount, interface and file ``up`` made, and checks
+that none is left. ``keys`` changes the key set, which the next ``up`` applies (or
+``--apply``, at once).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from cluster.providers.local.hosts import (
 from cluster.providers.local.network import (
     apply_firewall,
     create_network,
+    network_leftovers,
     release_netns_dir,
     remove_bridge,
 )
@@ -274,6 +276,8 @@ def rebuild(args: argparse.Namespace) -> int:
 
 
 def down(args: argparse.Namespace) -> int:
+    """Remove the cluster, then look: only what is found gone is said to be gone. Anything
+    left is named, and the record stays so that the next ``down`` knows every host."""
     require_root("down")
     cluster = LocalCluster.plan(args)
     record = read_record(PROVIDER)
@@ -296,10 +300,25 @@ def down(args: argparse.Namespace) -> int:
     provider_dir = cluster.state_dir.parent
     if provider_dir.exists() and not any(provider_dir.iterdir()):
         provider_dir.rmdir()
+    left = leftovers(cluster)
+    if left:
+        raise ClusterError(f"cluster {cluster.name} is not fully down; left: {', '.join(left)}")
     if ours:
         remove_record(PROVIDER)
-    print(f"cluster {cluster.name} is down: no process, namespace, mount or file left")
+    print(f"cluster {cluster.name} is down: no process, namespace, interface, mount or file "
+          "left")
     return 0
+
+
+def leftovers(cluster: LocalCluster) -> list[str]:
+    """What of the cluster exists on the machine: processes of its hosts, namespaces,
+    interfaces, mounts, runtime and state directories."""
+    left = [f"process {pid}" for host in cluster.hosts for pid in host.pids()]
+    left += network_leftovers(cluster)
+    left += [f"mount {point}" for point in mount_points_under(cluster.runtime_dir)]
+    left += [f"directory {path}" for path in (cluster.runtime_dir, cluster.state_dir)
+             if path.exists()]
+    return left
 
 
 def keys(args: argparse.Namespace) -> int:

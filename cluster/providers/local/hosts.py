@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shlex
 import signal
@@ -64,6 +65,34 @@ def short_name(prefix: str, cluster: str, suffix: str = "") -> str:
     return name
 
 
+def link_prefix(cluster: str) -> str:
+    """What the names of all the cluster's interfaces (bridge, veths) start with."""
+    return short_name("sg", cluster)
+
+
+def links_named(prefix: str) -> dict[str, str]:
+    """The machine's interfaces whose names start with ``prefix``, with their kind (``veth``,
+    ``bridge``...; ``link`` when the kernel names none): what a cluster may have left."""
+    listed = json.loads(run(["ip", "-j", "-d", "link", "show"]).stdout or "[]")
+    return {link["ifname"]: link.get("linkinfo", {}).get("info_kind", "link")
+            for link in listed if link.get("ifname", "").startswith(prefix)}
+
+
+def link_exists(name: str) -> bool:
+    return run(["ip", "link", "show", name], check=False).returncode == 0
+
+
+def delete_link(name: str) -> bool:
+    """Delete the interface ``name`` if it exists; True if it did. Deleting either end of a
+    veth pair deletes both, wherever the other end is."""
+    if not link_exists(name):
+        return False
+    result = run(["ip", "link", "delete", name], check=False)
+    if result.returncode != 0 and link_exists(name):
+        raise ClusterError(f"cannot delete the interface {name}: {result.stderr.strip()}")
+    return True
+
+
 @dataclass(frozen=True)
 class NamespaceHost:
     """One host of the local cluster and where its namespaces and files live."""
@@ -98,25 +127,44 @@ class NamespaceHost:
 
     @property
     def veth(self) -> str:
+        """The machine's end of the host's veth pair, on the bridge."""
         return short_name("sg", self.cluster, f"h{self.index}")
+
+    @property
+    def veth_peer(self) -> str:
+        """The host's end until it moves into the namespace (and becomes ``eth0``): only a
+        creation that failed half-way leaves it on the machine under this name."""
+        return f"{self.veth}p"
 
     # --- creation --------------------------------------------------------------------------
 
     def network_exists(self) -> bool:
         return (NETNS_DIR / self.namespace).exists()
 
-    def create_network(self, bridge: str) -> None:
-        """The namespace, its veth on the bridge and its address; no route off the subnet."""
-        run(["ip", "netns", "add", self.namespace])
-        peer = f"{self.veth}p"
-        run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", peer])
-        run(["ip", "link", "set", peer, "netns", self.namespace])
+    def network_complete(self) -> bool:
+        """The namespace exists and holds its end of the veth (a failed creation may leave a
+        namespace without it, and the machine may hold a stale veth of the same name whose
+        other end is in no namespace of ours)."""
+        return self.network_exists() and run(["ip", "-n", self.namespace, "link", "show",
+                                              "eth0"], check=False).returncode == 0
+
+    def create_network(self, bridge: str) -> list[str]:
+        """The namespace (kept if a failed attempt made it), its veth on the bridge and its
+        address; no route off the subnet. A veth of the host's names left on the machine (by a
+        removal that only deleted the namespace, or a failed attempt) is deleted first, so that
+        ``ip link add`` never meets it; the names deleted are returned."""
+        if not self.network_exists():
+            run(["ip", "netns", "add", self.namespace])
+        deleted = self.delete_veth()
+        run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", self.veth_peer])
+        run(["ip", "link", "set", self.veth_peer, "netns", self.namespace])
         run(["ip", "link", "set", self.veth, "master", bridge, "up"])
         inside = ["ip", "-n", self.namespace]
-        run([*inside, "link", "set", peer, "name", "eth0"])
+        run([*inside, "link", "set", self.veth_peer, "name", "eth0"])
         run([*inside, "addr", "add", f"{self.address}/{self.prefix_len}", "dev", "eth0"])
         run([*inside, "link", "set", "eth0", "up"])
         run([*inside, "link", "set", "lo", "up"])
+        return deleted
 
     def system_exists(self) -> bool:
         return self.mount_ns.exists() and _is_mount_point(self.mount_ns)
@@ -231,14 +279,31 @@ class NamespaceHost:
     # --- removal ---------------------------------------------------------------------------
 
     def remove(self) -> None:
-        """Namespaces and the veth (which goes with its namespace), once no process is left."""
+        """Namespaces and the veth, once no process is left."""
         stop_processes([self])
         for path in (self.mount_ns, self.uts_ns):
             if _is_mount_point(path):
                 run(["umount", str(path)])
             path.unlink(missing_ok=True)
+        self.remove_network()
+
+    def remove_network(self) -> None:
+        """The veth, then the network namespace's name.
+
+        The veth is deleted explicitly because it does not go with the name: ``ip netns
+        delete`` only unmounts the name, and the kernel frees the namespace, and its end of
+        the pair with it, when the last reference goes. A TCP socket that its process closed
+        while the link was cut is such a reference: the kernel keeps retransmitting its
+        unacknowledged data for minutes, and until then the machine's end stays, under the
+        name the next ``up`` wants. Deleting that end deletes both at once."""
+        self.delete_veth()
         if self.network_exists():
             run(["ip", "netns", "delete", self.namespace])
+
+    def delete_veth(self) -> list[str]:
+        """Delete the host's veth (and a peer a failed creation left on the machine); the
+        names that existed."""
+        return [name for name in (self.veth, self.veth_peer) if delete_link(name)]
 
 
 def stop_processes(hosts: list[NamespaceHost], grace_s: float = 10) -> None:

@@ -5,25 +5,58 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.errors import ClusterError
 from cluster.providers.local import firewall
 from cluster.providers.local.cluster import LocalCluster
-from cluster.providers.local.hosts import mount_points_under, run
+from cluster.providers.local.hosts import (
+    NETNS_DIR,
+    delete_link,
+    link_exists,
+    link_prefix,
+    links_named,
+    mount_points_under,
+    run,
+)
 from cluster.topology import GROUP_OF_ROLE
 
 
 def bridge_exists(name: str) -> bool:
-    return run(["ip", "link", "show", name], check=False).returncode == 0
+    return link_exists(name)
 
 
 def create_network(cluster: LocalCluster) -> None:
-    if not bridge_exists(cluster.bridge):
-        run(["ip", "link", "add", cluster.bridge, "type", "bridge"])
-        run(["ip", "addr", "add", f"{cluster.machine_address}/{cluster.subnet.prefixlen}",
-             "dev", cluster.bridge])
-        run(["ip", "link", "set", cluster.bridge, "up"])
-    for host in cluster.hosts:
-        if not host.network_exists():
-            host.create_network(cluster.bridge)
+    """The bridge and each host's namespace and veth, those that do not exist yet.
+
+    Interfaces an earlier run of the same cluster left go first (see ``clear_leftovers``), so
+    that no ``ip link add`` meets a name that exists; a leftover that cannot be deleted stops
+    ``up`` with the command that removes the cluster."""
+    try:
+        deleted = clear_leftovers(cluster)
+        if not bridge_exists(cluster.bridge):
+            run(["ip", "link", "add", cluster.bridge, "type", "bridge"])
+            run(["ip", "addr", "add", f"{cluster.machine_address}/{cluster.subnet.prefixlen}",
+                 "dev", cluster.bridge])
+            run(["ip", "link", "set", cluster.bridge, "up"])
+        for host in cluster.hosts:
+            if not host.network_complete():
+                deleted += host.create_network(cluster.bridge)
+    except ClusterError as error:
+        raise ClusterError(f"{error} (to remove what an earlier run of cluster {cluster.name} "
+                           f"left: bootstrap.py down --provider local --cluster-name "
+                           f"{cluster.name} --subnet {cluster.subnet})") from None
+    if deleted:
+        print(f"  deleted {', '.join(deleted)}, left by an earlier run", flush=True)
+
+
+def clear_leftovers(cluster: LocalCluster) -> list[str]:
+    """When none of the cluster's namespaces exists, every interface named like the cluster's
+    (its bridge, veths of any earlier plan) is a leftover of an earlier run: delete them all;
+    the names deleted. A cluster with namespaces is running or half made: its bridge stays,
+    and each host's creation clears its own names."""
+    if any(host.network_exists() for host in cluster.hosts):
+        return []
+    return [name for name in sorted(links_named(link_prefix(cluster.name)))
+            if delete_link(name)]
 
 
 def apply_firewall(cluster: LocalCluster) -> None:
@@ -38,8 +71,21 @@ def apply_firewall(cluster: LocalCluster) -> None:
 
 
 def remove_bridge(cluster: LocalCluster) -> None:
-    if bridge_exists(cluster.bridge):
-        run(["ip", "link", "delete", cluster.bridge])
+    """The bridge, and any other interface named like the cluster's (veths of hosts that no
+    plan or record names any more); run once the hosts are removed."""
+    delete_link(cluster.bridge)
+    for name in sorted(links_named(link_prefix(cluster.name))):
+        delete_link(name)
+
+
+def network_leftovers(cluster: LocalCluster) -> list[str]:
+    """What of the cluster's network exists: its hosts' namespaces, and interfaces named like
+    the cluster's (by kind and name)."""
+    left = [f"namespace {host.namespace}" for host in cluster.hosts
+            if (NETNS_DIR / host.namespace).exists()]
+    left += [f"{kind} {name}"
+             for name, kind in sorted(links_named(link_prefix(cluster.name)).items())]
+    return left
 
 
 def release_netns_dir() -> None:

@@ -51,7 +51,6 @@ sqlgate-db-config:
         datadir: {{ db.datadir }}
         binlog_expire_seconds: {{ db.binlog_expire_seconds }}
         options: {{ options | json }}
-        replica_options: {{ (db.replica_options if host.role == 'replica' else {}) | json }}
         tls: {{ tls | json }}
     - require:
       - sls: sqlgate.db.package

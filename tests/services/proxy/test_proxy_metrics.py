@@ -146,12 +146,16 @@ def test_node_and_pool_gauges_show_every_node(observed, db_cluster):
 
     samples = wait_until(settled, 10, "the primary's pool idle")
     primary = db_cluster.primary.name
-    assert samples.value("sqlgate_proxy_node_up", node=primary, role="primary") == 1
+    assert samples.value("sqlgate_proxy_node_up", node=primary) == 1
+    assert samples.value("sqlgate_proxy_node_primary", node=primary) == 1
+    assert samples.value("sqlgate_proxy_primary_semi_sync") == 1
+    assert samples.value("sqlgate_proxy_epoch") == 1
     assert samples.value("sqlgate_proxy_pool_connections", node=primary) >= 1
     assert samples.value("sqlgate_proxy_pool_waiters", node=primary) == 0
     assert samples.value("sqlgate_proxy_node_latency_seconds", node=primary) > 0
     for node in db_cluster.replicas:
-        assert samples.value("sqlgate_proxy_node_up", node=node.name, role="replica") == 1
+        assert samples.value("sqlgate_proxy_node_up", node=node.name) == 1
+        assert samples.value("sqlgate_proxy_node_primary", node=node.name) == 0
         assert samples.value("sqlgate_proxy_replica_io_running", node=node.name) == 1
         assert samples.value("sqlgate_proxy_replica_sql_running", node=node.name) == 1
         assert samples.value("sqlgate_proxy_replica_in_rotation", node=node.name) == 1

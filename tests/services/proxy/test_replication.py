@@ -23,8 +23,22 @@ def test_flavour_from_the_server_greeting():
 
 
 def test_the_sql_each_flavour_emits():
-    assert MARIADB.position_statement().text == "SELECT @@GLOBAL.gtid_binlog_pos"
-    assert MYSQL.position_statement().text == "SELECT @@GLOBAL.gtid_executed"
+    # After a write: the position, and whether semi-sync was still on (fail closed).
+    assert MARIADB.position_statement().text == (
+        "SELECT @@GLOBAL.gtid_binlog_pos, (SELECT VARIABLE_VALUE FROM "
+        "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS')")
+    assert MYSQL.position_statement().text == (
+        "SELECT @@GLOBAL.gtid_executed, (SELECT VARIABLE_VALUE FROM "
+        "performance_schema.global_status WHERE VARIABLE_NAME = 'Rpl_semi_sync_source_status')")
+    # Every check, on every node: writable, the epoch row, the primary side of semi-sync.
+    assert MYSQL.role_sql("sqlgate.epoch") == (
+        "SELECT @@GLOBAL.read_only AS read_only, (SELECT epoch FROM sqlgate.epoch WHERE id = 1) "
+        "AS epoch, (SELECT VARIABLE_VALUE FROM performance_schema.global_status WHERE "
+        "VARIABLE_NAME = 'Rpl_semi_sync_source_status') AS semi_sync, (SELECT VARIABLE_VALUE "
+        "FROM performance_schema.global_status WHERE VARIABLE_NAME = "
+        "'Rpl_semi_sync_source_clients') AS semi_sync_clients")
+    assert "NULL AS epoch" in MARIADB.role_sql(None)
+    assert (MARIADB.on("ON"), MYSQL.on("OFF"), MARIADB.on(None)) == (True, False, None)
     wait = MARIADB.wait_statement("0-1-42", 0.5)
     assert (wait.text, wait.args) == ("SELECT MASTER_GTID_WAIT(%s, %s)", ("0-1-42", 0.5))
     wait = MYSQL.wait_statement(f"{UUID_A}:1-42", 0.25)
