@@ -245,11 +245,17 @@ def account(user, host="%", fields=(), client=None, socket=None):
 # --- failover: a node's replication state, and the steps of a promotion (docs/failover.md) ---
 #
 # The runner on the master (salt/_runners/sqlgate_failover.py) decides; these functions only
-# act on the node they run on, as root over its socket. Everything that differs between MySQL
-# and MariaDB for them is in FLAVOUR_SQL: the flavour is the client's (mariadb or mysql).
+# act on the node they run on, as root over its socket. The statements of a promotion and a
+# fence are the flavour's in flavours.yaml (promote, open_writes, fence) and defaults.yaml
+# (epoch_write): the runner and the states pass them as ``steps``. FLAVOUR_SQL holds the same
+# as a fallback (a call from the command line) and the reads that only these functions make;
+# the flavour is the client's (mariadb or mysql).
 
 # The epoch row's table (files/epoch.sql, which the states and the loopback stack use too).
 EPOCH_SCHEMA = "sqlgate"
+EPOCH_WRITE = ("INSERT INTO sqlgate.epoch (id, epoch, primary_host, promoted) "
+               "VALUES (1, {epoch}, '{host}', NOW(6)) ON DUPLICATE KEY UPDATE "
+               "epoch = {epoch}, primary_host = '{host}', promoted = NOW(6)")
 EPOCH_TABLE_SQL = (
     "CREATE TABLE IF NOT EXISTS sqlgate.epoch (id TINYINT UNSIGNED NOT NULL PRIMARY KEY, "
     "epoch BIGINT UNSIGNED NOT NULL, primary_host VARCHAR(64) NOT NULL, "
@@ -261,7 +267,10 @@ FLAVOUR_SQL = {
                      "@@gtid_slave_pos",
         "semi_sync": ("Rpl_semi_sync_master_status", "Rpl_semi_sync_slave_status"),
         "semi_sync_enabled": ("rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled"),
-        "reset": "STOP REPLICA; RESET REPLICA ALL",
+        "promote": ["STOP SLAVE", "RESET SLAVE ALL"],
+        "open_writes": ["SET GLOBAL rpl_semi_sync_master_enabled = ON",
+                        "SET GLOBAL read_only = OFF"],
+        "fence": ["SET GLOBAL read_only = ON", "SET GLOBAL rpl_semi_sync_master_enabled = OFF"],
         # Waits until the node has applied a GTID position: 0 done, -1 timed out.
         "wait": "SELECT MASTER_GTID_WAIT({pos}, {timeout})",
         # The IO thread's received position, under replica_status's names.
@@ -274,7 +283,11 @@ FLAVOUR_SQL = {
                      "@@gtid_executed",
         "semi_sync": ("Rpl_semi_sync_source_status", "Rpl_semi_sync_replica_status"),
         "semi_sync_enabled": ("rpl_semi_sync_source_enabled", "rpl_semi_sync_replica_enabled"),
-        "reset": "STOP REPLICA; RESET REPLICA ALL",
+        "promote": ["STOP REPLICA", "RESET REPLICA ALL", "SET GLOBAL super_read_only = OFF"],
+        "open_writes": ["SET GLOBAL rpl_semi_sync_source_enabled = ON",
+                        "SET GLOBAL read_only = OFF"],
+        "fence": ["SET GLOBAL super_read_only = ON",
+                  "SET GLOBAL rpl_semi_sync_source_enabled = OFF"],
         "wait": "SELECT WAIT_FOR_EXECUTED_GTID_SET({pos}, {timeout})",
         "received": "Retrieved_Gtid_Set",
         "start_from_binlog": "",
@@ -453,14 +466,17 @@ def wait_applied(timeout=30, position=None, client=None, socket=None):
     return rows == [["0"]]
 
 
-def promote(epoch, host, client=None, socket=None):
+def promote(epoch, host, steps=None, client=None, socket=None):
     """Make this node the primary of ``epoch``, in docs/failover.md's order: replication
-    stopped and forgotten, the primary side of semi-sync on, the epoch row written
-    (``epoch``, ``host``), ``read_only`` OFF last, so that the node never takes a write
-    before the row that says it may.
+    stopped and forgotten (the flavour's ``promote``), the epoch row written (``epoch_write``,
+    with ``epoch`` and ``host``), then ``open_writes``: the primary side of semi-sync and
+    ``read_only`` OFF last, so that the node never takes a write before the row that says it
+    may. ``steps``: ``{promote, epoch_write, open_writes}`` from flavours.yaml and
+    defaults.yaml (the runner and the states pass them); by default FLAVOUR_SQL's.
 
     Refused (an error, nothing changed) when the node's epoch row is already at ``epoch`` or
-    beyond for another host: a late or repeated promotion never goes back in time.
+    beyond for another host: a late or repeated promotion never goes back in time. Answers
+    the node's GTID position before its own first write (``fork_gtid_pos``).
 
     CLI Example::
 
@@ -470,43 +486,40 @@ def promote(epoch, host, client=None, socket=None):
     if not _NAME.fullmatch(str(host)):
         raise CommandExecutionError(f"not a host name: {host!r}")
     _, sql = _flavour(client)
+    steps = {"promote": sql["promote"], "epoch_write": EPOCH_WRITE,
+             "open_writes": sql["open_writes"], **(steps or {})}
     row = _epoch_row(client=client, socket=socket)
     if row and (row["epoch"] > epoch or (row["epoch"] == epoch and row["primary_host"] != host)):
         raise CommandExecutionError(
             f"epoch {epoch} for {host} is stale: this node's row says epoch {row['epoch']}, "
             f"primary {row['primary_host']}")
-    execute(f"{sql['reset']}; SET GLOBAL {sql['semi_sync_enabled'][0]} = ON;\n",
-            client=client, socket=socket)
+    execute(";\n".join(steps["promote"]) + ";\n", client=client, socket=socket)
     # Where its history forks from the old primary's, before it writes anything of its own:
     # what a rejoining node is checked against (errant's fork_gtid_pos).
     fork = query(sql["positions"], client=client, socket=socket)[0][3]
     statements = [f"CREATE DATABASE IF NOT EXISTS {EPOCH_SCHEMA}", EPOCH_TABLE_SQL,
-                  "INSERT INTO sqlgate.epoch (id, epoch, primary_host, promoted) "
-                  f"VALUES (1, {epoch}, {sql_literal(host)}, NOW(6)) ON DUPLICATE KEY UPDATE "
-                  "epoch = VALUES(epoch), primary_host = VALUES(primary_host), "
-                  "promoted = VALUES(promoted)",
-                  "SET GLOBAL read_only = OFF"]
+                  steps["epoch_write"].format(epoch=epoch, host=host), *steps["open_writes"]]
     execute(";\n".join(statements) + ";\n", client=client, socket=socket)
     return {"epoch": epoch, "primary_host": host, "fork_gtid_pos": fork}
 
 
-def fence(client=None, socket=None):
+def fence(steps=None, client=None, socket=None):
     """This node takes no write again: ``read_only`` ON, the primary side of semi-sync off,
     and every client connection killed (the server's own threads and the replicas' binlog
     readers stay). Connections are killed before and after ``read_only``: setting it waits
     for open transactions, and a writer that slipped in between is cut off after.
 
     Answers how many connections were killed; a server that does not answer is an error (the
-    runner then closes its port instead).
+    runner then closes its port instead). ``steps``: ``{fence}`` from flavours.yaml.
 
     CLI Example::
 
         salt primary sqlgate_db.fence
     """
     _, sql = _flavour(client)
+    statements = (steps or {}).get("fence") or sql["fence"]
     killed = _kill_clients(client, socket)
-    execute(f"SET SESSION lock_wait_timeout = 5; SET GLOBAL read_only = ON; "
-            f"SET GLOBAL {sql['semi_sync_enabled'][0]} = OFF",
+    execute(";\n".join(["SET SESSION lock_wait_timeout = 5", *statements]) + ";\n",
             client=client, socket=socket)
     killed += _kill_clients(client, socket)
     return {"read_only": True, "killed": killed}

@@ -129,6 +129,7 @@ class Cluster:
         self.mysql_port = int((common.get("ports") or {}).get("mysql", 3306))
         self.tls_dir = (defaults.get("tls") or {}).get("dir", "/etc/sqlgate/tls")
         self.flavours = _yaml(_formula_file("flavours.yaml"))
+        self.epoch_write = (defaults.get("db") or {}).get("epoch_write")
 
     @property
     def replicas(self):
@@ -151,6 +152,15 @@ class Cluster:
                 "change_source": spec.get("change_source", ""),
                 "change_source_ssl": spec.get("change_source_ssl", ""),
                 "ssl_ca": f"{self.tls_dir}/ca.crt"}
+
+    def steps(self, flavour):
+        """The flavour's statements of a promotion and a fence (flavours.yaml, defaults.yaml),
+        for sqlgate_db.promote and fence."""
+        spec = self.flavours.get(flavour) or {}
+        found = {key: spec[key] for key in ("promote", "open_writes", "fence") if spec.get(key)}
+        if self.epoch_write:
+            found["epoch_write"] = self.epoch_write
+        return found
 
     def write_pillar(self, primary, epoch, fork_gtid_pos, quarantined):
         """The failover pillar file: what the next highstate keeps (written atomically)."""
@@ -454,19 +464,21 @@ def _failover(cluster, reason, automatic, force):
         run.update(result="refused", why=text)
         _record(run)
         return {"result": "refused", "why": text}
-    run["fence"] = _fence(cluster, cluster.primary, timeout)
+    run["fence"] = _fence(cluster, cluster.primary, timeout,
+                          states[candidate].get("flavour", "mariadb"))
     result = _promote(cluster, run, candidate, answering, states, timeout)
     if "writable" in run:
         result["detected_to_writable_s"] = round(run["writable"] - detected, 3)
     return result
 
 
-def _fence(cluster, node, timeout):
+def _fence(cluster, node, timeout, flavour="mariadb"):
     """The old primary takes no write again where it can be reached: read-only and its
     clients cut off when its server answers, its database port closed to the Proxies when
     its minion answers (nftables; on AWS the instance is stopped by bootstrap.py)."""
     done = {}
-    answer = _ask([node], "sqlgate_db.fence", timeout=timeout).get(node)
+    answer = _ask([node], "sqlgate_db.fence", kwarg={"steps": cluster.steps(flavour)},
+                  timeout=timeout).get(node)
     done["server"] = answer if isinstance(answer, dict) else (answer or "no answer")
     sources = []
     for proxy in cluster.proxies:
@@ -489,6 +501,7 @@ def _promote(cluster, run, candidate, followers, states, timeout):
     follow = cluster.follow_kwargs(candidate, flavour)
     run["repointed"] = _ask(others, "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10)
     promoted = _ask([candidate], "sqlgate_db.promote", [epoch, candidate],
+                    {"steps": cluster.steps(flavour)},
                     timeout=cluster.settings["apply_timeout"]).get(candidate)
     run["promoted"] = time.time()
     if not isinstance(promoted, dict):
@@ -541,7 +554,9 @@ def switchover(to=None):
         run = {"kind": "switchover", "automatic": False, "detected": time.time(),
                "old_primary": cluster.primary, "epoch_before": cluster.epoch}
         old = cluster.primary
-        run["fence"] = _ask([old], "sqlgate_db.fence", timeout=timeout).get(old)
+        run["fence"] = _ask([old], "sqlgate_db.fence",
+                            kwarg={"steps": cluster.steps(states[old].get("flavour"))},
+                            timeout=timeout).get(old)
         final = _states(cluster, [old], timeout)[old] or {}
         position = final.get("gtid_binlog_pos", "")
         candidate = to or max(cluster.replicas, key=lambda node: (_rank(states[node]), node))
@@ -593,7 +608,7 @@ def rejoin(node):
             return {"result": "waiting", "why": "the node or the primary does not answer"}
         if not mine.get("read_only"):
             # A writable node that is not the pillar's primary is a stale one: fenced first.
-            _fence(cluster, node, timeout)
+            _fence(cluster, node, timeout, mine.get("flavour", "mariadb"))
         if (mine.get("replica") or {}).get("source_host") == cluster.address(cluster.primary):
             return {"result": "nothing to do", "why": f"{node} already follows the primary"}
         found = _ask([node], "sqlgate_db.errant", [primary.get("gtid_binlog_pos", "")],
@@ -645,6 +660,7 @@ def _restore(cluster, node, timeout):
         _alert(text)
         return {"result": "refused", "why": text}
     answer = _ask([node], "sqlgate_db.promote", [cluster.epoch, node],
+                  {"steps": cluster.steps(mine.get("flavour"))},
                   timeout=cluster.settings["apply_timeout"]).get(node)
     _record({"kind": "restore", "node": node, "detected": time.time(), "answer": answer,
              "result": "writable" if isinstance(answer, dict) else "failed"})
@@ -680,7 +696,7 @@ def rebuild(node):
             return {"result": "refused", "why": f"{cluster.primary}'s binary logs no longer "
                     "hold its whole history: rebuild the node from a backup"}
         if not mine.get("read_only"):
-            _fence(cluster, node, timeout)
+            _fence(cluster, node, timeout, mine.get("flavour", "mariadb"))
         wiped = _ask([node], "sqlgate_db.wipe", kwarg={"confirm": node},
                      timeout=timeout + 30).get(node)
         if not isinstance(wiped, dict):
@@ -715,5 +731,8 @@ def status():
     return {"primary": cluster.primary, "epoch": cluster.epoch,
             "quarantined": cluster.quarantined,
             "last": failovers[-1] if failovers else None,
+            "promotions": [{key: run.get(key) for key in ("epoch", "new_primary", "detected",
+                                                          "writable", "kind", "automatic")}
+                           for run in failovers if run.get("result") == "promoted"][-10:],
             "rejoins": [run for run in history["runs"] if run.get("kind") == "rejoin"][-3:],
             "alerts": history["alerts"][-5:]}

@@ -215,13 +215,15 @@ def running(name, client=None, socket=None, fresh_only=False):
     return ret
 
 
-def writable(name, epoch, host, client=None, socket=None):
+def writable(name, epoch, host, steps=None, client=None, socket=None):
     """The current primary ``host`` of ``epoch`` takes writes (``sqlgate_db.promote``:
     replication reset, semi-sync primary side on, the epoch row, read-only OFF last).
 
     - No epoch row yet (first setup): promoted.
     - The row is ``(epoch, host)``: nothing to do when writable; promoted again when it came
       back read-only (every server starts so).
+    - ``steps``: the flavour's statements (flavours.yaml ``promote``, ``open_writes``;
+      defaults.yaml ``epoch_write``).
     - Any other row, or a node whose IO thread still receives from a source: it stays
       read-only and the state fails. A failover in progress or a stale pillar is the
       runner's business (sqlgate_failover), never a highstate's.
@@ -257,7 +259,7 @@ def writable(name, epoch, host, client=None, socket=None):
                    comment=f"{host} would be promoted (epoch {epoch})")
         return ret
     try:
-        _db("promote", epoch, host, client=client, socket=socket)
+        _db("promote", epoch, host, steps=steps, client=client, socket=socket)
     except CommandExecutionError as error:
         ret["comment"] = f"Promotion failed: {error}"
         return ret

@@ -6,5 +6,5 @@
 sqlgate-reactor-failover:
   runner.sqlgate_failover.failover:
     - args:
-      - reason: {{ ('primary unreachable from ' ~ data.get('node', data.get('id', '?'))) | json }}
+      - reason: {{ ('primary unreachable from ' ~ data.get('id', '?')) | json }}
       - automatic: True

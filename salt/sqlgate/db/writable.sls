@@ -13,6 +13,10 @@ sqlgate-db-writable:
   sqlgate_replication.writable:
     - epoch: {{ db.epoch }}
     - host: {{ grains.id }}
+    - steps:
+        promote: {{ db.promote | json }}
+        epoch_write: {{ db.epoch_write | json }}
+        open_writes: {{ db.open_writes | json }}
     - client: {{ db.client }}
     - socket: {{ db.socket }}
     - require:
