@@ -123,6 +123,9 @@ class Cluster:
         self.epoch = int(db.get("epoch") or 1)
         self.fork_gtid_pos = db.get("fork_gtid_pos", "")
         self.quarantined = list((current.get("failover") or {}).get("quarantined") or [])
+        # Former primaries fenced by a failover and not rejoined since: they follow nobody,
+        # so they hold none of the current primary's writes.
+        self.fenced = list((current.get("failover") or {}).get("fenced") or [])
         self.proxies = sorted(name for name, host in self.hosts.items()
                               if host.get("role") == "proxy")
         self.addresses = common.get("addresses") or {}
@@ -133,8 +136,8 @@ class Cluster:
 
     @property
     def replicas(self):
-        return [name for name in self.db_hosts
-                if name != self.primary and name not in self.quarantined]
+        return [name for name in self.db_hosts if name != self.primary
+                and name not in self.quarantined and name not in self.fenced]
 
     def address(self, host):
         """A host's private address: the pillar's fixed one, else the Salt mine's."""
@@ -162,13 +165,15 @@ class Cluster:
             found["epoch_write"] = self.epoch_write
         return found
 
-    def write_pillar(self, primary, epoch, fork_gtid_pos, quarantined):
+    def write_pillar(self, primary, epoch, fork_gtid_pos, quarantined, fenced=None):
         """The failover pillar file: what the next highstate keeps (written atomically)."""
+        fenced = sorted(set(self.fenced if fenced is None else fenced) - {primary})
         data = self.failover_pillar or {}
         sqlgate = data.setdefault("sqlgate", {})
         sqlgate["db"] = {"primary": primary, "epoch": int(epoch),
                          "fork_gtid_pos": fork_gtid_pos or ""}
         sqlgate.setdefault("failover", {})["quarantined"] = sorted(set(quarantined))
+        sqlgate["failover"]["fenced"] = fenced
         path = os.path.join(_pillar_root(), PILLAR_FILE)
         temporary = f"{path}.tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
@@ -181,6 +186,7 @@ class Cluster:
         self.failover_pillar = data
         self.primary, self.epoch, self.fork_gtid_pos = primary, int(epoch), fork_gtid_pos
         self.quarantined = sorted(set(quarantined))
+        self.fenced = fenced
 
 
 # --- the minions ----------------------------------------------------------------------------
@@ -511,8 +517,10 @@ def _promote(cluster, run, candidate, followers, states, timeout):
         _record(run)
         return {"result": "failed", "why": text}
     run["writable"] = time.time()
+    old = run.get("old_primary")
     cluster.write_pillar(candidate, epoch, promoted.get("fork_gtid_pos", ""),
-                         cluster.quarantined)
+                         cluster.quarantined,
+                         [*cluster.fenced, old] if run.get("kind") == "failover" else None)
     everyone = sorted(cluster.hosts)
     _ask(everyone, "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=20)
     _ask(everyone, "mine.update", timeout=20)
@@ -610,6 +618,9 @@ def rejoin(node):
             # A writable node that is not the pillar's primary is a stale one: fenced first.
             _fence(cluster, node, timeout, mine.get("flavour", "mariadb"))
         if (mine.get("replica") or {}).get("source_host") == cluster.address(cluster.primary):
+            if node in cluster.fenced:
+                cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos,
+                                     cluster.quarantined, [n for n in cluster.fenced if n != node])
             return {"result": "nothing to do", "why": f"{node} already follows the primary"}
         found = _ask([node], "sqlgate_db.errant", [primary.get("gtid_binlog_pos", "")],
                      {"fork_gtid_pos": cluster.fork_gtid_pos,
@@ -632,6 +643,9 @@ def rejoin(node):
         _ask([node], "sqlgate_db.open_port", timeout=timeout)
         follow = cluster.follow_kwargs(cluster.primary, mine.get("flavour", "mariadb"))
         answer = _ask([node], "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10).get(node)
+        if isinstance(answer, dict) and node in cluster.fenced:
+            cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos,
+                                 cluster.quarantined, [n for n in cluster.fenced if n != node])
         run.update(result="rejoined" if isinstance(answer, dict) else "failed",
                    answer=answer, finished=time.time())
         _record(run)
@@ -707,7 +721,8 @@ def rebuild(node):
         if not isinstance(answer, dict):
             return {"result": "failed", "why": f"follow: {answer}"}
         quarantined = [name for name in cluster.quarantined if name != node]
-        cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos, quarantined)
+        cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos, quarantined,
+                             [name for name in cluster.fenced if name != node])
         _ask(sorted(cluster.hosts), "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=20)
         _record({"kind": "rebuild", "node": node, "primary": cluster.primary,
                  "detected": time.time(), "result": "rebuilt"})
@@ -729,7 +744,7 @@ def status():
     failovers = [run for run in history["runs"] if run.get("kind") in ("failover",
                                                                         "switchover")]
     return {"primary": cluster.primary, "epoch": cluster.epoch,
-            "quarantined": cluster.quarantined,
+            "quarantined": cluster.quarantined, "fenced": cluster.fenced,
             "last": failovers[-1] if failovers else None,
             "promotions": [{key: run.get(key) for key in ("epoch", "new_primary", "detected",
                                                           "writable", "kind", "automatic")}
