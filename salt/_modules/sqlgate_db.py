@@ -432,14 +432,15 @@ def _applied(received, current, flavour, client, socket):
 
 def stop_io(client=None, socket=None):
     """Stop the IO thread: the node receives nothing more from its source (the old primary,
-    which may still be writing somewhere), and what it holds can be compared.
+    which may still be writing somewhere), and what it holds can be compared. Answers the
+    node's state after (``node_state``): one round trip for the runner.
 
     CLI Example::
 
         salt -L replica1,replica2 sqlgate_db.stop_io
     """
     execute("STOP REPLICA IO_THREAD", client=client, socket=socket)
-    return True
+    return node_state(client=client, socket=socket)
 
 
 def wait_applied(timeout=30, position=None, client=None, socket=None):
@@ -523,6 +524,27 @@ def fence(steps=None, client=None, socket=None):
             client=client, socket=socket)
     killed += _kill_clients(client, socket)
     return {"read_only": True, "killed": killed}
+
+
+def fence_node(sources=(), port=3306, steps=None, client=None, socket=None):
+    """Both fences of a former primary in one call: ``fence`` when its server answers (else
+    its error), and ``close_port`` to ``sources`` whatever the server does. Answers
+    ``{"server": ..., "port": ...}``.
+
+    CLI Example::
+
+        salt primary sqlgate_db.fence_node '[10.213.0.4]'
+    """
+    done = {}
+    try:
+        done["server"] = fence(steps=steps, client=client, socket=socket)
+    except CommandExecutionError as error:
+        done["server"] = f"not fenced: {str(error)[:200]}"
+    try:
+        done["port"] = close_port(list(sources or ()), port)
+    except CommandExecutionError as error:
+        done["port"] = f"not closed: {str(error)[:200]}"
+    return done
 
 
 def _kill_clients(client, socket):

@@ -441,8 +441,9 @@ def _failover(cluster, reason, automatic, force):
     # Nothing more reaches the replicas from the old primary; then compare what they hold.
     answering = [node for node in cluster.replicas
                  if states.get(node) and states[node].get("running")]
-    _ask(answering, "sqlgate_db.stop_io", timeout=timeout)
-    states.update(_states(cluster, answering, timeout))
+    stopped = _ask(answering, "sqlgate_db.stop_io", timeout=timeout)
+    states.update({node: stopped[node] if isinstance(stopped.get(node), dict) else None
+                   for node in answering})
     missing = [node for node in cluster.replicas
                if not (states.get(node) and states[node].get("running"))]
     if missing and not force:
@@ -482,18 +483,16 @@ def _fence(cluster, node, timeout, flavour="mariadb"):
     """The old primary takes no write again where it can be reached: read-only and its
     clients cut off when its server answers, its database port closed to the Proxies when
     its minion answers (nftables; on AWS the instance is stopped by bootstrap.py)."""
-    done = {}
-    answer = _ask([node], "sqlgate_db.fence", kwarg={"steps": cluster.steps(flavour)},
-                  timeout=timeout).get(node)
-    done["server"] = answer if isinstance(answer, dict) else (answer or "no answer")
     sources = []
     for proxy in cluster.proxies:
         with contextlib.suppress(Exception):
             sources.append(cluster.address(proxy))
-    answer = _ask([node], "sqlgate_db.close_port", [sources, cluster.mysql_port],
-                  timeout=timeout).get(node)
-    done["port"] = answer if answer is not None else "no answer"
-    return done
+    answer = _ask([node], "sqlgate_db.fence_node",
+                  kwarg={"sources": sources, "port": cluster.mysql_port,
+                         "steps": cluster.steps(flavour)}, timeout=timeout).get(node)
+    if isinstance(answer, dict):
+        return answer
+    return {"server": answer or "no answer", "port": "no answer"}
 
 
 def _promote(cluster, run, candidate, followers, states, timeout):

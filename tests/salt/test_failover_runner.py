@@ -55,6 +55,11 @@ def runner(tmp_path):
         if function == "sqlgate_db.node_state":
             return {node: module.nodes[node] for node in targets
                     if module.nodes.get(node) is not None}
+        if function == "sqlgate_db.stop_io":
+            return {node: module.nodes[node] for node in targets
+                    if module.nodes.get(node) is not None}
+        if function == "sqlgate_db.fence_node":
+            return {node: {"server": "not fenced", "port": "closed"} for node in targets}
         if function == "sqlgate_db.wait_applied":
             return dict.fromkeys(targets, True)
         if function == "sqlgate_db.promote":
@@ -114,7 +119,7 @@ def test_the_most_advanced_replica_is_promoted_and_the_other_follows_it(runner, 
     assert answer["epoch"] == 2 and answer["repointed"] == ["replica1"]
     functions = [call[1] for call in runner.calls]
     # Fenced before the promotion; the other replica repointed before it (its acknowledgement).
-    assert functions.index("sqlgate_db.fence") < functions.index("sqlgate_db.promote")
+    assert functions.index("sqlgate_db.fence_node") < functions.index("sqlgate_db.promote")
     assert functions.index("sqlgate_db.follow") < functions.index("sqlgate_db.promote")
     follow = next(call for call in runner.calls if call[1] == "sqlgate_db.follow")
     assert follow[0] == ("replica1",) and follow[3]["source"] == "10.0.0.7"

@@ -87,14 +87,17 @@ def test_a_promotion_a_fence_and_a_rejoin_on_real_mariadb(trio, call):
     # A client of the primary is cut off by the fence, which leaves it read-only.
     app = trio.app_users["write"]
     held = primary.connect(app.name, app.password)
-    fenced = call("fence", primary)
+    fenced = call("fence_node", primary)  # no nftables table here: the port stays
+    assert fenced["port"] == "no firewall"
+    fenced = fenced["server"]
     assert fenced["read_only"] is True and fenced["killed"] >= 1
     with pytest.raises(Exception):  # noqa: B017 (any error: the connection is gone)
         held.cursor().execute("SELECT 1")
     assert call("node_state", primary)["read_only"] is True
 
     for replica in (first, second):
-        assert call("stop_io", replica) is True
+        stopped = call("stop_io", replica)
+        assert stopped["replica"]["io_running"] == "No" and stopped["running"] is True
     assert call("wait_applied", first, "timeout=10") is True
     ahead, behind = (call("node_state", node)["replica"]["received"] for node in (first,
                                                                                   second))

@@ -124,6 +124,7 @@ def cluster() -> Iterator[FailoverCluster]:
         pytest.skip("the local cluster needs root (namespaces, bridge, mounts)")
     directory = PROJECT_ROOT / ".cluster" / "failover-test"
     try:
+        run_bootstrap("down", directory, timeout=300)  # nothing of an earlier run is reused
         up = run_bootstrap("up", directory)
         assert up.returncode == 0, up.stdout + up.stderr
         yield FailoverCluster(directory, read_record("local", directory))
@@ -142,8 +143,10 @@ def replicating_from(cluster: FailoverCluster, node: str, source: str) -> bool:
 
 
 def test_a_fresh_cluster_has_its_primary_at_epoch_1(cluster):
+    assert wait_until(lambda: cluster.state("primary").get("read_only") is False, 30,
+                      "the primary writable", interval=1)
     primary = cluster.state("primary")
-    assert primary["read_only"] is False and primary["replica"] == {}
+    assert primary["replica"] == {}
     assert primary["epoch"]["epoch"] == 1 and primary["epoch"]["primary_host"] == "primary"
     for replica in ("replica1", "replica2"):
         assert wait_until(lambda r=replica: replicating_from(cluster, r, "primary"), 60,
