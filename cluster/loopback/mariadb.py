@@ -127,8 +127,6 @@ class MariaDBNode:
     # The server's certificate, key and CA (``LoopbackPki.issue``).
     tls: CertFiles | None = None
     process: subprocess.Popen | None = None
-    # The epoch of the promotion that made it the primary; None for a replica or a fenced node.
-    promoted_epoch: int | None = None
 
     @property
     def socket(self) -> Path:
@@ -161,10 +159,6 @@ class MariaDBNode:
         except BaseException:
             self.stop()
             raise
-        if self.promoted_epoch is not None:
-            # It starts read-only, as every server does; as the cluster's primary it is
-            # promoted again, as Salt's highstate does for the pillar's primary.
-            self.promote(self.promoted_epoch)
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -221,14 +215,12 @@ class MariaDBNode:
         self.sql(db["epoch_write"].format(epoch=int(epoch), host=quoted(self.name)))
         for statement in db["open_writes"]:
             self.sql(statement)
-        self.promoted_epoch = int(epoch)
 
     def fence(self) -> None:
         """Read-only again, and no semi-sync primary side: what a failover does to the old
         primary where it can reach it."""
         for statement in db_settings(FLAVOUR)["fence"]:
             self.sql(statement)
-        self.promoted_epoch = None
 
     def source(self, path: Path) -> None:
         """Load an SQL file with the client, which understands DELIMITER."""
@@ -264,6 +256,7 @@ class MariaDBCluster:
         self.monitor = DbUser(db["monitor"]["user"], "monitor-loopback-password")
         self.repl_user, self.repl_password = db["repl_user"], "repl-test-password"
         self.sb_user, self.sb_password = "sb", sb_password
+        self.epoch = 0  # the last promotion's
         self.primary = self._node("primary", 1)
         self.replicas = [self._node(f"replica{i}", i + 1) for i in range(1, replicas + 1)]
 
@@ -320,7 +313,8 @@ class MariaDBCluster:
         primary, db = self.primary, self.settings
         primary.sql(f"CREATE DATABASE IF NOT EXISTS {db['monitor']['schema']}")
         primary.source(EPOCH_SQL)
-        primary.promote(epoch=1)
+        self.epoch = 1
+        primary.promote(self.epoch)
         primary.sql(self._user_sql(DbUser(self.repl_user, self.repl_password)))
         primary.sql(f"GRANT REPLICATION SLAVE ON *.* TO '{self.repl_user}'@'%'")
         for replica in self.replicas:
@@ -384,16 +378,32 @@ class MariaDBCluster:
 
     def _take_over(self, new: MariaDBNode) -> None:
         """Promote ``new`` at the next epoch, and make every other running node follow it."""
-        epoch = max(node.promoted_epoch or 0 for node in self.nodes)
-        epoch = max(epoch, int(new.sql("SELECT epoch FROM sqlgate.epoch")[0]["epoch"]))
-        new.promote(epoch + 1)
+        self.epoch = max(self.epoch, int(new.sql("SELECT epoch FROM sqlgate.epoch")[0]["epoch"]))
+        self.epoch += 1
+        new.promote(self.epoch)
         everyone = self.nodes
         self.primary = new
         self.replicas = [node for node in everyone if node is not new]
         for node in self.replicas:
-            node.promoted_epoch = None  # as the pillar's new primary: a restart stays read-only
             if node.running:
                 self.follow(node, new)
+
+    def restart(self, node: MariaDBNode) -> None:
+        """Start a stopped server, which comes back read-only. The primary is promoted again
+        only if no replica received more than it kept (a crashed primary truncates what no
+        replica acknowledged, yet a replica may have received it); otherwise the most
+        advanced replica takes over and the old primary follows it. A replica follows the
+        primary again."""
+        node.start()
+        if node is not self.primary:
+            return
+        mine = _seqno(node.sql("SELECT @@GLOBAL.gtid_binlog_pos AS pos")[0]["pos"])
+        received = [_seqno(replica.sql("SHOW SLAVE STATUS")[0]["Gtid_IO_Pos"])
+                    for replica in self.replicas if replica.running]
+        if all(position <= mine for position in received):
+            self._take_over(node)
+        else:
+            self.failover()
 
     @property
     def nodes(self) -> list[MariaDBNode]:

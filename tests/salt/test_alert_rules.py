@@ -22,13 +22,17 @@ from tests.salt.saltcall import MINION
 TEMPLATE = FORMULA_DIR / "monitor" / "files" / "alerts.rules.yml.jinja"
 UNIT_TESTS = Path(__file__).with_name("alerts_test.yml")
 # The values alerts_test.yml is written for (its thresholds and times follow from them).
-UNIT_ALERTS = {"for": "2m", "replica_lag_seconds": 1, "error_ratio": 0.05, "p95_seconds": 0.5}
+UNIT_ALERTS = {"for": "2m", "replica_lag_seconds": 1, "error_ratio": 0.05, "p95_seconds": 0.5,
+               "quarantine_for": "10m"}
 # What the formula's defaults are expected to hold, until defaults.yaml has monitor:alerts.
 FALLBACK_ALERTS = {"for": "1m", "replica_lag_seconds": 1, "error_ratio": 0.05,
-                   "p95_seconds": 0.5}
+                   "p95_seconds": 0.5, "quarantine_for": "10m"}
 ALERTS = ("SqlgateTargetDown", "SqlgateDatabaseDown", "SqlgateReplicationStopped",
           "SqlgateReplicaLagHigh", "SqlgateHigh5xxRate", "SqlgateHigh503Rate",
-          "SqlgateHighLatencyP95")
+          "SqlgateHighLatencyP95", "SqlgateNoPrimary", "SqlgatePrimarySemiSyncOff",
+          "SqlgateFencedNode", "SqlgateFailover", "SqlgateQuarantinedNode")
+# Alerts whose `for` is not `for`: a fenced node at once, a quarantined one after its own.
+OWN_FOR = {"SqlgateFencedNode": "0s", "SqlgateQuarantinedNode": "10m"}
 
 
 def render(alerts: dict) -> str:
@@ -58,7 +62,7 @@ def test_every_alert_has_severity_summary_and_description():
     alerting = [rule for group in rules["groups"] for rule in group["rules"]]
     assert sorted({rule["alert"] for rule in alerting}) == sorted(ALERTS)
     for rule in alerting:
-        assert rule["for"] == "2m", rule["alert"]
+        assert rule["for"] == OWN_FOR.get(rule["alert"], "2m"), rule["alert"]
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
         # Jinja left Prometheus's templates alone: they still name the host or node.
@@ -67,8 +71,9 @@ def test_every_alert_has_severity_summary_and_description():
 
 def test_thresholds_come_from_alerts():
     text = render({"for": "30s", "replica_lag_seconds": 2.5, "error_ratio": 0.2,
-                   "p95_seconds": 1})
+                   "p95_seconds": 1, "quarantine_for": "7m"})
     assert "for: 30s" in text
+    assert "for: 7m" in text and "for 7m:" in text  # SqlgateQuarantinedNode, and its text
     assert "sqlgate_proxy_replica_lag_seconds > 2.5" in text
     assert "mysql_slave_status_seconds_behind_master > 2.5" in text
     assert "> 0.2\n" in text and "threshold 0.2" in text

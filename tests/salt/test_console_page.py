@@ -141,6 +141,14 @@ def test_tables_show_current_values(page_url):
     modes = page.rows("table-modes")
     assert set(MODES) <= set(modes), page.tables["table-modes"]
     assert all(float(modes[mode][1]) > 0 for mode in MODES), modes
+    # The primary the Proxy elected, the epoch (the loopback trio's promotion wrote one), and
+    # semi-sync on (writes went through).
+    primary = page.rows("table-primary")
+    assert set(primary) == {"proxy"}, page.tables["table-primary"]
+    assert primary["proxy"][1] == "primary", primary
+    assert number.match(primary["proxy"][2]) and int(primary["proxy"][2]) >= 1, primary
+    assert primary["proxy"][3] == "on", primary
+    assert primary["proxy"][4] == "0", primary  # no failover while the page was made
     nodes = page.rows("table-nodes")
     assert set(nodes) == {"primary", "replica1", "replica2"}, page.tables["table-nodes"]
     assert [nodes[n][1] for n in ("primary", "replica1", "replica2")] == \

@@ -239,18 +239,27 @@ def test_proxy_settings_quote_the_passwords_use_tls_and_ping_only_as_the_service
 
 
 def test_database_settings_follow_the_flavour(renderer):
-    settings = state_args(renderer.show_sls("replica1", ROLE_SLS["replica1"]),
-                          "sqlgate-db-config")
-    options = settings["context"]["options"]
-    if renderer.flavour.name == "mysql":
-        assert options["gtid_mode"] == "ON"
-        # MySQL bounds statements server-wide (milliseconds), MariaDB per user.
-        assert options["max_execution_time"] == 10000
-        assert settings["context"]["replica_options"]["super_read_only"] == "ON"
-    else:
-        assert options["gtid_strict_mode"] == "ON"
-        assert "max_execution_time" not in options
-        assert settings["context"]["replica_options"] == {"read_only": "ON"}
+    """Every server, the primary's host too, starts read-only with semi-sync's replica side on,
+    AFTER_SYNC, and durable commits (docs/failover.md); the flavours name them differently."""
+    for host in ("primary", "replica1"):
+        settings = state_args(renderer.show_sls(host, ROLE_SLS[host]), "sqlgate-db-config")
+        options = settings["context"]["options"]
+        assert options["read_only"] == "ON"
+        assert options["sync_binlog"] == options["innodb_flush_log_at_trx_commit"] == 1
+        if renderer.flavour.name == "mysql":
+            assert options["gtid_mode"] == "ON"
+            # MySQL bounds statements server-wide (milliseconds), MariaDB per user.
+            assert options["max_execution_time"] == 10000
+            assert options["super_read_only"] == "ON"
+            assert options["rpl_semi_sync_replica_enabled"] == "ON"
+            assert options["rpl_semi_sync_source_wait_point"] == "AFTER_SYNC"
+        else:
+            assert options["gtid_strict_mode"] == "ON"
+            assert "max_execution_time" not in options
+            assert options["rpl_semi_sync_slave_enabled"] == "ON"
+            assert options["rpl_semi_sync_master_wait_point"] == "AFTER_SYNC"
+            assert options["init_rpl_role"] == "SLAVE"
+        assert "replica_options" not in settings["context"]
     assert settings["context"]["tls"] == {"ca": "/etc/sqlgate/tls/ca.crt",
                                           "cert": "/etc/sqlgate/tls/replica1.crt",
                                           "key": "/etc/sqlgate/tls/replica1.key"}
@@ -702,7 +711,8 @@ def test_the_alert_rules_get_their_thresholds_and_the_proxys_lag_limit(tmp_path)
     rules = state_args(states, "sqlgate-monitor-rules")
     assert rules["source"] == "salt://sqlgate/monitor/files/alerts.rules.yml.jinja"
     assert rules["context"]["alerts"] == {"for": "3s", "replica_lag_seconds": 2.5,
-                                          "error_ratio": 0.05, "p95_seconds": 0.5}
+                                          "error_ratio": 0.05, "p95_seconds": 0.5,
+                                          "quarantine_for": "10m"}
     assert rules["check_cmd"] == "/usr/bin/promtool check rules"
     assert prometheus_config(states)["global"]["scrape_interval"] == "1s"
     # The rules file renders with that context into rules promtool accepts.

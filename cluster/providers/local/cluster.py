@@ -31,7 +31,7 @@ MONITOR_COMMANDS = ("prometheus", "promtool", "prometheus-node-exporter",
 # every second, alerts after a few seconds, so that a change shows at once (the tests wait for
 # it); AWS keeps the formula's defaults.
 LOCAL_MONITOR = {"scrape_interval": "1s", "evaluation_interval": "1s",
-                 "alerts": {"for": "3s"}}
+                 "alerts": {"for": "3s", "quarantine_for": "30s"}}
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def restart_stopped(db_cluster):
     yield
     for node in db_cluster.nodes:
         if not node.running:
-            node.start()
+            db_cluster.restart(node)
     db_cluster.wait_for_replicas()
 
 
