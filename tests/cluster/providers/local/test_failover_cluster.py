@@ -171,8 +171,10 @@ def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
     os.kill(server, signal.SIGKILL)
     cluster.fire_storm()
 
-    def promoted() -> bool:
-        return cluster.runner("status").get("primary") == "replica2"
+    def promoted() -> bool:  # the pillar is written first, the timeline once it is refreshed
+        status = cluster.runner("status")
+        return status.get("primary") == "replica2" and \
+            (status.get("last") or {}).get("result") == "promoted"
 
     assert wait_until(promoted, 90, "the reactor promoting replica2", interval=0.5)
     seen = time.time() - killed
