@@ -69,7 +69,7 @@ from cluster.record import ClusterRecord, HostRecord, read_record, remove_record
 from cluster.salt_setup import OrchestrationResult, summarize_states
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import write_private
-from cluster.topology import ROLES, Host
+from cluster.topology import DB_ROLES, ROLES, Host
 
 SUPERVISOR_CONFIG = "/etc/supervisor/supervisord.conf"
 HEALTH_DEADLINE_S = 60
@@ -199,8 +199,15 @@ def status(args: argparse.Namespace) -> int:
 
     services = ask([m.name for m in cluster.minions],
                    ("supervisord.status", f"conf_file={SUPERVISOR_CONFIG}"))
+    # The replicas are the database hosts other than the current primary (a failover may have
+    # promoted a host of role replica).
+    try:
+        current = failover_runner(cluster, "status", timeout=60)
+    except ClusterError as error:
+        current = {"error": str(error)}
+    primary = current.get("primary")
     replication = access.replication_report(
-        ask, [m.name for m in cluster.minions if m.role == "replica"],
+        ask, [m.name for m in cluster.minions if m.role in DB_ROLES and m.name != primary],
         [m.name for m in cluster.minions if m.role == "proxy"])
     url = ours.gatekeeper_url if ours and ours.gatekeeper_url else cluster.gatekeeper_url
     healthy = access.health_ok(url, ca_file=ours.ca_file if ours else None,
@@ -232,10 +239,8 @@ def status(args: argparse.Namespace) -> int:
             print("              " + "  ".join(f"{k}: {v}" for k, v in fields.items()))
             print(f"              {rotation}")
             healthy &= access.replication_running(fields)
-    try:
-        current = failover_runner(cluster, "status", timeout=60)
-    except ClusterError as error:
-        print(f"  failover: cannot ask the runner ({error})")
+    if "error" in current:
+        print(f"  failover: cannot ask the runner ({current['error']})")
         return 1
     for line in shape.status_lines(current):
         print(line)
