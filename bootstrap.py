@@ -7,9 +7,13 @@
     python bootstrap.py down   [--provider aws|local]
     python bootstrap.py keys   list|add NAME|revoke NAME [--scope S] [--rate R] [--burst B]
                                [--apply] [--provider aws|local]
+    python bootstrap.py failover   [--force] [--provider aws|local]
+    python bootstrap.py switchover [--to HOST] [--provider aws|local]
+    python bootstrap.py rebuild HOST [--provider aws|local]
 
-Each provider is a subpackage of ``cluster.providers`` offering ``up``, ``status``, ``down``
-and ``keys``; their errors reach the user as one line and exit code 2.
+Each provider is a subpackage of ``cluster.providers`` offering ``up``, ``status``, ``down``,
+``keys``, ``failover``, ``switchover`` and ``rebuild`` (the last three run the failover runner on
+the Salt master: docs/failover.md); their errors reach the user as one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ COMMANDS = {
     "status": "the hosts, their services and replication",
     "down": "remove everything up made",
     "keys": "list, add or revoke the cluster's API keys",
+    "failover": "fail over from a failed primary now (the operator's run of what the reactor "
+                "does; no anti-flap wait)",
+    "switchover": "make a replica the primary, planned: no acknowledged write is lost",
+    "rebuild": "make a quarantined database node a fresh replica of the current primary",
 }
 
 
@@ -83,6 +91,15 @@ def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.Arg
         _common(sub, known)
         if command == "up":
             _up_options(sub)
+        elif command == "failover":
+            sub.add_argument("--force", action="store_true",
+                             help="promote even while a replica cannot be asked (it may hold "
+                                  "the only copy of an acknowledged write)")
+        elif command == "switchover":
+            sub.add_argument("--to", metavar="HOST",
+                             help="the replica to promote (default: the most advanced)")
+        elif command == "rebuild":
+            sub.add_argument("host", help="the quarantined database host")
     return parser
 
 

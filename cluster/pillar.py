@@ -12,7 +12,11 @@ minion id; Salt merges the files of a minion key by key):
 - ``sqlgate/<role>.sls``, for the minions of that role: the role's passwords; the Gatekeeper's
   also the API keys (hashes only: no key's secret is anywhere in the pillar) and the public
   certificate the user brought, if any;
-- ``sqlgate/host-<name>.sls``, for that one minion: its own certificate and private key.
+- ``sqlgate/host-<name>.sls``, for that one minion: its own certificate and private key;
+- ``sqlgate/failover.sls``, for everyone: the current primary, its epoch and the quarantined
+  nodes, written by the failover runner on the master (``salt/_runners/sqlgate_failover.py``).
+  ``write_pillar_tree`` makes it empty once and never overwrites it, so a second ``up`` keeps
+  the shape a failover left.
 
 See ``pillar/pillar.example`` for every key.
 """
@@ -37,6 +41,9 @@ from services.contract import SCOPES
 # Where the local provider's master serves the wheels the hosts install from (no PyPI there).
 LOCAL_WHEELHOUSE = "salt://sqlgate-wheelhouse"
 ADDRESS_MINE_FUNCTION = "sqlgate_address"
+# The failover runner's pillar file (the current primary and epoch): written once empty, then
+# only by the runner.
+FAILOVER_PILLAR = Path("sqlgate") / "failover.sls"
 
 # Which secrets each role gets (the role table in cluster/topology.py says).
 SECRETS_OF_ROLE: dict[str, tuple[str, ...]] = {role: ROLES[role].secrets for role in MINION_ROLES}
@@ -170,7 +177,10 @@ def write_pillar_tree(pillar: Pillar, hosts: list[Host], directory: Path) -> Non
     _write_private(directory / "sqlgate" / "common.sls", pillar.common)
     for role, data in pillar.roles.items():
         _write_private(directory / "sqlgate" / f"{role}.sls", data)
-    top: dict[str, list] = {"*": ["sqlgate.common"]}
+    failover = directory / FAILOVER_PILLAR
+    if not failover.exists():
+        _write_private(failover, {})
+    top: dict[str, list] = {"*": ["sqlgate.common", "sqlgate.failover"]}
     # A host no longer in the plan keeps no private key here.
     current = {f"host-{host.name}.sls" for host in hosts}
     for stale in (directory / "sqlgate").glob("host-*.sls"):

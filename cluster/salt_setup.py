@@ -91,16 +91,25 @@ class SaltKeys:
                             for mid in minion_ids})
 
 
+# The failover's events (fired by the database minions' watch job, sqlgate_db.watch) and the
+# reactor SLS (salt/reactor/) that runs the failover runner for each.
+REACTIONS = {"sqlgate/db/primary-unreachable": "failover.sls", "sqlgate/db/rejoin": "rejoin.sls"}
+
+
 def master_config(file_roots: list[str], pillar_root: str, **settings: object) -> dict:
     """The master's settings: run as ``MASTER_USER``, serve these trees, never accept a key
-    nobody pre-seeded. ``settings`` adds what one provider needs (the interface to listen on,
-    log levels)."""
+    nobody pre-seeded; the formula's runners (``<formula>/_runners``: the failover runner)
+    and its reactor, the first file root being the formula (``salt/``). ``settings`` adds
+    what one provider needs (the interface to listen on, log levels)."""
+    formula = file_roots[0].rstrip("/")
     return {
         "user": MASTER_USER,
         "auto_accept": False,
         "open_mode": False,
         "file_roots": {"base": list(file_roots)},
         "pillar_roots": {"base": [pillar_root]},
+        "runner_dirs": [f"{formula}/_runners"],
+        "reactor": [{tag: [f"{formula}/reactor/{sls}"]} for tag, sls in REACTIONS.items()],
         **settings,
     }
 

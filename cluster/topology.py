@@ -50,16 +50,15 @@ PROXY_DB_SECRETS = ("app_read_password", "app_write_password", "app_admin_passwo
 # The roles in orchestration order: the primary, then the replicas (which read the primary's
 # address from the mine), then the Proxy, then the Gatekeeper, then the monitor (which scrapes
 # them all, so it comes once they listen). Users live on the primary and replicate to the
-# replicas, so only the primary needs the users' passwords; every database host runs a
-# mysqld_exporter, which reads its own user's password. The Gatekeeper holds no secret of the
+# replicas; every database host holds the same secrets (DB_SECRETS), since a failover may make
+# any of them the primary whose states manage the users; each runs a mysqld_exporter, which
+# reads its own user's password. The Gatekeeper holds no secret of the
 # cluster: its pillar carries the API keys' hashes, never the keys; the monitor holds none.
+DB_SECRETS = ("repl_password", *PROXY_DB_SECRETS, "sb_password", "exporter_password")
 ROLES: dict[str, RoleSpec] = {
     "saltmaster": RoleSpec("saltmaster"),
-    "primary": RoleSpec("database", "sqlgate.db.primary",
-                        ("repl_password", *PROXY_DB_SECRETS, "sb_password",
-                         "exporter_password"), DATABASE_SERVICE),
-    "replica": RoleSpec("database", "sqlgate.db.replica", ("repl_password", "exporter_password"),
-                        DATABASE_SERVICE),
+    "primary": RoleSpec("database", "sqlgate.db.primary", DB_SECRETS, DATABASE_SERVICE),
+    "replica": RoleSpec("database", "sqlgate.db.replica", DB_SECRETS, DATABASE_SERVICE),
     "proxy": RoleSpec("proxy", "sqlgate.proxy", PROXY_DB_SECRETS, "sqlgate-proxy"),
     "gatekeeper": RoleSpec("gatekeeper", "sqlgate.gatekeeper", (), "sqlgate-gatekeeper"),
     "monitor": RoleSpec("monitor", "sqlgate.monitor", (), "prometheus"),

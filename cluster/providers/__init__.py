@@ -15,7 +15,8 @@ from typing import ClassVar
 
 
 class Provider(ABC):
-    """``up``, ``status``, ``down`` and ``keys`` of one kind of host, each taking the parsed
+    """``up``, ``status``, ``down``, ``keys``, ``failover``, ``switchover`` and ``rebuild`` of
+    one kind of host, each taking the parsed
     arguments and returning an exit code (0: done and healthy). A provider raises
     ``ClusterError`` for what the user can act on; ``bootstrap.py`` prints it as one line. ``up``
     writes the cluster record (``cluster.record``) that ``status``, ``down``, the demo and the
@@ -49,6 +50,17 @@ class Provider(ABC):
 
     def keys(self, args: argparse.Namespace) -> int:
         return self._run("keys", args)
+
+    # Failover (docs/failover.md): each runs the failover runner on the Salt master
+    # (salt/_runners/sqlgate_failover.py), as the reactor does.
+    def failover(self, args: argparse.Namespace) -> int:
+        return self._run("failover", args)
+
+    def switchover(self, args: argparse.Namespace) -> int:
+        return self._run("switchover", args)
+
+    def rebuild(self, args: argparse.Namespace) -> int:
+        return self._run("rebuild", args)
 
 
 def providers() -> dict[str, type[Provider]]:

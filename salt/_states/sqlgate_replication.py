@@ -78,8 +78,16 @@ def _where(fields):
     return where
 
 
+def _has_history(client, socket):
+    """Whether a server that replicates from nobody has transactions in its binary log: a
+    former primary, not a fresh server. Which of its transactions the primary lacks is the
+    failover runner's question (sqlgate_failover.rejoin), not this state's."""
+    state = _db("node_state", client=client, socket=socket)
+    return bool(state.get("gtid_binlog_pos"))
+
+
 def following(name, source, password, change_source, port=3306, user="repl", ssl_ca="",
-              change_source_ssl="", client=None, socket=None):
+              change_source_ssl="", client=None, socket=None, fresh_only=False):
     """The replica follows ``source``:``port`` as ``user`` by GTID, over TLS checked with the
     CA file ``ssl_ca`` when ``change_source_ssl`` is given (without TLS when ``ssl_ca`` is
     empty).
@@ -89,6 +97,10 @@ def following(name, source, password, change_source, port=3306, user="repl", ssl
     ``source``, ``port``, ``user`` and ``password`` (each escaped for an SQL string literal)
     followed by ``change_source_ssl`` formatted with ``ssl`` (1 or 0) and ``ssl_ca``, and
     ``START REPLICA``.
+
+    With ``fresh_only``, a server that replicates from nobody is made a replica only when its
+    binary log is empty: one with a history (a former primary) is left alone, successfully,
+    for the failover runner to check for errant transactions first.
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
@@ -107,6 +119,16 @@ def following(name, source, password, change_source, port=3306, user="repl", ssl
     except CommandExecutionError as error:
         ret["comment"] = f"Cannot read the replica's status: {_hide(error, password)}"
         return ret
+    if not status and fresh_only:
+        try:
+            history = _has_history(client, socket)
+        except CommandExecutionError as error:
+            ret["comment"] = f"Cannot read the server's state: {error}"
+            return ret
+        if history:
+            ret.update(result=True, comment="Not a replica and has a history of its own (a "
+                       "former primary): left to the failover runner (sqlgate_failover.rejoin)")
+            return ret
     current = {field: status.get(field) for field in fields}
     if current == wanted:
         ret.update(result=True, comment=f"The replica already follows {_where(wanted)}")
@@ -143,9 +165,10 @@ def following(name, source, password, change_source, port=3306, user="repl", ssl
     return ret
 
 
-def running(name, client=None, socket=None):
+def running(name, client=None, socket=None, fresh_only=False):
     """The replica's IO and SQL threads run (an IO thread ``Connecting`` counts as running):
-    ``START REPLICA`` when one of them does not."""
+    ``START REPLICA`` when one of them does not. With ``fresh_only``, a server that is no
+    replica and has a history of its own is left to the failover runner (as ``following``)."""
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
         status = _db("replica_status", client=client, socket=socket)
@@ -153,6 +176,10 @@ def running(name, client=None, socket=None):
         ret["comment"] = f"Cannot read the replica's status: {error}"
         return ret
     if not status:
+        if fresh_only and _has_history(client, socket):
+            ret.update(result=True, comment="Not a replica (a former primary): left to the "
+                       "failover runner")
+            return ret
         ret["comment"] = "Not a replica: no source to start replicating from"
         return ret
     io, sql = status.get("Replica_IO_Running"), status.get("Replica_SQL_Running")
@@ -185,4 +212,56 @@ def running(name, client=None, socket=None):
                            if status.get(field))
         ret["comment"] = (f"After START REPLICA the threads are IO: {io}, SQL: {sql}"
                           + (f" ({errors})" if errors else ""))
+    return ret
+
+
+def writable(name, epoch, host, steps=None, client=None, socket=None):
+    """The current primary ``host`` of ``epoch`` takes writes (``sqlgate_db.promote``:
+    replication reset, semi-sync primary side on, the epoch row, read-only OFF last).
+
+    - No epoch row yet (first setup): promoted.
+    - The row is ``(epoch, host)``: nothing to do when writable; promoted again when it came
+      back read-only (every server starts so).
+    - ``steps``: the flavour's statements (flavours.yaml ``promote``, ``open_writes``;
+      defaults.yaml ``epoch_write``).
+    - Any other row, or a node whose IO thread still receives from a source: it stays
+      read-only and the state fails. A failover in progress or a stale pillar is the
+      runner's business (sqlgate_failover), never a highstate's.
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    epoch = int(epoch)
+    try:
+        state = _db("node_state", client=client, socket=socket)
+    except CommandExecutionError as error:
+        ret["comment"] = f"Cannot read the server's state: {error}"
+        return ret
+    if not state.get("running"):
+        ret["comment"] = f"The server does not answer: {state.get('error', '')}"
+        return ret
+    row = state.get("epoch")
+    replica = state.get("replica") or {}
+    if row and (row["epoch"], row["primary_host"]) != (epoch, host):
+        ret["comment"] = (f"The epoch row says epoch {row['epoch']}, primary "
+                          f"{row['primary_host']}; the pillar says epoch {epoch}, primary "
+                          f"{host}: left read-only (the failover runner decides)")
+        return ret
+    if replica.get("io_running") in IO_RUNNING:
+        ret["comment"] = (f"Still replicating from {replica.get('source_host')}: not made "
+                          "writable (the failover runner promotes)")
+        return ret
+    if row and not state.get("read_only"):
+        ret.update(result=True, comment=f"The primary of epoch {epoch} takes writes")
+        return ret
+    changes = {"read_only": {"old": state.get("read_only"), "new": False},
+               "epoch": {"old": row and row["epoch"], "new": epoch}}
+    if _testing():
+        ret.update(result=None, changes=changes,
+                   comment=f"{host} would be promoted (epoch {epoch})")
+        return ret
+    try:
+        _db("promote", epoch, host, steps=steps, client=client, socket=socket)
+    except CommandExecutionError as error:
+        ret["comment"] = f"Promotion failed: {error}"
+        return ret
+    ret.update(result=True, changes=changes, comment=f"{host} promoted (epoch {epoch})")
     return ret

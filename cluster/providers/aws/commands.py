@@ -36,6 +36,7 @@ from botocore.exceptions import (
 )
 
 from cluster import access
+from cluster import failover as shape
 from cluster import keys as api_keys
 from cluster.errors import ClusterError
 from cluster.pillar import build_pillar, write_pillar_tree
@@ -51,6 +52,7 @@ from cluster.providers.aws.plan import (
 )
 from cluster.providers.aws.remote import (
     apply_states,
+    failover_runner,
     print_access,
     print_remote_status,
     push_bundle,
@@ -408,6 +410,51 @@ def _status(args: argparse.Namespace) -> int:
 
 
 status = guarded(_status)
+
+
+# --- failover, switchover, rebuild ---------------------------------------------------------
+
+def _on_master(args: argparse.Namespace, command: str, function: str, *arguments: str) -> int:
+    """The failover runner on the master over SSH, then its status; an old primary the
+    runner could not fence (its minion or its server did not answer) is stopped here: on AWS
+    the security group is its group's, so stopping the instance is the fence."""
+    recorded = read_record(PROVIDER)
+    master = next((h.public_address for h in recorded.hosts if h.role == "saltmaster"),
+                  None) if recorded else None
+    if not master:
+        raise ClusterError(f"{command}: no running cluster in {record_path(PROVIDER)}")
+    try:
+        answer = failover_runner(recorded, master, function, *arguments)
+        current = failover_runner(recorded, master, "status")
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+        raise ClusterError(f"{command}: could not reach Salt on the master: {error}") from None
+    last = current.get("last") or {}
+    fence = last.get("fence") or {}
+    if answer.get("result") == "promoted" and last.get("kind") == "failover" and \
+            not isinstance(fence.get("server"), dict):
+        old = last.get("old_primary")
+        aws = connect_for(args)
+        instance = res.find_instances(aws).get(old)
+        if instance and instance["State"]["Name"] in ("pending", "running"):
+            aws.ec2.stop_instances(InstanceIds=[instance["InstanceId"]])
+            say(f"{old} could not be fenced through Salt: its instance "
+                f"{instance['InstanceId']} is stopping")
+    shape.remember(recorded, current)
+    return shape.report(command, answer, current)
+
+
+def failover(args: argparse.Namespace) -> int:
+    return _on_master(args, "failover", "failover", "reason=operator: bootstrap.py failover",
+                      "automatic=False", f"force={bool(args.force)}")
+
+
+def switchover(args: argparse.Namespace) -> int:
+    return _on_master(args, "switchover", "switchover",
+                      *([f"to={args.to}"] if args.to else []))
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    return _on_master(args, "rebuild", "rebuild", f"node={args.host}")
 
 
 # --- down --------------------------------------------------------------------------------

@@ -116,6 +116,18 @@ def run_orchestration(recorded: ClusterRecord, address: str) -> salt_setup.Orche
     return salt_setup.summarize_orchestration(output)
 
 
+def failover_runner(recorded: ClusterRecord, address: str, function: str,
+                    *args: str) -> dict:
+    """``salt-run sqlgate_failover.<function>`` on the master (the runner the reactor calls:
+    salt/_runners/sqlgate_failover.py), as root; its answer."""
+    answer = _remote_json(recorded, address, ["sudo", "salt-run", "--out=json",
+                                              f"sqlgate_failover.{function}", *args],
+                          ORCHESTRATION_TIMEOUT_S)
+    if not isinstance(answer, dict):
+        raise RuntimeError(f"sqlgate_failover.{function}: {str(answer)[:300]}")
+    return answer
+
+
 def apply_states(recorded: ClusterRecord, address: str, minions: list[str],
                  states: str) -> salt_setup.OrchestrationResult:
     """Fresh pillar, then ``states`` on ``minions`` (a new key set on the Gatekeeper)."""

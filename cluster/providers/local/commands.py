@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from cluster import access
+from cluster import failover as shape
 from cluster import keys as api_keys
 from cluster.errors import ClusterError
 from cluster.pillar import build_pillar, write_pillar_tree
@@ -54,6 +55,7 @@ from cluster.providers.local.network import (
 from cluster.providers.local.salt import (
     apply_states,
     configure_salt,
+    failover_runner,
     orchestrate,
     own_master_files,
     prepare_master,
@@ -67,7 +69,7 @@ from cluster.record import ClusterRecord, HostRecord, read_record, remove_record
 from cluster.salt_setup import OrchestrationResult, summarize_states
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import write_private
-from cluster.topology import ROLES, Host
+from cluster.topology import DB_ROLES, ROLES, Host
 
 SUPERVISOR_CONFIG = "/etc/supervisor/supervisord.conf"
 HEALTH_DEADLINE_S = 60
@@ -197,8 +199,15 @@ def status(args: argparse.Namespace) -> int:
 
     services = ask([m.name for m in cluster.minions],
                    ("supervisord.status", f"conf_file={SUPERVISOR_CONFIG}"))
+    # The replicas are the database hosts other than the current primary (a failover may have
+    # promoted a host of role replica).
+    try:
+        current = failover_runner(cluster, "status", timeout=60)
+    except ClusterError as error:
+        current = {"error": str(error)}
+    primary = current.get("primary")
     replication = access.replication_report(
-        ask, [m.name for m in cluster.minions if m.role == "replica"],
+        ask, [m.name for m in cluster.minions if m.role in DB_ROLES and m.name != primary],
         [m.name for m in cluster.minions if m.role == "proxy"])
     url = ours.gatekeeper_url if ours and ours.gatekeeper_url else cluster.gatekeeper_url
     healthy = access.health_ok(url, ca_file=ours.ca_file if ours else None,
@@ -230,7 +239,45 @@ def status(args: argparse.Namespace) -> int:
             print("              " + "  ".join(f"{k}: {v}" for k, v in fields.items()))
             print(f"              {rotation}")
             healthy &= access.replication_running(fields)
-    return 0 if healthy else 1
+    if "error" in current:
+        print(f"  failover: cannot ask the runner ({current['error']})")
+        return 1
+    for line in shape.status_lines(current):
+        print(line)
+    if ours:
+        shape.remember(ours, current)
+    return 0 if healthy and not current.get("quarantined") else 1
+
+
+def _running(args: argparse.Namespace, command: str) -> tuple[LocalCluster, ClusterRecord | None]:
+    require_root(command)
+    cluster, ours = recorded_plan(args)
+    if not cluster.master.network_exists():
+        raise ClusterError(f"cluster {cluster.name} is not running")
+    return cluster, ours
+
+
+def _run_failover(args: argparse.Namespace, command: str, function: str, *arguments: str) -> int:
+    cluster, ours = _running(args, command)
+    answer = failover_runner(cluster, function, *arguments)
+    current = failover_runner(cluster, "status", timeout=60)
+    if ours:
+        shape.remember(ours, current)
+    return shape.report(command, answer, current)
+
+
+def failover(args: argparse.Namespace) -> int:
+    return _run_failover(args, "failover", "failover", "reason=operator: bootstrap.py failover",
+                         "automatic=False", f"force={bool(args.force)}")
+
+
+def switchover(args: argparse.Namespace) -> int:
+    return _run_failover(args, "switchover", "switchover",
+                         *([f"to={args.to}"] if args.to else []))
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    return _run_failover(args, "rebuild", "rebuild", f"node={args.host}")
 
 
 def down(args: argparse.Namespace) -> int:

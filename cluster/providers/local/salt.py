@@ -156,6 +156,23 @@ def apply_states(cluster: LocalCluster, minions: list[str], states: str) -> dict
     return answer if isinstance(answer, dict) else {}
 
 
+def failover_runner(cluster: LocalCluster, function: str, *args: str,
+                    timeout: float = 600) -> dict:
+    """``salt-run sqlgate_failover.<function>`` on the master (the runner the reactor calls:
+    salt/_runners/sqlgate_failover.py); its answer."""
+    result = cluster.master.run([str(VENV_BIN / "salt-run"), "--out=json",
+                                 f"sqlgate_failover.{function}", *args],
+                                check=False, timeout=timeout)
+    try:
+        answer = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise ClusterError(f"sqlgate_failover.{function}: "
+                           f"{(result.stderr or result.stdout).strip()[-300:]}") from None
+    if not isinstance(answer, dict):
+        raise ClusterError(f"sqlgate_failover.{function}: {str(answer)[:300]}")
+    return answer
+
+
 def orchestrate(cluster: LocalCluster) -> salt_setup.OrchestrationResult:
     cluster.master.run([str(VENV_BIN / "salt-run"), "fileserver.update"], check=False)
     result = cluster.master.run([str(VENV_BIN / "salt-run"), "state.orchestrate", "orch",

@@ -1,7 +1,4 @@
-# The primary: the server, its users, the Sakila sample database and the Proxy's
-# heartbeat table.
+# The host of role primary: a database node (node.sls) that is the primary until a failover
+# names another one (pillar sqlgate:db:primary).
 include:
-  - sqlgate.db
-  - sqlgate.db.users
-  - sqlgate.db.sakila
-  - sqlgate.db.heartbeat
+  - sqlgate.db.node

@@ -2,7 +2,7 @@
     formula's own states (_states/sqlgate_replication.py): they read the replica's status, so a
     second highstate changes nothing, and a replica set up before TLS is switched to it. The
     password goes to the client on stdin, never on a command line or into the state output. #}
-{%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, roles, address_of with context %}
+{%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, address_of, current_primary with context %}
 {%- from tpldir.split('/')[0] ~ '/tls.jinja' import tls with context %}
 {%- set db = sqlgate.db %}
 
@@ -10,10 +10,13 @@ include:
   - .tls
   - .service
 
-{#- The replica follows the primary (the flavour's CHANGE statement, flavours.yaml). #}
+{#- The replica follows the current primary (the flavour's CHANGE statement, flavours.yaml).
+    A node that follows nobody but has a history of its own (a former primary) is left to the
+    failover runner, which checks it for errant transactions first (sqlgate_failover.rejoin). #}
 sqlgate-db-replication-source:
   sqlgate_replication.following:
-    - source: {{ address_of(roles.primary[0]) }}
+    - source: {{ address_of(current_primary) }}
+    - fresh_only: True
     - port: {{ sqlgate.ports.mysql }}
     - user: {{ db.repl_user }}
     - password: {{ sqlgate.secrets.repl_password | json }}
@@ -29,6 +32,7 @@ sqlgate-db-replication-source:
 {#- Its IO and SQL threads run (an IO thread still `Connecting` counts as running). #}
 sqlgate-db-replication-running:
   sqlgate_replication.running:
+    - fresh_only: True
     - client: {{ db.client }}
     - socket: {{ db.socket }}
     - require:

@@ -23,10 +23,14 @@ fetch_bundle() {
 }
 
 # Only srv/sqlgate and etc/salt are in the bundle: the tree it had before goes (a file the
-# project dropped must not linger), then the master's files get their owner.
+# project dropped must not linger), then the master's files get their owner. The failover
+# runner's pillar file (the current primary and epoch) is the master's own: it stays.
 unpack_bundle() {
+    local failover=$PILLAR_DIR/sqlgate/failover.sls kept=""
+    if [ -s "$failover" ]; then kept=$(mktemp) && cp -p "$failover" "$kept"; fi
     rm -rf "$ROOT/srv/sqlgate"
     tar -xzf "$1" -C "$ROOT/" --no-same-owner
+    if [ -n "$kept" ]; then mv "$kept" "$failover"; fi
     own_master_files
 }
 

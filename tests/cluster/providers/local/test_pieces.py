@@ -35,7 +35,8 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
         return yaml.safe_load((tmp_path / "sqlgate" / f"{name}.sls").read_text())
 
     top = yaml.safe_load((tmp_path / "top.sls").read_text())["base"]
-    assert top["*"] == ["sqlgate.common"]
+    assert top["*"] == ["sqlgate.common", "sqlgate.failover"]
+    assert read("failover") == {}  # made empty once; the failover runner writes it
     assert top["replica2"] == ["sqlgate.replica", "sqlgate.host-replica2"]
     assert top["gatekeeper"] == ["sqlgate.gatekeeper", "sqlgate.host-gatekeeper"]
     common = read("common")
@@ -51,7 +52,8 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
                                              "app_admin_password", "monitor_password"}
     assert set(SECRETS_OF_ROLE["primary"]) == set(SECRETS_OF_ROLE["proxy"]) | {
         "repl_password", "sb_password", "exporter_password"}
-    assert set(SECRETS_OF_ROLE["replica"]) == {"repl_password", "exporter_password"}
+    # Any database host may become the primary: they all hold the primary's secrets.
+    assert SECRETS_OF_ROLE["replica"] == SECRETS_OF_ROLE["primary"]
     assert SECRETS_OF_ROLE["monitor"] == ()
     # Each private key is in its own host's file, and in no other file.
     texts = {path.name: path.read_text() for path in tmp_path.rglob("*.sls")}
@@ -63,6 +65,10 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
             [f"host-{host.name}.sls"]
     # The admin key's secret is in no pillar file; only hashes are.
     assert not any(secrets.api_key in text for text in texts.values())
+    # A second write keeps what the failover runner wrote.
+    (tmp_path / "sqlgate" / "failover.sls").write_text("sqlgate: {db: {primary: replica1}}\n")
+    write_pillar_tree(pillar, hosts, tmp_path)
+    assert read("failover") == {"sqlgate": {"db": {"primary": "replica1"}}}
     for path in tmp_path.rglob("*.sls"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 

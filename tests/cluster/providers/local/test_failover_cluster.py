@@ -1,0 +1,248 @@
+"""Failover on the local namespace cluster, through the real Salt master, reactor and minions
+(issue 17; docs/failover.md): the primary's database process killed and kept down, ten copies
+of the failure event within a second, and the reactor promoting the most advanced replica once
+by itself; the other replica following it; the pillar naming the new primary, which a second
+``up`` keeps; the old primary, started again, rejoining as a read-only replica within 60 s; an
+old primary with an errant transaction quarantined, then rebuilt.
+
+The databases are checked directly (Salt's ``sqlgate_db`` functions over each host's socket),
+not through the Gatekeeper. The cluster has its own name, subnet and directory and is taken
+down even when a check fails. Run alone (it brings up a whole cluster):
+``.venv/bin/python -m pytest tests/cluster/providers/local/test_failover_cluster.py -x -q``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.record import ClusterRecord, read_record
+from cluster.state import PROJECT_ROOT
+from cluster.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+CLUSTER_NAME = os.environ.get("SQLGATE_FO_CLUSTER", "sqlgate-fo")
+SUBNET = os.environ.get("SQLGATE_FO_SUBNET", "10.213.230.0/24")
+UNREACHABLE = "sqlgate/db/primary-unreachable"
+# Ten copies of the failure event within a second, on the master's event bus, as the minions'
+# watch jobs send them (the reactor reads the sender's id).
+STORM = f"""
+import salt.config, salt.utils.event
+opts = salt.config.master_config('/etc/salt/master')
+with salt.utils.event.get_master_event(opts, opts['sock_dir'], listen=False) as bus:
+    for _ in range(10):
+        bus.fire_event({{'id': 'replica1', 'data': {{'node': 'replica1'}}}}, '{UNREACHABLE}')
+"""
+
+
+def run_bootstrap(command: str, directory: Path, *extra: str,
+                  timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bootstrap.py", command, *extra, "--provider", "local",
+         "--cluster-name", CLUSTER_NAME, "--subnet", SUBNET,
+         *(["--no-monitor"] if command == "up" else [])],
+        cwd=PROJECT_ROOT, env={**os.environ, "SQLGATE_CLUSTER_DIR": str(directory)},
+        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@dataclass
+class FailoverCluster:
+    directory: Path
+    record: ClusterRecord
+
+    def bootstrap(self, command: str, *extra: str, timeout: float = 1500):
+        return run_bootstrap(command, self.directory, *extra, timeout=timeout)
+
+    def _master(self, program: str, *args: str, timeout: float = 120) -> str:
+        command = [*self.record.salt_command[:-1],
+                   str(Path(self.record.salt_command[-1]).with_name(program)), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        return done.stdout
+
+    def salt(self, target: str, *call: str) -> dict:
+        out = self._master("salt", "--out=json", "--static", "-L", target, *call, "-t", "20")
+        return json.loads(out or "{}")
+
+    def state(self, node: str) -> dict:
+        answer = self.salt(node, "sqlgate_db.node_state").get(node)
+        return answer if isinstance(answer, dict) else {}
+
+    def sql(self, node: str, statement: str) -> list:
+        return self.salt(node, "sqlgate_db.query", statement).get(node)
+
+    def applied(self, node: str, position: str, timeout: float = 30) -> bool:
+        """``node`` applied ``position`` (the primary's heartbeat writes on meanwhile)."""
+        return self.salt(node, "sqlgate_db.wait_applied", f"position={position}",
+                         f"timeout={timeout}").get(node) is True
+
+    def runner(self, function: str, *args: str) -> dict:
+        return json.loads(self._master("salt-run", "--out=json", f"sqlgate_failover.{function}",
+                                       *args) or "{}")
+
+    def fire_storm(self) -> None:
+        python = str(Path(self.record.salt_command[-1]).with_name("python"))
+        command = [*self.record.salt_command[:-1], python, "-c", STORM]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def address(self, name: str) -> str:
+        return self.record.host(name).address
+
+    def pids(self, host: str, program: str) -> list[int]:
+        listed = subprocess.run(["ip", "netns", "pids", self.record.host(host).namespace],
+                                capture_output=True, text=True, check=True).stdout.split()
+        found = []
+        for pid in map(int, listed):
+            with contextlib.suppress(OSError):
+                if program in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    found.append(pid)
+        return found
+
+    @property
+    def failover_pillar(self) -> dict:
+        path = Path(self.record.provider_data["state_dir"]) / "pillar" / "sqlgate" / \
+            "failover.sls"
+        return yaml.safe_load(path.read_text()) or {}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[FailoverCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the local cluster needs root (namespaces, bridge, mounts)")
+    directory = PROJECT_ROOT / ".cluster" / "failover-test"
+    try:
+        run_bootstrap("down", directory, timeout=300)  # nothing of an earlier run is reused
+        up = run_bootstrap("up", directory)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield FailoverCluster(directory, read_record("local", directory))
+    finally:
+        run_bootstrap("down", directory, timeout=300)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def replicating_from(cluster: FailoverCluster, node: str, source: str) -> bool:
+    state = cluster.state(node)
+    replica = state.get("replica") or {}
+    return (state.get("read_only") is True and replica.get("io_running") == "Yes"
+            and replica.get("sql_running") == "Yes"
+            and replica.get("source_host") == cluster.address(source))
+
+
+def test_a_fresh_cluster_has_its_primary_at_epoch_1(cluster):
+    assert wait_until(lambda: cluster.state("primary").get("read_only") is False, 30,
+                      "the primary writable", interval=1)
+    primary = cluster.state("primary")
+    assert primary["replica"] == {}
+    assert primary["epoch"]["epoch"] == 1 and primary["epoch"]["primary_host"] == "primary"
+    for replica in ("replica1", "replica2"):
+        assert wait_until(lambda r=replica: replicating_from(cluster, r, "primary"), 60,
+                          f"{replica} following the primary", interval=1)
+    assert cluster.runner("status")["primary"] == "primary"
+
+
+def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
+    cluster.sql("primary", "CREATE TABLE sakila.fo_ledger (id INT PRIMARY KEY, v VARCHAR(32))")
+    cluster.sql("primary", "INSERT INTO sakila.fo_ledger VALUES (1, 'everyone')")
+    # replica1 falls behind: its IO thread stops while the primary writes on.
+    cluster.sql("replica1", "STOP REPLICA IO_THREAD")
+    cluster.sql("primary", "INSERT INTO sakila.fo_ledger VALUES (2, 'primary and replica2')")
+    written = cluster.state("primary")["gtid_binlog_pos"]
+    assert cluster.applied("replica2", written)
+
+    # The primary's database process dies and stays down: its supervisor is frozen first.
+    (supervisor,) = cluster.pids("primary", "supervisord")
+    (server,) = cluster.pids("primary", "mariadbd")
+    os.kill(supervisor, signal.SIGSTOP)
+    killed = time.time()
+    os.kill(server, signal.SIGKILL)
+    cluster.fire_storm()
+
+    def promoted() -> bool:  # the pillar is written first, the timeline once it is refreshed
+        status = cluster.runner("status")
+        return status.get("primary") == "replica2" and \
+            (status.get("last") or {}).get("result") == "promoted"
+
+    assert wait_until(promoted, 90, "the reactor promoting replica2", interval=0.5)
+    seen = time.time() - killed
+    status = cluster.runner("status")
+    last = status["last"]
+    print(f"\nkill -> promotion seen: {seen:.1f}s; detected +{last['detected'] - killed:.1f}s, "
+          f"writes possible +{last['writable'] - killed:.1f}s, pillar +"
+          f"{last['finished'] - killed:.1f}s; positions {last['positions']}")
+    assert last["automatic"] is True and last["candidate"] == "replica2"
+    assert last["check"]["primary_minion"] == "server down"
+    assert last["fence"]["port"] in ("closed", "already closed")
+    # Events keep coming while replica1 was lost; none promotes again.
+    time.sleep(12)
+    promotions = cluster.runner("status")["promotions"]
+    assert [p["epoch"] for p in promotions] == [2], promotions
+
+    new = cluster.state("replica2")
+    assert new["read_only"] is False and new["replica"] == {}
+    assert new["epoch"]["epoch"] == 2 and new["epoch"]["primary_host"] == "replica2"
+    assert new["semi_sync"]["primary_enabled"] is True
+    assert wait_until(lambda: replicating_from(cluster, "replica1", "replica2"), 30,
+                      "replica1 following replica2", interval=1)
+    assert cluster.state("replica1")["semi_sync"]["replica_status"] is True
+    assert cluster.applied("replica1", cluster.state("replica2")["gtid_binlog_pos"])
+    assert cluster.sql("replica1", "SELECT COUNT(*) FROM sakila.fo_ledger") == [["2"]]
+    assert cluster.failover_pillar["sqlgate"]["db"]["primary"] == "replica2"
+    assert cluster.failover_pillar["sqlgate"]["db"]["epoch"] == 2
+
+
+def test_the_old_primary_started_again_rejoins_read_only(cluster):
+    (supervisor,) = cluster.pids("primary", "supervisord")
+    started = time.time()
+    os.kill(supervisor, signal.SIGCONT)  # its supervisor starts the database again
+    assert wait_until(lambda: replicating_from(cluster, "primary", "replica2"), 60,
+                      "the old primary following replica2", interval=1)
+    print(f"\nold primary restarted -> read-only replica of replica2: "
+          f"{time.time() - started:.1f}s")
+    assert cluster.state("primary")["epoch"]["epoch"] == 2
+    assert cluster.runner("status")["rejoins"][-1]["result"] == "rejoined"
+
+
+def test_a_second_up_keeps_the_new_primary(cluster):
+    up = cluster.bootstrap("up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    changed = dict(re.findall(r"^  (\w+): (\d+) state\(s\) changed", up.stdout, re.M))
+    assert not {"primary", "replica1", "replica2"} & set(changed), up.stdout
+    assert cluster.state("replica2")["read_only"] is False
+    for node in ("primary", "replica1"):
+        assert replicating_from(cluster, node, "replica2")
+    status = cluster.bootstrap("status", timeout=300)
+    assert "primary: replica2 (epoch 2)" in status.stdout, status.stdout
+
+
+def test_an_old_primary_with_an_errant_transaction_is_quarantined_then_rebuilt(cluster):
+    # It leaves replication and writes a transaction of its own (root ignores read_only).
+    cluster.sql("primary", "STOP REPLICA")
+    cluster.sql("primary", "RESET REPLICA ALL")
+    cluster.sql("primary", "INSERT INTO sakila.fo_ledger VALUES (99, 'errant')")
+    assert wait_until(lambda: cluster.runner("status")["quarantined"] == ["primary"], 60,
+                      "the node quarantined", interval=1)
+    status = cluster.bootstrap("status", timeout=300)
+    assert "QUARANTINED" in status.stdout and status.returncode != 0, status.stdout
+    assert cluster.state("primary")["replica"] == {}  # never repointed
+
+    rebuilt = cluster.bootstrap("rebuild", "primary", timeout=600)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert wait_until(lambda: replicating_from(cluster, "primary", "replica2"), 60,
+                      "the rebuilt node following replica2", interval=1)
+    assert cluster.applied("primary", cluster.state("replica2")["gtid_binlog_pos"], 60)
+    assert cluster.sql("primary", "SELECT COUNT(*) FROM sakila.fo_ledger") == [["2"]]
+    assert cluster.runner("status")["quarantined"] == []
