@@ -26,10 +26,12 @@ be (``not empty``), or could not be checked (``unknown``)::
     salt primary sqlgate_db.schema_state sakila
 """
 
+import contextlib
 import json
 import logging
 import os
 import re
+import socket as sockets  # the functions' `socket` parameters are the server's
 import time
 
 import salt.utils.path
@@ -651,6 +653,10 @@ def errant(primary_gtid_pos, fork_gtid_pos="", primary_server_id=None, client=No
 WATCH_FILE = "sqlgate-watch.json"
 UNREACHABLE_TAG = "sqlgate/db/primary-unreachable"
 REJOIN_TAG = "sqlgate/db/rejoin"
+SELF_FENCED_TAG = "sqlgate/db/self-fenced"
+# The replicas reading this node's binary log, by the address their connections come from.
+REPLICA_READERS = ("SELECT DISTINCT SUBSTRING_INDEX(HOST, ':', 1) FROM "
+                   "information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
 
 
 def _watch_state(path, state=None):
@@ -680,7 +686,49 @@ def current_primary(pillar=None):
                  if host.get("role") == "primary"), None)
 
 
-def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None):
+def _reachable(address, port=3306, timeout=0.5):
+    """Whether a TCP connection to ``address:port`` opens (or is refused: the host answers)."""
+    try:
+        with sockets.create_connection((address, int(port)), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def isolated(client=None, socket=None, port=3306):
+    """Whether this node (a primary) is cut off from every replica that reads its binary log:
+    their connections are still there (a cut link leaves them hanging) and none of their
+    hosts answers a TCP connection. Without any replica connection it is not isolated (its
+    replicas stopped, or none came yet): semi-sync's fail-closed covers that case."""
+    readers = [row[0] for row in query(REPLICA_READERS, client=client, socket=socket) or []
+               if row and row[0]]
+    return bool(readers) and not any(_reachable(address, port) for address in readers)
+
+
+def _self_fence(state, now, fence_seconds, steps, client, socket):
+    """The pillar's primary, writable, cut off from all its replicas for ``fence_seconds``
+    (less than the replicas' detection time): it makes itself read-only before any replica
+    can be promoted, so that two databases are never writable at once. The runner's rejoin
+    makes it writable again, or a replica of the new primary."""
+    if query("SELECT @@read_only", client=client, socket=socket) in ([["1"]], [["ON"]]) \
+            or not isolated(client=client, socket=socket):
+        state.pop("isolated_since", None)
+        return None
+    since = state.setdefault("isolated_since", now)
+    if now - since < float(fence_seconds):
+        return None
+    fence(steps=steps, client=client, socket=socket)
+    state.pop("isolated_since", None)
+    with contextlib.suppress(Exception):  # the master is most likely out of reach too
+        __salt__["event.send"](SELF_FENCED_TAG, {  # noqa: F821 (a Salt dunder)
+            "node": __opts__["id"], "isolated_seconds": round(now - since, 3)})  # noqa: F821
+    return SELF_FENCED_TAG
+
+
+def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None,
+          fence_seconds=2, fence_steps=None):
     """One look at this node's replication, every second (a scheduled job): the reason a
     failover starts, and the periodic reconcile that covers an event the master lost.
 
@@ -691,6 +739,8 @@ def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None
     - A node that is not the pillar's primary and replicates from nobody (a former primary
       started again, read-only) fires ``sqlgate/db/rejoin``: the runner decides whether it
       follows the new primary or is quarantined.
+    - The pillar's primary, writable, cut off from every replica for ``fence_seconds`` fences
+      itself (``_self_fence``; ``fence_steps``: ``{fence}`` from flavours.yaml).
 
     The time the IO thread was first seen lost is kept in the minion's cache directory
     (each run is a new process). Answers what it saw and whether it fired.
@@ -728,6 +778,11 @@ def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None
     state.pop("lost_since", None)
     primary = current_primary(pillar)
     if primary == me:
+        fenced = _self_fence(state, now, fence_seconds, fence_steps, client, socket)
+        if fenced:
+            seen["fired"] = fenced
+            _watch_state(path, state)
+            return seen
         # The primary restarted read-only (every server starts so): the runner decides
         # whether it may take writes again.
         if query("SELECT @@read_only", client=client, socket=socket) in ([["1"]], [["ON"]]) \

@@ -205,3 +205,45 @@ def test_a_node_that_follows_nobody_and_is_not_the_primary_asks_to_rejoin(tmp_pa
     module, _, sent = watcher(tmp_path, "", {"db": {"primary": "replica2"},
                                              "failover": {"quarantined": ["replica1"]}})
     assert module.watch(now=200)["fired"] is None and sent == []
+
+
+def isolated_primary(tmp_path, reachable: bool, readers: list[str], read_only: str = "0"):
+    """The watch job on the pillar's primary, its server answered by stand-ins: its
+    read_only, and the replicas reading its binary log (each reachable or not)."""
+    module, _, sent = watcher(tmp_path, "", {"db": {"primary": "replica1"}})
+    fenced = []
+
+    def query(sql, **_):
+        if sql == module.REPLICA_READERS:
+            return [[address] for address in readers]
+        return [[read_only]] if "read_only" in sql else []
+
+    module.query = query
+    module._reachable = lambda address, port=3306, timeout=0.5: reachable
+    module.fence = lambda steps=None, client=None, socket=None: fenced.append(steps)
+    return module, sent, fenced
+
+
+def test_a_primary_cut_off_from_every_replica_fences_itself(tmp_path):
+    """Cut off for fence_seconds (its replicas' connections hang, none of their hosts
+    answers): read-only, before the replicas' detection time could promote one of them."""
+    module, sent, fenced = isolated_primary(tmp_path, False, ["10.0.0.6", "10.0.0.7"])
+    steps = {"fence": ["SET GLOBAL read_only = ON"]}
+    assert module.watch(now=100, fence_seconds=2, fence_steps=steps)["fired"] is None
+    assert module.watch(now=101, fence_seconds=2, fence_steps=steps)["fired"] is None
+    seen = module.watch(now=102, fence_seconds=2, fence_steps=steps)
+    assert seen["fired"] == "sqlgate/db/self-fenced" and fenced == [steps]
+    assert sent == [("sqlgate/db/self-fenced", {"node": "replica1", "isolated_seconds": 2.0})]
+
+
+def test_a_primary_that_reaches_a_replica_or_has_none_stays_writable(tmp_path):
+    """One replica reachable, or no replica connected at all (stopped, or not there yet:
+    semi-sync's fail-closed covers that), or already read-only: no fence."""
+    cases = ((True, ["10.0.0.6"], "0"), (False, [], "0"), (False, ["10.0.0.6"], "1"))
+    for number, (reachable, readers, read_only) in enumerate(cases):
+        directory = tmp_path / str(number)
+        directory.mkdir()
+        module, _, fenced = isolated_primary(directory, reachable, readers, read_only)
+        for now in (100, 103, 106):
+            assert module.watch(now=now, fence_seconds=2)["fired"] != "sqlgate/db/self-fenced"
+        assert fenced == []

@@ -31,6 +31,8 @@ import yaml
 from cluster.record import ClusterRecord, read_record
 from cluster.state import PROJECT_ROOT
 from cluster.waiting import wait_until
+from services.client import Client, TlsFiles
+from tests.ledger import Ledger, load
 
 pytestmark = pytest.mark.cluster
 
@@ -154,6 +156,45 @@ def test_a_fresh_cluster_has_its_primary_at_epoch_1(cluster):
     assert cluster.runner("status")["primary"] == "primary"
 
 
+# --- Under load: 8 writers through the Gatekeeper keeping a ledger, and a reader ----------
+
+LEDGER = "sakila.fo_load_ledger"
+
+
+def gatekeeper_client(cluster: FailoverCluster) -> Client:
+    record = cluster.record
+    return Client(record.gatekeeper_url, record.api_key, timeout=40,
+                  tls=TlsFiles(ca_file=record.ca_file))
+
+
+def ledger_table(cluster: FailoverCluster) -> str:
+    """The load tests' ledger table, made through the Gatekeeper (the admin key)."""
+    with gatekeeper_client(cluster) as client:
+        created = client.query(f"CREATE TABLE IF NOT EXISTS {LEDGER} (id BIGINT AUTO_INCREMENT "
+                               "PRIMARY KEY, tag VARCHAR(64) NOT NULL)")
+        assert created.ok, created.json
+    return LEDGER
+
+
+def writable_nodes(cluster: FailoverCluster) -> list[str]:
+    """The database nodes that answer as writable now (root over each host's socket)."""
+    return [node for node in ("primary", "replica1", "replica2")
+            if cluster.state(node).get("read_only") is False]
+
+
+def check_ledger_everywhere(cluster: FailoverCluster, ledger: Ledger, nodes: list[str],
+                            primary: str) -> None:
+    """Every acknowledged write on the primary and on every other node of ``nodes``."""
+    position = cluster.state(primary)["gtid_binlog_pos"]
+    for node in nodes:
+        if node != primary:
+            assert cluster.applied(node, position, 60), f"{node} did not catch up"
+        rows = cluster.sql(node, f"SELECT id FROM {LEDGER}")
+        missing = ledger.missing_on({int(row[0]) for row in rows})
+        assert not missing, f"{node} lacks {len(missing)} acknowledged writes: " \
+                            f"{sorted(missing)[:10]}"
+
+
 def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
     cluster.sql("primary", "CREATE TABLE sakila.fo_ledger (id INT PRIMARY KEY, v VARCHAR(32))")
     cluster.sql("primary", "INSERT INTO sakila.fo_ledger VALUES (1, 'everyone')")
@@ -163,21 +204,35 @@ def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
     written = cluster.state("primary")["gtid_binlog_pos"]
     assert cluster.applied("replica2", written)
 
-    # The primary's database process dies and stays down: its supervisor is frozen first.
+    # The primary's database process dies and stays down (its supervisor is frozen first),
+    # under 8 writers and a reader through the Gatekeeper.
     (supervisor,) = cluster.pids("primary", "supervisord")
     (server,) = cluster.pids("primary", "mariadbd")
-    os.kill(supervisor, signal.SIGSTOP)
-    killed = time.time()
-    os.kill(server, signal.SIGKILL)
-    cluster.fire_storm()
+    ledger = Ledger(ledger_table(cluster))
 
     def promoted() -> bool:  # the pillar is written first, the timeline once it is refreshed
         status = cluster.runner("status")
         return status.get("primary") == "replica2" and \
             (status.get("last") or {}).get("result") == "promoted"
 
-    assert wait_until(promoted, 90, "the reactor promoting replica2", interval=0.5)
-    seen = time.time() - killed
+    with load(ledger, lambda: gatekeeper_client(cluster)):
+        time.sleep(2.0)
+        os.kill(supervisor, signal.SIGSTOP)
+        killed, fault = time.time(), time.monotonic()
+        os.kill(server, signal.SIGKILL)
+        cluster.fire_storm()
+        assert wait_until(promoted, 90, "the reactor promoting replica2", interval=0.5)
+        seen = time.time() - killed
+        wait_until(lambda: ledger.unavailable_after(fault) < time.monotonic() - fault - 1.0,
+                   30, "writes acknowledged again", interval=0.5)
+        time.sleep(2.0)
+    unavailable = ledger.unavailable_after(fault)
+    print(f"\nSIGKILL under load: {dict(ledger.outcomes)}, writes unavailable "
+          f"{unavailable:.2f} s, reads {dict(ledger.reads)}, not acknowledged: "
+          f"{ledger.refusals[:3]}")
+    assert ledger.outcomes["failed"] == 0, ledger.refusals[:5]
+    assert ledger.read_failures == [], ledger.read_failures[:5]
+    assert unavailable <= 10.0, unavailable
     status = cluster.runner("status")
     last = status["last"]
     print(f"\nkill -> promotion seen: {seen:.1f}s; detected +{last['detected'] - killed:.1f}s, "
@@ -200,6 +255,7 @@ def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
     assert cluster.state("replica1")["semi_sync"]["replica_status"] is True
     assert cluster.applied("replica1", cluster.state("replica2")["gtid_binlog_pos"])
     assert cluster.sql("replica1", "SELECT COUNT(*) FROM sakila.fo_ledger") == [["2"]]
+    check_ledger_everywhere(cluster, ledger, ["replica1", "replica2"], "replica2")
     assert cluster.failover_pillar["sqlgate"]["db"]["primary"] == "replica2"
     assert cluster.failover_pillar["sqlgate"]["db"]["epoch"] == 2
 
@@ -246,3 +302,28 @@ def test_an_old_primary_with_an_errant_transaction_is_quarantined_then_rebuilt(c
     assert cluster.applied("primary", cluster.state("replica2")["gtid_binlog_pos"], 60)
     assert cluster.sql("primary", "SELECT COUNT(*) FROM sakila.fo_ledger") == [["2"]]
     assert cluster.runner("status")["quarantined"] == []
+
+
+def test_switchover_under_load_holds_writes_briefly_and_loses_none(cluster):
+    """`bootstrap.py switchover --to primary` (the rebuilt node) and back to replica2, under 8
+    writers: writes held at most 2 s each time, no request failed, every acknowledged write
+    on every node."""
+    ledger = Ledger(ledger_table(cluster))
+    moments, took = [], []
+    with load(ledger, lambda: gatekeeper_client(cluster)):
+        for target in ("primary", "replica2"):
+            time.sleep(2.0)
+            moments.append(time.monotonic())
+            done = cluster.bootstrap("switchover", "--to", target, timeout=300)
+            took.append(time.monotonic() - moments[-1])
+            assert done.returncode == 0, done.stdout + done.stderr
+        time.sleep(2.0)
+    gaps = [ledger.unavailable_after(moment) for moment in moments]
+    print(f"\nswitchover under load: {dict(ledger.outcomes)}, writes held at most "
+          f"{[round(gap, 2) for gap in gaps]} s, bootstrap.py switchover took "
+          f"{[round(t, 1) for t in took]} s, reads {dict(ledger.reads)}")
+    assert ledger.outcomes["failed"] == ledger.outcomes["unknown"] == 0, ledger.refusals[:5]
+    assert ledger.outcomes["ok"] > 100
+    assert ledger.read_failures == [], ledger.read_failures[:5]
+    assert all(gap <= 2.0 for gap in gaps), gaps
+    check_ledger_everywhere(cluster, ledger, ["primary", "replica1", "replica2"], "replica2")
