@@ -75,6 +75,10 @@ class Ledger:
         ends = sorted(end for _, end in self.acks if end >= moment)
         return max((b - a for a, b in zip([moment, *ends], ends, strict=False)), default=0.0)
 
+    def acknowledged_after(self, moment: float) -> int:
+        """How many writes sent after ``moment`` were acknowledged."""
+        return sum(1 for sent, _ in self.acks if sent >= moment)
+
     def missing_on(self, ids: set[int]) -> set[int]:
         """The acknowledged writes absent from ``ids`` (a node's rows)."""
         return self.acknowledged - ids

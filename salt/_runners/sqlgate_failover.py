@@ -390,9 +390,14 @@ def _size(position):
 
 
 def _last_automatic(history):
-    times = [run.get("detected", 0) for run in history["runs"]
-             if run.get("automatic") and run.get("result") == "promoted"]
-    return max(times) if times else None
+    """When the last promotion was detected, if it was automatic; None when there was none,
+    or when an operator's promotion (failover or switchover) came after it: the operator has
+    acted since, so an automatic failover is armed again."""
+    last = None
+    for run in history["runs"]:  # in the order they ran
+        if run.get("result") == "promoted":
+            last = run.get("detected", 0) if run.get("automatic") else None
+    return last
 
 
 def failover(reason="", automatic=True, force=False):

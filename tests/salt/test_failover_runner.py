@@ -167,6 +167,18 @@ def test_a_second_automatic_failover_within_the_block_waits_for_an_operator(runn
     assert answer["epoch"] == 3
 
 
+def test_an_operators_promotion_arms_automatic_failover_again(runner):
+    """The operator acted after the automatic failover (here: a failover of their own), so
+    the next failure is failed over automatically again, within the block period."""
+    lost_primary(runner)
+    assert runner.failover(reason="event")["result"] == "promoted"
+    lost_primary(runner)
+    runner.nodes = {"primary": None, "replica1": state(io="Connecting", received="0-3-5"),
+                    "replica2": state(running=False)}
+    assert runner.failover(reason="operator", automatic=False)["result"] == "promoted"
+    assert runner._last_automatic(runner._history()) is None
+
+
 def test_the_block_ends_after_block_seconds(runner, monkeypatch):
     lost_primary(runner)
     assert runner.failover(reason="event")["result"] == "promoted"
