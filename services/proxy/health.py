@@ -323,7 +323,7 @@ class HealthMonitor:
         self.heartbeat = Heartbeat(config)
         self._tasks: list[asyncio.Task] = []
         self._ping_warning_logged = False
-        self._epoch_table: str | None = config.epoch_table  # None once a node had none
+        self._no_epoch_table: set[str] = set()  # nodes last seen without the epoch table
 
     def start(self) -> None:
         self._tasks = [
@@ -378,20 +378,27 @@ class HealthMonitor:
             self.cluster.flavour = flavour_of(version)
 
     async def _read_role(self, node: NodeHealth, timeout: float) -> None:
-        """Whether the server is writable, its epoch row, and its semi-sync primary side."""
+        """Whether the server is writable, its epoch row, and its semi-sync primary side.
+
+        A node without the epoch table (a cluster set up before failover, or one being rebuilt)
+        has no epoch for this check: it is asked again at the next one. While the cluster's
+        epoch is above 0, a node without one is never elected."""
         flavour = self.cluster.flavour
         try:
-            rows = await node.pool.probe(flavour.role_sql(self._epoch_table),
-                                         None, timeout)
+            rows = await node.pool.probe(flavour.role_sql(self._config.epoch_table), None,
+                                         timeout)
         except SqlError as error:
-            if not self._epoch_table:
-                raise NodeUnavailable(node.name, f"cannot read its role: {error.message}",
+            if node.name not in self._no_epoch_table:
+                self._no_epoch_table.add(node.name)
+                log.warning("no epoch on %s (%s): it counts as epoch 0", node.name,
+                            error.message)
+            try:
+                rows = await node.pool.probe(flavour.role_sql(None), None, timeout)
+            except SqlError as again:
+                raise NodeUnavailable(node.name, f"cannot read its role: {again.message}",
                                       maybe_applied=False) from None
-            # No epoch table (a cluster set up before failover): every node is at epoch 0.
-            self._epoch_table = None
-            log.warning("no epoch table on %s (%s): the writable node is the primary",
-                        node.name, error.message)
-            rows = await node.pool.probe(flavour.role_sql(None), None, timeout)
+        else:
+            self._no_epoch_table.discard(node.name)
         row = rows[0]
         node.writable = not int(row["read_only"])
         node.epoch = None if row["epoch"] is None else int(row["epoch"])

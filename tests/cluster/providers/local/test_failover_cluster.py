@@ -41,6 +41,7 @@ pytestmark = pytest.mark.cluster
 CLUSTER_NAME = os.environ.get("SQLGATE_FO_CLUSTER", "sqlgate-fo")
 SUBNET = os.environ.get("SQLGATE_FO_SUBNET", "10.213.230.0/24")
 UNREACHABLE = "sqlgate/db/primary-unreachable"
+DATABASES = ("primary", "replica1", "replica2")
 # Ten copies of the failure event within a second, on the master's event bus, as the minions'
 # watch jobs send them (the reactor reads the sender's id).
 STORM = f"""
@@ -133,7 +134,8 @@ def cluster() -> Iterator[FailoverCluster]:
         assert up.returncode == 0, up.stdout + up.stderr
         yield FailoverCluster(directory, read_record("local", directory))
     finally:
-        run_bootstrap("down", directory, timeout=300)
+        if not os.environ.get("SQLGATE_FO_KEEP"):  # set it to look at the cluster afterwards
+            run_bootstrap("down", directory, timeout=300)
         with contextlib.suppress(OSError):
             directory.rmdir()
 
@@ -174,7 +176,8 @@ def ledger_table(cluster: FailoverCluster) -> str:
     with gatekeeper_client(cluster) as client:
         created = client.query(f"CREATE TABLE IF NOT EXISTS {LEDGER} (id BIGINT AUTO_INCREMENT "
                                "PRIMARY KEY, tag VARCHAR(64) NOT NULL)")
-        assert created.ok, created.json
+        assert created.ok, (created.json, cluster.runner("status"),
+                            {node: cluster.state(node) for node in DATABASES})
     return LEDGER
 
 
@@ -352,7 +355,7 @@ def test_a_primary_cut_off_the_network_is_replaced_and_never_two_writable(cluste
     comes back the old primary stays read-only, then rejoins or is quarantined."""
     old = cluster.runner("status")["primary"]
     namespace = cluster.record.host(old).namespace
-    nodes = ("primary", "replica1", "replica2")
+    nodes = DATABASES
     ledger = Ledger(ledger_table(cluster))
     samples: list[tuple[float, list[str]]] = []
     stop = threading.Event()
