@@ -18,22 +18,18 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from cluster.keys import KeySet
 from cluster.loopback import gatekeeper_service, proxy_service
 from cluster.loopback.mariadb import MariaDBCluster
 from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
 from loadtest.bench_overhead import (
-    BENCH_KEY_NAME,
-    BENCH_KEY_RATE,
-    BENCH_KEY_SCOPE,
     HttpTarget,
     Measurement,
     check_answers,
     measure_http,
     render,
 )
-from loadtest.bench_workers import mean_rate
+from loadtest.bench_workers import bench_databases, mean_rate
 
 OPERATION = "insert"
 # The primary's semi-sync side per setting, and what the setting's Proxy is told.
@@ -76,15 +72,7 @@ def main() -> None:
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
         workdir = Path(tmp)
-        db = MariaDBCluster(replicas=2)
-        db.start()
-        running.callback(db.destroy)
-        keys, secret = KeySet().add(BENCH_KEY_NAME, BENCH_KEY_SCOPE, rate=BENCH_KEY_RATE,
-                                    burst=int(BENCH_KEY_RATE))
-        keys_file = keys.save(workdir / "keys.json")
-        db.primary.sql("CREATE TABLE IF NOT EXISTS sqlgate_test.bench (id BIGINT "
-                       "AUTO_INCREMENT PRIMARY KEY, k BIGINT, v VARCHAR(32))")
-        db.wait_for_replicas()
+        db, keys_file, secret = bench_databases(running, workdir)
         targets, proxies = {}, {}
         for name, (_, settings) in SETTINGS.items():
             proxy = proxies[name] = proxy_service(db, workdir / f"proxy-{name}.log", **settings)

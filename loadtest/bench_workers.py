@@ -52,6 +52,22 @@ def gain(measurements: list[Measurement], workers: list[int], name: str = "gatek
     return "\n".join(lines)
 
 
+def bench_databases(running: contextlib.ExitStack, workdir: Path) -> tuple[MariaDBCluster,
+                                                                           Path, str]:
+    """A loopback trio with the bench table, destroyed when ``running`` closes, and a keys
+    file holding the bench key: the databases, the keys file and the key's secret."""
+    db = MariaDBCluster(replicas=2)
+    db.start()
+    running.callback(db.destroy)
+    keys, secret = KeySet().add(BENCH_KEY_NAME, BENCH_KEY_SCOPE, rate=BENCH_KEY_RATE,
+                                burst=int(BENCH_KEY_RATE))
+    keys_file = keys.save(workdir / "keys.json")
+    db.primary.sql("CREATE TABLE IF NOT EXISTS sqlgate_test.bench (id BIGINT "
+                   "AUTO_INCREMENT PRIMARY KEY, k BIGINT, v VARCHAR(32))")
+    db.wait_for_replicas()
+    return db, keys_file, secret
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -65,15 +81,7 @@ def main() -> None:
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
         workdir = Path(tmp)
-        db = MariaDBCluster(replicas=2)
-        db.start()
-        running.callback(db.destroy)
-        keys, secret = KeySet().add(BENCH_KEY_NAME, BENCH_KEY_SCOPE, rate=BENCH_KEY_RATE,
-                                    burst=int(BENCH_KEY_RATE))
-        keys_file = keys.save(workdir / "keys.json")
-        db.primary.sql("CREATE TABLE IF NOT EXISTS sqlgate_test.bench (id BIGINT "
-                       "AUTO_INCREMENT PRIMARY KEY, k BIGINT, v VARCHAR(32))")
-        db.wait_for_replicas()
+        db, keys_file, secret = bench_databases(running, workdir)
         targets = []
         for workers in args.workers:
             proxy = proxy_service(db, workdir / f"proxy-{workers}.log",
