@@ -142,6 +142,7 @@ def test_down_deletes_the_quarantine_group(aws, capsys):
     assert code == 0, err
     assert f"deleted security group {CLUSTER_NAME}-{fencing.QUARANTINE}" in out
     assert res.find_security_groups(aws) == {}
+    assert res.find_instances(aws) == {}  # the stopped one terminated too
 
 
 # --- bootstrap.py failover / rebuild, the runner's SSH call stood in for -------------------
