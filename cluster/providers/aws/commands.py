@@ -41,6 +41,7 @@ from cluster import keys as api_keys
 from cluster.errors import ClusterError
 from cluster.pillar import build_pillar, write_pillar_tree
 from cluster.pki import ClusterTls
+from cluster.providers.aws import fencing
 from cluster.providers.aws import resources as res
 from cluster.providers.aws.bundle import Bundle, build_bundle
 from cluster.providers.aws.keys import ClusterKeys
@@ -58,6 +59,7 @@ from cluster.providers.aws.remote import (
     push_bundle,
     run_orchestration,
     wait_for_health,
+    wait_for_minion,
     write_known_hosts,
 )
 from cluster.providers.aws.userdata import MasterBoot, master_user_data, minion_user_data
@@ -80,6 +82,7 @@ SAKILA_URL = "https://downloads.mysql.com/docs/sakila-db.tar.gz"
 BUNDLE_URL_TTL_S = 6 * 3600
 TERMINATE_DEADLINE_S = 15 * 60
 RUNNING_DEADLINE_S = 10 * 60
+MINION_WAIT_S = 5 * 60
 
 QUOTA_CODES = {
     "InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded",
@@ -404,9 +407,29 @@ def _status(args: argparse.Namespace) -> int:
     if recorded is None:
         say(f"no cluster record ({record_path(PROVIDER)}): cannot reach Salt on the master")
         return 1
-    return print_remote_status(recorded, instances, say, ca_file=recorded.ca_file,
+    code = print_remote_status(recorded, instances, say, ca_file=recorded.ca_file,
                                also_trust=public_trust(provider_dir()),
                                address=recorded.provider_data.get("elastic_ip"))
+    master = instances.get(SALT_MASTER.name, {}).get("PublicIpAddress")
+    return failover_status(aws, recorded, master) or code if master else code
+
+
+def failover_status(aws: res.Aws, recorded: ClusterRecord, master: str) -> int:
+    """The runner's shape (primary, epoch, last failover, alerts); and the EC2 fence an
+    automatic failover (the reactor's, on the master, which has no AWS credentials) could
+    not apply: its old primary's instance quarantined and stopped when Salt could not fence
+    it (``fencing.fence_after``)."""
+    try:
+        current = failover_runner(recorded, master, "status")
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+        say(f"  failover runner: no answer ({error})")
+        return 1
+    say("failover:")
+    for line in shape.status_lines(current):
+        say(line)
+    fencing.fence_after(aws, current, say)
+    shape.remember(recorded, current)
+    return 0
 
 
 status = guarded(_status)
@@ -414,47 +437,58 @@ status = guarded(_status)
 
 # --- failover, switchover, rebuild ---------------------------------------------------------
 
-def _on_master(args: argparse.Namespace, command: str, function: str, *arguments: str) -> int:
-    """The failover runner on the master over SSH, then its status; an old primary the
-    runner could not fence (its minion or its server did not answer) is stopped here: on AWS
-    the security group is its group's, so stopping the instance is the fence."""
+def _master_address(command: str) -> tuple[ClusterRecord, str]:
     recorded = read_record(PROVIDER)
     master = next((h.public_address for h in recorded.hosts if h.role == "saltmaster"),
                   None) if recorded else None
     if not master:
         raise ClusterError(f"{command}: no running cluster in {record_path(PROVIDER)}")
+    return recorded, master
+
+
+def _on_master(args: argparse.Namespace, command: str, function: str, *arguments: str) -> int:
+    """The failover runner on the master over SSH, then its status; an old primary the
+    runner could not fence (its server did not answer) is fenced through EC2 here
+    (``fencing.fence_after``: quarantine security group, instance stopped)."""
+    recorded, master = _master_address(command)
     try:
         answer = failover_runner(recorded, master, function, *arguments)
         current = failover_runner(recorded, master, "status")
     except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
         raise ClusterError(f"{command}: could not reach Salt on the master: {error}") from None
-    last = current.get("last") or {}
-    fence = last.get("fence") or {}
-    if answer.get("result") == "promoted" and last.get("kind") == "failover" and \
-            not isinstance(fence.get("server"), dict):
-        old = last.get("old_primary")
-        aws = connect_for(args)
-        instance = res.find_instances(aws).get(old)
-        if instance and instance["State"]["Name"] in ("pending", "running"):
-            aws.ec2.stop_instances(InstanceIds=[instance["InstanceId"]])
-            say(f"{old} could not be fenced through Salt: its instance "
-                f"{instance['InstanceId']} is stopping")
+    if answer.get("result") == "promoted":
+        fencing.fence_after(connect_for(args), current, say)
     shape.remember(recorded, current)
     return shape.report(command, answer, current)
 
 
-def failover(args: argparse.Namespace) -> int:
+def _failover(args: argparse.Namespace) -> int:
     return _on_master(args, "failover", "failover", "reason=operator: bootstrap.py failover",
                       "automatic=False", f"force={bool(args.force)}")
 
 
-def switchover(args: argparse.Namespace) -> int:
+def _switchover(args: argparse.Namespace) -> int:
     return _on_master(args, "switchover", "switchover",
                       *([f"to={args.to}"] if args.to else []))
 
 
-def rebuild(args: argparse.Namespace) -> int:
+failover = guarded(_failover)
+switchover = guarded(_switchover)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    """A host fenced through EC2 gets its security groups back and is started first; its
+    minion then needs a moment to answer the master (a ``rebuild`` refused with "does not
+    answer" can simply be run again)."""
+    _master_address("rebuild")
+    if fencing.release(connect_for(args), args.host, say):
+        say(f"waiting up to {MINION_WAIT_S // 60} min for {args.host}'s minion")
+        recorded, master = _master_address("rebuild")
+        wait_for_minion(recorded, master, args.host, MINION_WAIT_S)
     return _on_master(args, "rebuild", "rebuild", f"node={args.host}")
+
+
+rebuild = guarded(_rebuild)
 
 
 # --- down --------------------------------------------------------------------------------

@@ -128,6 +128,21 @@ def failover_runner(recorded: ClusterRecord, address: str, function: str,
     return answer
 
 
+def wait_for_minion(recorded: ClusterRecord, address: str, minion: str,
+                    deadline_s: float) -> bool:
+    """Until ``minion`` answers ``test.ping`` through the master (an instance just started
+    again); whether it did within ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if salt_json(recorded, address, [minion], "test.ping", timeout_s=10).get(minion):
+                return True
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError):
+            pass  # the master itself may be busy: ask again
+        time.sleep(HEALTH_POLL_S)
+    return False
+
+
 def apply_states(recorded: ClusterRecord, address: str, minions: list[str],
                  states: str) -> salt_setup.OrchestrationResult:
     """Fresh pillar, then ``states`` on ``minions`` (a new key set on the Gatekeeper)."""
