@@ -216,10 +216,11 @@ class MariaDBNode:
         for statement in db["open_writes"]:
             self.sql(statement)
 
-    def fence(self) -> None:
+    def fence(self, planned: bool = False) -> None:
         """Read-only again, and no semi-sync primary side: what a failover does to the old
-        primary where it can reach it."""
-        for statement in db_settings(FLAVOUR)["fence"]:
+        primary where it can reach it. ``planned`` (a switchover's first step): writes stop,
+        semi-sync stays on for the commits in flight."""
+        for statement in db_settings(FLAVOUR)["stop_writes" if planned else "fence"]:
             self.sql(statement)
 
     def source(self, path: Path) -> None:
@@ -413,10 +414,11 @@ class MariaDBCluster:
         """Planned: the primary fenced (read-only), ``to`` waits until it has every one of its
         transactions, then takes over; the old primary follows it."""
         old = self.primary
-        old.fence()
+        old.fence(planned=True)
         position = old.sql("SELECT @@GLOBAL.gtid_binlog_pos AS pos")[0]["pos"]
         if to.sql(f"SELECT MASTER_GTID_WAIT('{position}', {timeout}) AS r")[0]["r"] != 0:
             raise TimeoutError(f"{to.name} did not reach {position}")
+        old.fence()  # its writes are over: semi-sync's primary side off too, before it follows
         self._take_over(to)
 
     def failover(self, timeout: float = 30) -> MariaDBNode:

@@ -273,6 +273,7 @@ FLAVOUR_SQL = {
         "open_writes": ["SET GLOBAL rpl_semi_sync_master_enabled = ON",
                         "SET GLOBAL read_only = OFF"],
         "fence": ["SET GLOBAL read_only = ON", "SET GLOBAL rpl_semi_sync_master_enabled = OFF"],
+        "stop_writes": ["SET GLOBAL read_only = ON"],
         # Waits until the node has applied a GTID position: 0 done, -1 timed out.
         "wait": "SELECT MASTER_GTID_WAIT({pos}, {timeout})",
         # The IO thread's received position, under replica_status's names.
@@ -290,6 +291,7 @@ FLAVOUR_SQL = {
                         "SET GLOBAL read_only = OFF"],
         "fence": ["SET GLOBAL super_read_only = ON",
                   "SET GLOBAL rpl_semi_sync_source_enabled = OFF"],
+        "stop_writes": ["SET GLOBAL super_read_only = ON"],
         "wait": "SELECT WAIT_FOR_EXECUTED_GTID_SET({pos}, {timeout})",
         "received": "Retrieved_Gtid_Set",
         "start_from_binlog": "",
@@ -506,21 +508,39 @@ def promote(epoch, host, steps=None, client=None, socket=None):
     return {"epoch": epoch, "primary_host": host, "fork_gtid_pos": fork}
 
 
-def fence(steps=None, client=None, socket=None):
+def fence(steps=None, client=None, socket=None, planned=False):
     """This node takes no write again: ``read_only`` ON, the primary side of semi-sync off,
     and every client connection killed (the server's own threads and the replicas' binlog
     readers stay). Connections are killed before and after ``read_only``: setting it waits
     for open transactions, and a writer that slipped in between is cut off after.
 
+    ``planned`` (a switchover): only ``stop_writes``, and no connection killed unless an
+    open transaction keeps ``read_only`` from being set within the lock wait. A statement in
+    flight then finishes (its commit acknowledged by a replica, as semi-sync stays on) or is
+    refused as read-only, which the Proxy sends on to the next primary: nothing is cut off
+    with an unknown outcome.
+
     Answers how many connections were killed; a server that does not answer is an error (the
-    runner then closes its port instead). ``steps``: ``{fence}`` from flavours.yaml.
+    runner then closes its port instead). ``steps``: ``{fence, stop_writes}`` from
+    flavours.yaml.
 
     CLI Example::
 
         salt primary sqlgate_db.fence
     """
     _, sql = _flavour(client)
-    statements = (steps or {}).get("fence") or sql["fence"]
+    steps = steps or {}
+    if planned:
+        statements = steps.get("stop_writes") or sql["stop_writes"]
+        script = ";\n".join(["SET SESSION lock_wait_timeout = 5", *statements]) + ";\n"
+        try:
+            execute(script, client=client, socket=socket)
+            return {"read_only": True, "killed": 0}
+        except CommandExecutionError:  # an open transaction held it up: cut off, once more
+            killed = _kill_clients(client, socket)
+            execute(script, client=client, socket=socket)
+            return {"read_only": True, "killed": killed}
+    statements = steps.get("fence") or sql["fence"]
     killed = _kill_clients(client, socket)
     execute(";\n".join(["SET SESSION lock_wait_timeout = 5", *statements]) + ";\n",
             client=client, socket=socket)

@@ -160,7 +160,8 @@ class Cluster:
         """The flavour's statements of a promotion and a fence (flavours.yaml, defaults.yaml),
         for sqlgate_db.promote and fence."""
         spec = self.flavours.get(flavour) or {}
-        found = {key: spec[key] for key in ("promote", "open_writes", "fence") if spec.get(key)}
+        found = {key: spec[key] for key in ("promote", "open_writes", "fence", "stop_writes")
+                 if spec.get(key)}
         if self.epoch_write:
             found["epoch_write"] = self.epoch_write
         return found
@@ -566,8 +567,9 @@ def switchover(to=None):
         run = {"kind": "switchover", "automatic": False, "detected": time.time(),
                "old_primary": cluster.primary, "epoch_before": cluster.epoch}
         old = cluster.primary
-        run["fence"] = _ask([old], "sqlgate_db.fence",
-                            kwarg={"steps": cluster.steps(states[old].get("flavour"))},
+        steps = cluster.steps(states[old].get("flavour"))
+        # Writes stop; commits in flight finish, acknowledged (docs/failover.md).
+        run["fence"] = _ask([old], "sqlgate_db.fence", kwarg={"steps": steps, "planned": True},
                             timeout=timeout).get(old)
         final = _states(cluster, [old], timeout)[old] or {}
         position = final.get("gtid_binlog_pos", "")
@@ -585,6 +587,11 @@ def switchover(to=None):
         _ask(cluster.replicas, "sqlgate_db.stop_io", timeout=timeout)
         result = _promote(cluster, run, candidate, cluster.replicas, states, timeout)
         if result["result"] == "promoted":
+            # Its writes are over: the whole fence now (semi-sync's primary side off too), with
+            # nothing left to cut off, then it follows the new primary.
+            _ask([old], "sqlgate_db.fence",
+                 kwarg={"steps": {"stop_writes": steps.get("fence", [])}, "planned": True},
+                 timeout=timeout)
             follow = cluster.follow_kwargs(candidate, final.get("flavour", "mariadb"))
             result["old_primary_follows"] = _ask([old], "sqlgate_db.follow", kwarg=follow,
                                                  timeout=timeout + 10).get(old)

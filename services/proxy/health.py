@@ -78,6 +78,7 @@ class NodeHealth:
     semi_sync: bool | None = None
     semi_sync_clients: int | None = None
     primary_since: float | None = None  # monotonic time this Proxy took it as the primary
+    heartbeat_applied: int | None = None  # the newest heartbeat it has applied (replicas)
 
     def __post_init__(self) -> None:
         self.role = self.role or self.pool.role
@@ -293,19 +294,27 @@ class Heartbeat:
     def read_statement(self) -> tuple[str, tuple]:
         return f"SELECT epoch, seq FROM {self.table} WHERE proxy = %s", (self.proxy,)
 
-    def lag_ms(self, rows: list[dict]) -> float:
+    def applied(self, rows: list[dict]) -> int:
+        """The newest of this process's heartbeats a replica has applied (0: none)."""
+        if rows and int(rows[0]["epoch"]) == self.epoch:
+            return int(rows[0]["seq"])
+        return 0
+
+    def lag_ms(self, rows: list[dict] | None = None, applied: int | None = None,
+               ceiling: int | None = None) -> float:
         """How long ago the oldest heartbeat the replica lacks was written; 0 if it has all.
+        ``ceiling``: only heartbeats up to that one count (what some replica has).
 
         Scanned from the newest, so a caught-up replica costs a step or two, not the whole
         history, on every check."""
-        applied = 0
-        if rows and int(rows[0]["epoch"]) == self.epoch:
-            applied = int(rows[0]["seq"])
+        if applied is None:
+            applied = self.applied(rows or [])
         oldest_missing = None
         for seq, when in reversed(self.written):
             if seq <= applied:
                 break
-            oldest_missing = when
+            if ceiling is None or seq <= ceiling:
+                oldest_missing = when
         if oldest_missing is None:
             return 0.0
         return max(0.0, (time.monotonic() - oldest_missing) * 1000.0)
@@ -354,13 +363,16 @@ class HealthMonitor:
         primary = cluster.primary
         if primary is not None:
             await self._check(primary, self._check_primary)
-        await asyncio.gather(*(self._check(node, self._check_replica)
-                               for node in cluster.nodes if node is not primary))
+        others = [node for node in cluster.nodes if node is not primary]
+        reached = await asyncio.gather(*(self._check(node, self._check_replica)
+                                         for node in others))
+        self._judge_replicas([node for node, up in zip(others, reached, strict=True) if up])
         cluster.elect()
         if self.metrics is not None:
             self.metrics.observe_nodes(cluster.nodes, cluster.epoch)
 
-    async def _check(self, node: NodeHealth, check) -> None:
+    async def _check(self, node: NodeHealth, check) -> bool:
+        """One node's check; whether it answered."""
         timeout = self._config.connect_timeout
         began = time.perf_counter()
         try:
@@ -368,7 +380,7 @@ class HealthMonitor:
             await self._read_role(node, timeout)
         except NodeUnavailable as error:
             await self.mark_down(node, error.reason)
-            return
+            return False
         node.sql_rtt_ms = (time.perf_counter() - began) * 1000.0
         if node.up is False:
             log.info("node %s is back", node.name)
@@ -376,6 +388,7 @@ class HealthMonitor:
         version = node.pool.server_version
         if version:
             self.cluster.flavour = flavour_of(version)
+        return True
 
     async def _read_role(self, node: NodeHealth, timeout: float) -> None:
         """Whether the server is writable, its epoch row, and its semi-sync primary side.
@@ -429,18 +442,35 @@ class HealthMonitor:
         except SqlError as error:  # no privilege to see it: the replica cannot be trusted
             status = ReplicaStatus(False, False, f"cannot read replica status: {error.message}",
                                    None)
-        lag_ms, source = None, None
+        lag_ms, source, applied = None, None, None
         if self.heartbeat.available:
             sql, args = self.heartbeat.read_statement()
             try:
-                lag_ms = self.heartbeat.lag_ms(await node.pool.probe(sql, args, timeout))
-                source = "heartbeat"
+                applied = self.heartbeat.applied(await node.pool.probe(sql, args, timeout))
+                lag_ms, source = self.heartbeat.lag_ms(applied=applied), "heartbeat"
             except SqlError:
                 pass  # the table has not reached this replica (yet): status decides
         if source is None and status.seconds_behind is not None:
             lag_ms, source = status.seconds_behind * 1000.0, "seconds_behind"
         node.replication, node.lag_ms, node.lag_source = status, lag_ms, source
-        self._rotate(node, self._out_of_rotation_reason(status, lag_ms))
+        node.heartbeat_applied = applied
+
+    def _judge_replicas(self, checked: list[NodeHealth]) -> None:
+        """Each replica checked in or out of rotation. While no primary can take a write, the
+        heartbeats no replica has went with the primary (writes on it were acknowledged only
+        once some replica had them): a replica's lag then counts only the heartbeats that some
+        replica has."""
+        primary = self.cluster.primary
+        if primary is None or primary.up is False:
+            ceiling = max((node.heartbeat_applied for node in checked
+                           if node.heartbeat_applied is not None), default=None)
+            if ceiling is not None:
+                for node in checked:
+                    if node.heartbeat_applied is not None:
+                        node.lag_ms = self.heartbeat.lag_ms(applied=node.heartbeat_applied,
+                                                            ceiling=ceiling)
+        for node in checked:
+            self._rotate(node, self._out_of_rotation_reason(node.replication, node.lag_ms))
 
     def _out_of_rotation_reason(self, status: ReplicaStatus, lag_ms: float | None) -> str | None:
         """Why a replica may not serve reads now; None when it may.

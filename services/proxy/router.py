@@ -274,7 +274,11 @@ class QueryRouter:
                                                after, max_bytes, trace, deadline)
                 raise sql_error(error, caller, node=node.name) from None
             except QueryTimeout as error:
-                raise ApiError(504, str(error), node=node.name) from None
+                if classification.is_read:
+                    raise ApiError(504, str(error), node=node.name) from None
+                # Killed on the server if it could be reached; if not, it may still commit.
+                raise ApiError(504, f"{error}; the write may or may not have been applied",
+                               node=node.name, outcome="unknown") from None
             except TransactionLeftOpen:
                 raise ApiError(400, f"{classification.reason}, and it left a transaction open "
                                "(autocommit turned off?): its changes were rolled back, not "

@@ -149,7 +149,7 @@ def test_node_and_pool_gauges_show_every_node(observed, db_cluster):
     assert samples.value("sqlgate_proxy_node_up", node=primary) == 1
     assert samples.value("sqlgate_proxy_node_primary", node=primary) == 1
     assert samples.value("sqlgate_proxy_primary_semi_sync") == 1
-    assert samples.value("sqlgate_proxy_epoch") == 1
+    assert samples.value("sqlgate_proxy_epoch") == db_cluster.epoch
     assert samples.value("sqlgate_proxy_pool_connections", node=primary) >= 1
     assert samples.value("sqlgate_proxy_pool_waiters", node=primary) == 0
     assert samples.value("sqlgate_proxy_node_latency_seconds", node=primary) > 0

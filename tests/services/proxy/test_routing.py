@@ -168,3 +168,6 @@ def test_heartbeat_lag_is_the_age_of_the_oldest_heartbeat_a_replica_lacks(monkey
     assert heartbeat.lag_ms([{**row, "seq": 3}]) == 1250.0
     assert heartbeat.lag_ms([{"epoch": heartbeat.epoch + 1, "seq": 9}]) == 2000.0  # none of ours
     assert heartbeat.lag_ms([]) == 2000.0
+    # With the primary gone, only what some replica has counts: 5 went with the primary.
+    assert heartbeat.lag_ms(applied=4, ceiling=4) == 0.0
+    assert heartbeat.lag_ms(applied=2, ceiling=4) == 1250.0
