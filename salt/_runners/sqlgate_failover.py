@@ -542,10 +542,12 @@ def _promote(cluster, run, candidate, followers, states, timeout):
 # --- switchover -----------------------------------------------------------------------------
 
 def switchover(to=None):
-    """A planned change of primary: the old primary read-only first (its clients cut off),
-    the candidate (``to``, else the most advanced replica) waits until it holds everything the
-    old primary wrote, then it is promoted, the others follow it, and so does the old
-    primary. Every database node must answer.
+    """A planned change of primary: the old primary read-only first (no connection cut: its
+    commits in flight finish, acknowledged, and later writes are refused as read-only, which
+    the Proxy sends on to the new primary), the candidate (``to``, else the most advanced
+    replica) waits until it holds everything the old primary wrote, then it is promoted, the
+    others follow it, and so does the old primary, fenced in full once its writes are over.
+    Every database node must answer.
 
     CLI Example::
 
