@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Launch the cluster's hosts and let Salt configure them.
 
-    python bootstrap.py up     [--provider aws|local] [--replicas N] [--tls-cert F --tls-key F]
-                               [--no-monitor]
+    python bootstrap.py up     [--provider aws|local] [--replicas N] [--gatekeepers N]
+                               [--proxies M] [--tls-cert F --tls-key F] [--no-monitor]
     python bootstrap.py status [--provider aws|local]
     python bootstrap.py down   [--provider aws|local]
     python bootstrap.py keys   list|add NAME|revoke NAME [--scope S] [--rate R] [--burst B]
@@ -10,10 +10,14 @@
     python bootstrap.py failover   [--force] [--provider aws|local]
     python bootstrap.py switchover [--to HOST] [--provider aws|local]
     python bootstrap.py rebuild HOST [--provider aws|local]
+    python bootstrap.py restart --rolling [--provider aws|local]
+    python bootstrap.py salt [--provider aws|local] TARGET FUNCTION [ARGS...]
 
 Each provider is a subpackage of ``cluster.providers`` offering ``up``, ``status``, ``down``,
-``keys``, ``failover``, ``switchover`` and ``rebuild`` (the last three run the failover runner on
-the Salt master: docs/failover.md); their errors reach the user as one line and exit code 2.
+``keys``, ``failover``, ``switchover``, ``rebuild`` (these three run the failover runner on the
+Salt master: docs/failover.md), ``restart`` (the rolling restart, a Salt orchestration) and
+``salt`` (any Salt command on the master); their errors reach
+the user as one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ COMMANDS = {
                 "does; no anti-flap wait)",
     "switchover": "make a replica the primary, planned: no acknowledged write is lost",
     "rebuild": "make a quarantined database node a fresh replica of the current primary",
+    "restart": "restart the Proxy and Gatekeeper hosts one at a time (--rolling), through Salt, "
+               "with no request failing",
+    "salt": "run a Salt command on the cluster's master, e.g. salt '*' state.highstate",
 }
 
 
@@ -45,6 +52,12 @@ def _common(parser: argparse.ArgumentParser, known: dict[str, type[Provider]]) -
     parser.add_argument("--cluster-name", default="sqlgate",
                         help="name used for tags, namespaces and the cluster file")
     parser.add_argument("--replicas", type=int, default=2, help="number of DB replicas")
+    parser.add_argument("--gatekeepers", type=int, default=None, metavar="N",
+                        help="number of Gatekeeper hosts, behind the balancer (default: 1 "
+                             "locally; on AWS 2, or as many as the cluster has)")
+    parser.add_argument("--proxies", type=int, default=None, metavar="M",
+                        help="number of Proxy hosts, each Gatekeeper using all (default: 1 "
+                             "locally; on AWS 2, or as many as the cluster has)")
     for name, provider in known.items():
         provider.add_arguments(parser.add_argument_group(f"{name} provider",
                                                          provider.description))
@@ -98,8 +111,17 @@ def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.Arg
         elif command == "switchover":
             sub.add_argument("--to", metavar="HOST",
                              help="the replica to promote (default: the most advanced)")
+        elif command == "restart":
+            sub.add_argument("--rolling", action="store_true", required=True,
+                             help="one host at a time, each drained first (the only way)")
         elif command == "rebuild":
             sub.add_argument("host", help="the quarantined database host")
+        elif command == "salt":
+            sub.add_argument("target", help="the minions, as salt takes them ('*', a host)")
+            sub.add_argument("function", help="the execution function, e.g. state.highstate")
+            sub.add_argument("arguments", nargs=argparse.REMAINDER,
+                             help="its arguments and salt's own options, as salt takes them "
+                                  "(bootstrap.py's options go before TARGET)")
     return parser
 
 

@@ -4,6 +4,7 @@ cluster record keeps of them (the current primary and epoch)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -14,19 +15,34 @@ from cluster.record import ClusterRecord, write_record
 DONE = {"failover": ("promoted",), "switchover": ("promoted",), "rebuild": ("rebuilt",)}
 
 
+def runner_arguments(command: str, args: argparse.Namespace) -> tuple[str, ...]:
+    """The runner function's ``key=value`` arguments for ``bootstrap.py failover``,
+    ``switchover`` or ``rebuild`` (the runner function has the command's name)."""
+    if command == "failover":
+        return ("reason=operator: bootstrap.py failover", "automatic=False",
+                f"force={bool(args.force)}")
+    if command == "switchover":
+        return (f"to={args.to}",) if args.to else ()
+    if command == "rebuild":
+        return (f"node={args.host}",)
+    raise ValueError(f"no runner function for {command}")
+
+
 def _moment(at: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(at))) if at else "?"
 
 
 def timeline(run: Mapping[str, object]) -> str:
-    """One line: when the failure was detected, the promotion and writes possible, as offsets
-    from the detection."""
+    """One line: when the failure was detected, then each step the runner recorded, writes
+    possible and the pillar updated, as offsets from the detection."""
     start = run.get("detected")
     parts = [f"detected {_moment(start)} UTC"]
-    for key, name in (("promoted", "promoted"), ("writable", "writes possible"),
-                      ("finished", "pillar updated")):
-        if run.get(key) and start:
-            parts.append(f"{name} +{float(run[key]) - float(start):.1f}s")  # type: ignore[arg-type]
+    steps = run.get("steps") if isinstance(run.get("steps"), Mapping) else {}
+    moments = {**{name.replace("_", " "): at for name, at in steps.items()},  # type: ignore[union-attr]
+               "writes possible": run.get("writable"), "pillar updated": run.get("finished")}
+    for name, at in sorted(((n, a) for n, a in moments.items() if a and start),
+                           key=lambda item: float(item[1])):
+        parts.append(f"{name} +{float(at) - float(start):.1f}s")  # type: ignore[arg-type]
     return ", ".join(parts)
 
 

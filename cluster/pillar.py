@@ -117,13 +117,17 @@ def checked_api_keys(api_keys: list[dict]) -> list[dict]:
 
 def build_pillar(cluster_name: str, hosts: list[Host], secrets: ClusterSecrets, *,
                  provider: str, sakila_source: str, tls: ClusterTls,
-                 api_keys: list[dict], monitor: dict | None = None) -> Pillar:
+                 api_keys: list[dict], monitor: dict | None = None,
+                 gatekeeper: dict | None = None) -> Pillar:
     """The pillar tree of this cluster (``sqlgate:`` tree, see ``pillar/pillar.example``).
 
     ``tls`` must hold a certificate for every minion; ``api_keys`` are entries
     ``{name, scope, sha256, rate, burst}``; ``monitor`` overrides the formula's ``monitor``
     settings (the local cluster scrapes every second and alerts after seconds, to be seen at
-    once).
+    once); ``gatekeeper`` overrides the Gatekeepers' settings where the provider's balancer asks
+    for it (AWS's Network Load Balancer: ``proxy_protocol_from``, its network, which its
+    private addresses are in and which sends a PROXY protocol header; a drain as long as its
+    health checks take).
     """
     minions = [host for host in hosts if host.role in SECRETS_OF_ROLE]
     missing = [host.name for host in minions if host.name not in tls.hosts]
@@ -155,6 +159,8 @@ def build_pillar(cluster_name: str, hosts: list[Host], secrets: ClusterSecrets, 
             own["secrets"] = {name: every_secret[name] for name in names}
         if role == "gatekeeper":
             own["api_keys"] = checked_api_keys(api_keys)
+            if gatekeeper:
+                own["gatekeeper"] = copy.deepcopy(gatekeeper)
             if tls.public is not None:
                 own["tls"] = {"gatekeeper_public": {"cert": tls.public.cert,
                                                     "key": tls.public.key}}

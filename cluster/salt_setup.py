@@ -25,6 +25,10 @@ import yaml
 from cluster.state import write_private
 
 SALT_KEY_BITS = 2048  # Salt's own default ``keysize``
+# ``bootstrap.py salt``: wait long enough for a highstate of every host (Salt's own 5 s gives
+# up on busy minions first); the operator's own -t wins, coming after.
+OPERATOR_SALT_OPTIONS = ("--timeout=900",)
+GATHER_JOB_TIMEOUT_S = 60
 MASTER_CONFIG = "/etc/salt/master.d/sqlgate.conf"
 MINION_CONFIG = "/etc/salt/minion.d/sqlgate.conf"
 MASTER_PKI = "/etc/salt/pki/master"
@@ -110,6 +114,10 @@ def master_config(file_roots: list[str], pillar_root: str, **settings: object) -
         "pillar_roots": {"base": [pillar_root]},
         "runner_dirs": [f"{formula}/_runners"],
         "reactor": [{tag: [f"{formula}/reactor/{sls}"]} for tag, sls in REACTIONS.items()],
+        # How long a minion may take to say a job still runs on it: a highstate installing the
+        # services on a loaded host (several at once on the local cluster's two cores) answers
+        # late, and with Salt's 10 s the orchestration took one for gone ("did not return").
+        "gather_job_timeout": GATHER_JOB_TIMEOUT_S,
         **settings,
     }
 
@@ -177,6 +185,29 @@ def summarize_orchestration(output: dict) -> OrchestrationResult:
             if isinstance(states, dict):
                 _collect(minion, states, changed, failed)
     return OrchestrationResult(not failed, changed, failed)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of an orchestration of function calls (salt/orch/rolling.sls): its state id,
+    whether it passed, and what its minions answered (or why it did not run)."""
+
+    id: str
+    ok: bool
+    answers: dict[str, object]
+    comment: str = ""
+
+
+def orchestration_steps(output: dict) -> list[Step]:
+    """The steps of ``state.orchestrate --out=json`` in the order they ran."""
+    data = output.get("data", output)
+    steps = next(iter(data.values()), {}) if isinstance(data, dict) else {}
+    if not isinstance(steps, dict):
+        return [Step("orchestration", False, {}, str(steps)[:400])]
+    ordered = sorted(steps.items(), key=lambda item: item[1].get("__run_num__", 0))
+    return [Step(_state_id(key), bool(step.get("result")),
+                 dict((step.get("changes") or {}).get("ret") or {}),
+                 str(step.get("comment", ""))[:400]) for key, step in ordered]
 
 
 def summarize_states(returns: Mapping[str, object], minions: list[str]) -> OrchestrationResult:

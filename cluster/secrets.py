@@ -14,7 +14,8 @@ from cluster.state import write_private
 class ClusterSecrets:
     """``api_key`` is the secret of the cluster's ``admin`` API key (the Gatekeeper only ever
     gets its hash); the passwords are the database users': one per Proxy scope, the Proxy's
-    health monitor, replication, sysbench and the database hosts' mysqld_exporter. A file
+    health monitor, replication, sysbench and the database hosts' mysqld_exporter, and the
+    Gatekeepers' password of the rate store (Redis on the monitor host). A file
     written before a secret existed gets it generated on the next load."""
 
     api_key: str
@@ -25,6 +26,7 @@ class ClusterSecrets:
     monitor_password: str
     sb_password: str
     exporter_password: str
+    ratestore_password: str
 
     @classmethod
     def generate(cls) -> ClusterSecrets:

@@ -35,6 +35,7 @@ EVICT_BYTES = 8 * 1024 * 1024
 
 class _Request:
     method = "POST"
+    remote_ip = "10.0.0.21"  # the client's address, as a request line names it
 
     @staticmethod
     def request_time() -> float:

@@ -45,14 +45,6 @@ SERVICES = {"proxy": ("sqlgate.proxy", "services.proxy"),
             "gatekeeper": ("sqlgate.gatekeeper", "services.gatekeeper")}
 
 
-def recorded_cluster(record: ClusterRecord) -> LocalCluster:
-    """The cluster ``make up`` recorded, as the local provider plans it."""
-    return LocalCluster.plan(argparse.Namespace(
-        cluster_name=record.cluster_name, subnet=record.provider_data["subnet"],
-        replicas=sum(1 for host in record.hosts if host.role == "replica")),
-        monitor=any(host.role == "monitor" for host in record.hosts))
-
-
 def service_pids(host: NamespaceHost, module: str) -> list[int]:
     """The processes of ``python -m module`` on ``host``: the service, or its parent and its
     workers."""
@@ -71,6 +63,16 @@ def expected_processes(workers: int) -> int:
     return 1 if workers == 1 else workers + 1
 
 
+def override(role: str, workers: int) -> dict:
+    """The pillar of one setting: ``workers``, and for the Proxy no per-key share of the
+    statements in flight (the bench's clients all use one key, as one application would
+    with its whole pool)."""
+    settings = {"workers": workers}
+    if role == "proxy":
+        settings["settings"] = {"max_statements_per_key": 1024}
+    return settings
+
+
 class ClusterWorkers:
     """Sets the workers of the cluster's Gatekeeper and Proxy hosts through Salt."""
 
@@ -85,7 +87,7 @@ class ClusterWorkers:
         for role, (state, module) in SERVICES.items():
             host = self.hosts[role]
             extra = ([] if workers is None else
-                     [f"pillar={json.dumps({'sqlgate': {role: {'workers': workers}}})}"])
+                     [f"pillar={json.dumps({'sqlgate': {role: override(role, workers)}})}"])
             answer = salt(self.cluster, host.name, "state.apply", state, *extra, "-t", "300",
                           timeout=400)
             result = summarize_states(answer if isinstance(answer, dict) else {}, [host.name])
@@ -121,7 +123,7 @@ def main() -> None:
     record = read_record("local")
     if record is None:
         raise SystemExit("bench_cluster_workers: no local cluster is up (make up makes one)")
-    workers = ClusterWorkers(recorded_cluster(record))
+    workers = ClusterWorkers(LocalCluster.of_record(record))
     measurements: list[Measurement] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

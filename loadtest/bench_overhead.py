@@ -429,9 +429,15 @@ def allow_plain(db: MariaDBCluster) -> None:
     db.wait_for_replicas()
 
 
+# The bench is one key with up to --clients requests at once, measuring what the layers cost:
+# its share of statements in flight (PROXY_MAX_STATEMENTS_PER_KEY, 429 past it) would refuse
+# some of them instead, so its Proxies give one key the whole pool (they still wait for it).
+ONE_KEY_WHOLE_POOL = {"PROXY_MAX_STATEMENTS_PER_KEY": "4096"}
+
+
 def plain_proxy_env(db: MariaDBCluster) -> dict[str, str]:
     """The plain configuration of the Proxy: no TLS anywhere, one user for every scope."""
-    return {"PROXY_LISTEN_ADDRESS": "127.0.0.1",
+    return {**ONE_KEY_WHOLE_POOL, "PROXY_LISTEN_ADDRESS": "127.0.0.1",
             "PROXY_PRIMARY": f"{db.primary.name}=127.0.0.1:{db.primary.port}",
             "PROXY_REPLICAS": ",".join(f"{n.name}=127.0.0.1:{n.port}" for n in db.replicas),
             "PROXY_DB_USER": PLAIN_USER.name, "PROXY_DB_PASSWORD": PLAIN_USER.password}
@@ -507,7 +513,7 @@ def secure_services(stack: LoopbackStack, workdir: Path
     keys.save(stack.keys_file)
     proxy = ServiceProcess("services.proxy",
                            proxy_settings_for(stack.db, PROXY_TLS_CLIENT_CA="",
-                                              **observed("proxy")),
+                                              **observed("proxy"), **ONE_KEY_WHOLE_POOL),
                            log_path=workdir / "proxy-tls-direct.log",
                            tls=stack.db.pki.server_tls())
     return ([(HttpTarget(f"proxy ({SECURE})", proxy.url, proxy=True, services=(proxy,)),
@@ -535,7 +541,8 @@ def main() -> None:
         raise SystemExit("bench_overhead: wrk is missing (make system-packages installs it)")
     rounds: list[Measurement] = []
     with tempfile.TemporaryDirectory() as tmp, \
-            LoopbackStack(log_dir=Path(tmp), proxy_settings=observed("proxy"),
+            LoopbackStack(log_dir=Path(tmp),
+                          proxy_settings={**observed("proxy"), **ONE_KEY_WHOLE_POOL},
                           gatekeeper_settings=observed("gatekeeper")) as stack, \
             contextlib.ExitStack() as running:
         workdir = Path(tmp)

@@ -23,6 +23,7 @@ from loadtest.bench_overhead import (
     BENCH_KEY_NAME,
     BENCH_KEY_RATE,
     BENCH_KEY_SCOPE,
+    ONE_KEY_WHOLE_POOL,
     HttpTarget,
     Measurement,
     check_answers,
@@ -85,7 +86,7 @@ def main() -> None:
         targets = []
         for workers in args.workers:
             proxy = proxy_service(db, workdir / f"proxy-{workers}.log",
-                                  PROXY_WORKERS=str(workers))
+                                  PROXY_WORKERS=str(workers), **ONE_KEY_WHOLE_POOL)
             gatekeeper = gatekeeper_service(db, proxy.url, keys_file,
                                             workdir / f"gatekeeper-{workers}.log",
                                             GATEKEEPER_WORKERS=str(workers),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import ssl
 import urllib.parse
 from dataclasses import dataclass, field
@@ -106,6 +107,8 @@ class Client:
         the connection (the next request opens a new one) and is raised: a POST is never
         sent twice, since the first may have been applied."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
+        if self._connection is not None and _closed_by_peer(self._connection):
+            self.close()  # nothing was sent on it: a new connection is safe
         if self._connection is None:
             self._connection = (
                 http.client.HTTPSConnection(*self._address, timeout=self._timeout,
@@ -125,6 +128,21 @@ class Client:
             raise ValueError(f"{method} {path}: answer {response.status} is not JSON: "
                              f"{raw[:200]!r}") from None
         return Answer(response.status, payload, response.headers)
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether the server (or a balancer in front of it) closed a kept-alive connection while
+    it was idle: a closed socket reads as ready, and an idle one has nothing else to say. A
+    request is then sent on a new connection rather than lost on the old one (urllib3 does the
+    same before reusing a pooled connection)."""
+    sock = connection.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def request(url: str, body: dict[str, Any] | bytes | None = None,

@@ -22,3 +22,12 @@ class ApiError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         return {"error": self.message, **self.details}
+
+
+def internal_error() -> ApiError:
+    """The answer to a request that failed on a bug rather than on its input or the database:
+    503, not a bare 500, and the outcome said, since a write in it may have been applied. The
+    traceback is in the service's log under the request id."""
+    return ApiError(503, "internal error in the service: the request failed, and a write in it "
+                    "may or may not have been applied (the service's log has the details under "
+                    "the request id)", outcome="unknown", cause="internal")

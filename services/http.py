@@ -3,12 +3,15 @@
 A request refused from its headers alone (a wrong key, a body declared over the cap) is answered
 at once, and its body is still read and dropped afterwards: a socket closed with unread data
 resets the connection, and the client, still sending, would lose the answer. The server
-options bound what a client can hold: connections, idle and body times, header size.
+options bound what a client can hold: connections, idle and body times, header size. Behind a
+TCP load balancer, a port may take the client's address from the PROXY protocol header the
+balancer sends before TLS (``services.proxyproto``, ``LimitedHTTPServer``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,12 +28,25 @@ from typing import Any
 
 import tornado.web
 from tornado import httputil
-from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
+from tornado.http1connection import (
+    HTTP1Connection,
+    HTTP1ConnectionParameters,
+    HTTP1ServerConnection,
+)
 from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, StreamClosedError
 
 from services.contract import REQUEST_ID_HEADER, ApiError
-from services.requestlog import RequestTrace
+from services.errors import internal_error
+from services.proxyproto import (
+    IPNetwork,
+    NothingSent,
+    ProxyProtocolError,
+    is_from,
+    read_header,
+    sends_signature,
+)
+from services.requestlog import RequestLog, RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +112,12 @@ class JsonHandler(tornado.web.RequestHandler):
         if self.request_id:
             self.set_header(REQUEST_ID_HEADER, self.request_id)
 
-    def check_request(self) -> None:
+    def check_request(self) -> Awaitable[None] | None:
         """What a handler checks from the headers alone (a key, say): raise ApiError to refuse
-        the request before any of its body is read."""
+        the request before any of its body is read. It may be a coroutine (a check that asks
+        another host): the body is read once it is done."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         self.trace = RequestTrace()
         requests = self.settings.get("request_log")
         if requests is not None:
@@ -108,7 +125,9 @@ class JsonHandler(tornado.web.RequestHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         try:
-            self.check_request()
+            checked = self.check_request()
+            if checked is not None:
+                await checked
             declared = self.request.headers.get("Content-Length")
             if declared is not None and not _LENGTH.fullmatch(declared.strip()):
                 raise ApiError(400, "the Content-Length header is not a number")
@@ -194,6 +213,21 @@ class JsonHandler(tornado.web.RequestHandler):
     def oversized(self) -> ApiError:
         return ApiError(413, f"request body larger than {self.max_body_bytes} bytes")
 
+    @property
+    def draining(self) -> bool:
+        """Whether the service is on its way out (``Drain``): its health check fails."""
+        drain = self.settings.get("drain")
+        return drain is not None and drain.draining
+
+    def finish(self, chunk: Any = None) -> Any:
+        if self.draining and not self._headers_written:
+            # Keep-alive clients go elsewhere: the answer says Connection: close, and the
+            # connection is closed once it is sent (Tornado's own flag for just that).
+            connection = self.request.connection
+            if isinstance(connection, HTTP1Connection):
+                connection._disconnect_on_finish = True
+        return super().finish(chunk)
+
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -201,7 +235,9 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if not isinstance(exc, ApiError):  # Tornado's own (405 for an unknown method, 500)
+        if status_code == 500 and not isinstance(exc, ApiError | tornado.web.HTTPError):
+            exc = internal_error()  # a bug (its traceback is in the log): never a bare 500
+        elif not isinstance(exc, ApiError):  # Tornado's own (405 for an unknown method)
             exc = ApiError(status_code, self._reason)
         self.finish(self._error_body(exc))
 
@@ -263,6 +299,10 @@ class ServerOptions:
     max_header_bytes: int | None = None    # request line and headers
     max_connections: int = 0               # clients at once; past it a 503 with Retry-After
     on_refused: Callable[[], None] | None = None  # called for each client refused so
+    # The load balancers (services.proxyproto) whose connections begin with a PROXY v2
+    # header, read in clear before TLS: the client's address is taken from it. Empty: none is
+    # read or looked for, as before the setting existed.
+    proxy_protocol_from: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,18 +320,29 @@ class Listener:
 
 
 class LimitedHTTPServer(HTTPServer):
-    """An HTTPServer that serves at most ``max_connections`` clients at once.
+    """An HTTPServer that serves at most ``max_connections`` clients at once, and may sit
+    behind a TCP load balancer that speaks the PROXY protocol.
 
     One over the limit gets a 503 with ``Retry-After`` and a closed connection (so a client
     sees why, and retries), on a short header timeout; past a tenth more the connection is
     closed at once, so the refusals themselves stay bounded.
+
+    With ``proxy_protocol_from`` the server is made without ``ssl_options`` and each
+    connection begins in clear (``_open``): from a balancer, its PROXY header must come first
+    and names the client; from anyone else a PROXY header is refused (it would be a client
+    choosing its own address), and anything else goes on as usual. TLS (``tls``) starts after
+    that, on the same stream.
     """
 
     def initialize(self, *args: Any, max_connections: int = 0,
-                   on_refused: Callable[[], None] | None = None, **kwargs: Any) -> None:
+                   on_refused: Callable[[], None] | None = None,
+                   proxy_protocol_from: tuple[IPNetwork, ...] = (),
+                   tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         self.on_refused = on_refused
+        self.proxy_protocol_from = proxy_protocol_from
+        self.tls = tls
         self.open_connections = 0
         self.refusing = 0
         self._warned_at = -10.0
@@ -299,8 +350,9 @@ class LimitedHTTPServer(HTTPServer):
             no_keep_alive=True, header_timeout=2.0,
             max_header_size=self.conn_params.max_header_size)
 
-    def handle_stream(self, stream: IOStream, address: tuple) -> None:
-        if self.max_connections and self.open_connections >= self.max_connections:
+    def handle_stream(self, stream: IOStream, address: tuple) -> Awaitable[None] | None:
+        refused = bool(self.max_connections) and self.open_connections >= self.max_connections
+        if refused:
             now = time_module.monotonic()
             if now - self._warned_at >= 10.0:  # a line now and then, not one per refusal
                 self._warned_at = now
@@ -310,16 +362,97 @@ class LimitedHTTPServer(HTTPServer):
                 self.on_refused()
             if self.refusing >= max(16, self.max_connections // 10):
                 stream.close()
-                return
+                return None
             self.refusing += 1
+        else:
+            self.open_connections += 1
+        if not self.proxy_protocol_from:
+            self._serve(stream, address, refused)
+            return None
+        # Counted from now on, while its header and handshake come: they hold a socket too.
+        return self._open_and_serve(stream, address, refused)
+
+    def _serve(self, stream: IOStream, address: tuple, refused: bool) -> None:
+        if refused:
             HTTP1ServerConnection(stream, self._refusal_params).start_serving(_Refusal(self))
-            return
-        self.open_connections += 1
-        super().handle_stream(stream, address)
+        else:
+            super().handle_stream(stream, address)
+
+    async def _open_and_serve(self, stream: IOStream, address: tuple, refused: bool) -> None:
+        """The connection's clear-text start and TLS, then HTTP; a connection closed before
+        HTTP is no longer counted. The task Tornado runs this in has no one to raise to."""
+        opened = None
+        try:
+            opened = await self._open(stream, address)
+        except asyncio.CancelledError:  # the service stops
+            pass
+        finally:
+            if opened is None:
+                if refused:
+                    self.refusing -= 1
+                else:
+                    self.open_connections -= 1
+        if opened is not None:
+            self._serve(*opened, refused)
+
+    async def _open(self, stream: IOStream, address: tuple) -> tuple[IOStream, tuple] | None:
+        """The stream to serve HTTP on (TLS started) and the client's address; None when the
+        connection is closed instead."""
+        idle = self.conn_params.header_timeout  # what a client has today for TLS and headers
+        peer = address[0]
+        try:
+            if is_from(peer, self.proxy_protocol_from):
+                header = await read_header(stream.socket)
+                if header.source is not None:  # PROXY; LOCAL (a health check) keeps its own
+                    address = header.source
+            else:
+                signature = await sends_signature(stream.socket, idle)
+                if signature:
+                    log.warning("refused a connection from %s: it sent a PROXY protocol header, "
+                                "which only the load balancers may send", peer)
+                if signature is not False:  # refused, or sent nothing, or closed
+                    stream.close()
+                    return None
+        except ProxyProtocolError as error:
+            if not isinstance(error, NothingSent):  # a bare TCP check is not worth a line
+                log.warning("closed a connection from the load balancer %s: %s", peer, error)
+            stream.close()
+            return None
+        except BaseException:
+            stream.close()
+            raise
+        if self.tls is None:
+            return stream, address
+        try:
+            # Cancelled on the timeout, the handshake's stream is closed by Tornado.
+            tls_stream = await asyncio.wait_for(stream.start_tls(True, self.tls), idle)
+        except (TimeoutError, StreamClosedError, ssl.SSLError, OSError):
+            return None  # the stream Tornado made for TLS is closed, and it logged why
+        return tls_stream, address
 
     def on_close(self, server_conn: object) -> None:
         self.open_connections -= 1
         super().on_close(server_conn)
+
+    def stop(self) -> None:
+        """Stop listening; the connections the kernel completed meanwhile are taken first and
+        served, not reset with the socket (when this process holds the port's last copy)."""
+        if not self._stopped:
+            for sock in self._sockets.values():
+                while True:
+                    try:
+                        connection, address = sock.accept()
+                    except ConnectionAbortedError:
+                        continue
+                    except OSError:  # nothing waiting (BlockingIOError), or closed
+                        break
+                    self._handle_connection(connection, address)
+        super().stop()
+
+    def writing(self) -> bool:
+        """Whether an answer is still on its way out on some connection."""
+        return any(conn.stream.writing() for conn in self._connections
+                   if conn.stream is not None and not conn.stream.closed())
 
 
 class _Refusal(httputil.HTTPServerConnectionDelegate):
@@ -353,17 +486,114 @@ def start_server(app: tornado.web.Application, address: str, port: int,
                  sockets: Sequence[socket.socket] | None = None) -> LimitedHTTPServer:
     """Serve ``app`` on ``address:port``, or on ``sockets`` already bound to it (a worker
     process serves the sockets its parent bound, shared by every worker)."""
-    server = LimitedHTTPServer(app, xheaders=False, ssl_options=options.ssl_context,
+    # A PROXY header comes before TLS: the server then starts TLS itself, after the header.
+    after_header = bool(options.proxy_protocol_from)
+    server = LimitedHTTPServer(app, xheaders=False,
+                               ssl_options=None if after_header else options.ssl_context,
                                idle_connection_timeout=options.idle_timeout,
                                body_timeout=options.body_timeout,
                                max_header_size=options.max_header_bytes,
                                max_connections=options.max_connections,
-                               on_refused=options.on_refused)
+                               on_refused=options.on_refused,
+                               proxy_protocol_from=options.proxy_protocol_from,
+                               tls=options.ssl_context if after_header else None)
     if sockets is None:
         server.listen(port, address)
     else:
         server.add_sockets(sockets)
     return server
+
+
+# Once a draining service stopped listening: how long its connections without a request in
+# flight have to send one before they are closed (one accepted last, still in its handshake).
+LAST_REQUEST_SECONDS = 0.5
+
+
+class Drain:
+    """How a service stops on SIGTERM (``run_server``), so that no client sees a request fail.
+
+    1. ``start``: ``draining`` is set. The health check answers 503 from now on (a load
+       balancer stops sending new connections), every answer closes its connection
+       (``Connection: close``: keep-alive clients reconnect, elsewhere once the balancer
+       knows), and the service decides what else it refuses (the Proxy: new transactions).
+    2. ``settle``: the service serves on as usual, new connections included, until it may stop
+       taking them: after ``grace`` seconds (long enough for the balancer's checks to notice);
+       the Proxy's returns once its open transactions have ended, within ``grace``.
+    3. It stops listening, and the requests in flight get up to ``finish`` seconds to be
+       answered and sent; then every connection is closed and the service's resources too.
+
+    SIGINT, or a second SIGTERM, skips what is left of it: the service stops at once.
+    """
+
+    def __init__(self, grace: float = 0.0, finish: float = 10.0) -> None:
+        self.grace = grace
+        self.finish = finish
+        self.draining = False
+
+    def start(self) -> None:
+        self.draining = True
+
+    async def settle(self) -> None:
+        """Return when the service may stop taking connections."""
+        if self.grace > 0:
+            await asyncio.sleep(self.grace)
+
+    def left_over(self) -> str | None:
+        """What the service still holds when ``settle`` was cut short (None: nothing)."""
+        return None
+
+
+async def _until(event: asyncio.Event, work: Awaitable[Any]) -> bool:
+    """Run ``work`` unless ``event`` comes first (then ``work`` is cancelled): True when
+    ``work`` finished."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, stop):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+    return task.done() and not task.cancelled()
+
+
+async def drain_servers(drain: Drain, servers: Sequence[LimitedHTTPServer],
+                        logs: Sequence[RequestLog], name: str, now: asyncio.Event) -> None:
+    """Steps 1 to 3 of ``Drain`` (``now``: stop at once, whatever step it is at)."""
+    began = time_module.monotonic()
+    log.info("%s: SIGTERM, draining: health check failing, serving on for up to %gs "
+             "(SIGTERM again or SIGINT: stop at once)", name, drain.grace)
+    drain.start()
+    settled = await _until(now, drain.settle())
+    left = drain.left_over()
+    if left:
+        log.warning("%s stops %s: %s", name, "at once" if now.is_set() else
+                    f"after its drain limit of {drain.grace:g}s", left)
+    for server in servers:
+        server.stop()
+    if now.is_set():
+        return
+    log.info("%s no longer accepting connections (after %.1fs%s)", name,
+             time_module.monotonic() - began, "" if settled else ", cut short")
+
+    def busy() -> bool:
+        return (any(requests.in_flight > 0 for requests in logs)
+                or any(server.writing() for server in servers))
+
+    async def quiet() -> None:
+        stopped = time_module.monotonic()
+        deadline = stopped + drain.finish
+        # A connection accepted last has a moment to send its request (then counted in flight).
+        while ((busy() or time_module.monotonic() < stopped + LAST_REQUEST_SECONDS)
+               and time_module.monotonic() < deadline):
+            await asyncio.sleep(0.02)
+
+    await _until(now, quiet())
+    if busy():
+        log.warning("%s: %d request(s) still in flight after %gs: cut", name,
+                    sum(requests.in_flight for requests in logs), drain.finish)
 
 
 MakeApp = Callable[[], Awaitable[tuple[tornado.web.Application, Callable]]]
@@ -373,16 +603,18 @@ WORKER_VARIABLES = ("SQLGATE_WORKER", "SQLGATE_WORKERS", "SQLGATE_RUNTIME_DIR")
 
 def serve(make_app: MakeApp, address: str, port: int, name: str,
           options: ServerOptions | None = None, also: Sequence[Listener] = (),
-          workers: int = 1) -> None:
-    """Run an application until SIGTERM/SIGINT, on uvloop, then close its resources.
+          workers: int = 1, stop_seconds: float | None = None) -> None:
+    """Run an application until SIGTERM/SIGINT, on uvloop, then close its resources: SIGTERM
+    drains first (the application's ``Drain``, in its settings), SIGINT stops at once.
 
     ``also``: more listeners of the same process (the Gatekeeper's plain-HTTP redirect).
     ``workers`` > 1: that many processes serve the same ports (``services.workers``); each
-    calls ``make_app`` itself, after the fork."""
+    calls ``make_app`` itself, after the fork, and one still running ``stop_seconds`` after
+    SIGTERM is killed."""
     if workers > 1:
         from services.workers import serve_workers  # the runner imports this module
 
-        serve_workers(make_app, address, port, name, options, also, workers)
+        serve_workers(make_app, address, port, name, options, also, workers, stop_seconds)
         return
     for variable in WORKER_VARIABLES:
         # One process is no worker, whatever its environment inherited from elsewhere says.
@@ -402,26 +634,52 @@ def run_server(make_app: MakeApp, address: str, port: int, name: str,
 
     async def main() -> None:
         app, close = await make_app()
-        listeners = [Listener(app, address, port, options,
-                              "https" if options.ssl_context else "http"), *also]
-        servers = []
+        drain = app.settings.setdefault("drain", Drain())
+        what = "https" if options.ssl_context else "http"
+        if options.proxy_protocol_from:
+            what += ", PROXY protocol from " + ", ".join(map(str, options.proxy_protocol_from))
+        listeners = [Listener(app, address, port, options, what), *also]
+        servers, logs = [], {}
         for number, listener in enumerate(listeners):
-            servers.append(start_server(listener_app(listener), listener.address,
-                                        listener.port, listener.options,
+            served = listener_app(listener)
+            served.settings.setdefault("drain", drain)  # the same way out for every port
+            requests = served.settings.get("request_log")
+            if requests is not None:
+                logs[id(requests)] = requests
+            servers.append(start_server(served, listener.address, listener.port,
+                                        listener.options,
                                         None if sockets is None else sockets[number]))
             log.info("%s listening on %s:%d (%s)", name, listener.address, listener.port,
                      listener.what)
-        stop = asyncio.Event()
+        # The first SIGTERM drains (Drain); SIGINT, or a second SIGTERM, stops at once. A
+        # worker takes only SIGINT for "at once": a service manager stopping the whole process
+        # group (systemd's default, supervisor's stopasgroup) sends it SIGTERM itself, and the
+        # parent passes its own on, so a worker gets two; the parent sends SIGINT for a second.
+        worker = sockets is not None
+        asked, now = asyncio.Event(), asyncio.Event()
+
+        def signalled(signo: int) -> None:
+            if signo == signal.SIGTERM and asked.is_set() and worker:
+                return
+            if signo != signal.SIGTERM or asked.is_set():
+                if not now.is_set():
+                    log.info("%s: %s, stopping at once", name, signal.Signals(signo).name)
+                now.set()
+            asked.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            loop.add_signal_handler(sig, signalled, sig)
+        await asked.wait()
+        if not now.is_set():
+            await drain_servers(drain, servers, list(logs.values()), name, now)
         log.info("%s stopping", name)
         for server in servers:
             server.stop()
         for server in servers:
             await server.close_all_connections()
         await close()
+        log.info("%s stopped", name)
 
     try:
         import uvloop

@@ -8,8 +8,9 @@ one ``json.dumps`` of fixed fields, written straight to stderr (the service's lo
 API keys or passwords: none of them is a field.
 
     {"ts": "2025-01-01T12:00:00.123Z", "service": "proxy", "worker": 0, "request_id": "...",
-     "key": "ci", "endpoint": "POST /query", "mode": "random", "query_type": "read",
-     "node": "replica1", "status": 200, "elapsed_ms": 1.234, "attempts": 1, "waited_ms": null}
+     "client": "10.0.0.21", "key": "ci", "endpoint": "POST /query", "mode": "random",
+     "query_type": "read", "node": "replica1", "status": 200, "elapsed_ms": 1.234,
+     "attempts": 1, "waited_ms": null}
 
 A request's metrics and line are made in batches, as nginx's ``access_log ... buffer= flush=``
 writes its lines: at most ``FLUSH_SECONDS`` after the first request waiting, as soon as
@@ -66,7 +67,9 @@ class RequestTrace:
 class Finished:
     """A request as its accounting saw it finish: what its metrics and its line are made of
     (the metric sets' ``record`` reads it). ``relayed``: the Gatekeeper relayed the Proxy's
-    answer."""
+    answer. ``client``: the peer's address (behind a load balancer that speaks the PROXY
+    protocol, the client's it named); None for a request that came over a unix socket (the
+    Proxy's workers pass each other requests so)."""
 
     at: float  # time.time() when it finished
     request_id: str | None
@@ -77,6 +80,13 @@ class Finished:
     trace: RequestTrace
     error_cause: str | None = None
     relayed: bool = False
+    client: str | None = None
+
+
+def client_address(remote_ip: str) -> str | None:
+    """A request's ``remote_ip`` for its line: Tornado says 0.0.0.0 for a unix socket's peer,
+    which is no address at all."""
+    return None if remote_ip == "0.0.0.0" else remote_ip
 
 
 def utc_timestamp(now: float) -> str:
@@ -121,6 +131,8 @@ class RequestLog:
         self._clock = _Clock()
         self._worker: int | None = None
         self._pending: list[Finished] = []  # counted and logged at the next flush
+        # Requests of this process being answered (what a stopping service waits for).
+        self.in_flight = 0
         self._flushing: asyncio.TimerHandle | None = None
         os.register_at_fork(after_in_child=self._forget_worker)
         atexit.register(self.flush)
@@ -129,6 +141,7 @@ class RequestLog:
     def _forget_worker(self) -> None:
         self._worker = None  # a forked worker learns its own index from its environment
         self._pending, self._flushing = [], None
+        self.in_flight = 0
 
     @property
     def worker(self) -> int:
@@ -146,14 +159,17 @@ class RequestLog:
         return self._metrics
 
     def started(self, handler: Any) -> None:
+        self.in_flight += 1
+        handler.in_flight_counted = True
         if self._metrics_of is not None:
             self.metrics.in_flight.inc()
-            handler.in_flight_counted = True
 
     def abandoned(self, handler: Any) -> None:
         if handler.in_flight_counted:
             handler.in_flight_counted = False
-            self.metrics.in_flight.dec()
+            self.in_flight -= 1
+            if self._metrics_of is not None:
+                self.metrics.in_flight.dec()
 
     def finished(self, handler: Any) -> None:
         self.abandoned(handler)
@@ -164,7 +180,8 @@ class RequestLog:
         if self._metrics_of is not None or self.enabled:
             self._keep(Finished(time.time(), handler.request_id, handler.key_name,
                                 handler.endpoint, status, seconds, handler.trace,
-                                handler.error_cause, getattr(handler, "relayed", False)))
+                                handler.error_cause, getattr(handler, "relayed", False),
+                                client_address(handler.request.remote_ip)))
         if not self.enabled and (status >= 500 or seconds > SLOW_SECONDS):
             log.warning("%d %s %s %.1fms request_id=%s", status, handler.request.method,
                         handler.endpoint, 1000.0 * seconds, handler.request_id)
@@ -197,6 +214,7 @@ class RequestLog:
             "service": service,
             "worker": worker,
             "request_id": request.request_id,
+            "client": request.client,
             "key": request.key,
             "endpoint": request.endpoint,
             "mode": request.trace.mode,

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 WORKER_VARIABLE, COUNT_VARIABLE, RUNTIME_VARIABLE = WORKER_VARIABLES
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE = 12.0     # seconds a worker has to stop after SIGTERM before it gets SIGKILL
+                      # (unless the service says how long its drain may take)
 START_GRACE = 10.0    # a worker that dies younger than this died "at start"
 MAX_START_DEATHS = 5  # deaths at start in a row, of any worker, before the parent gives up
 RESTART_DELAY = 0.1   # before a worker is started again; doubled per death at start, up to:
@@ -75,7 +76,8 @@ class Worker:
 
 
 def serve_workers(make_app: MakeApp, address: str, port: int, name: str,
-                  options: ServerOptions | None, also: Sequence[Listener], count: int) -> None:
+                  options: ServerOptions | None, also: Sequence[Listener], count: int,
+                  stop_seconds: float | None = None) -> None:
     """``services.http.serve`` over ``count`` worker processes; returns when all stopped."""
     logging.basicConfig(level=logging.INFO, force=True,
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
@@ -99,7 +101,16 @@ def serve_workers(make_app: MakeApp, address: str, port: int, name: str,
         def worker_main(index: int) -> None:
             run_server(make_app, address, port, f"{name}[w{index}]", options, also, sockets)
 
-        code = Supervisor(count, worker_main, name, root).run()
+        def close_sockets() -> None:
+            # Stopping, the parent starts no worker again: once the last worker stopped
+            # listening, the ports are closed and a new connection is refused, not left
+            # waiting in a backlog nobody accepts from.
+            for group in sockets:
+                for sock in group:
+                    sock.close()
+
+        code = Supervisor(count, worker_main, name, root, stop_seconds or STOP_GRACE,
+                          on_stop=close_sockets).run()
     finally:
         for group in sockets:
             for sock in group:
@@ -114,8 +125,12 @@ class Supervisor:
     are blocked and taken with ``sigtimedwait``, so no handler runs at an awkward moment and
     no signal is lost between two checks."""
 
-    def __init__(self, count: int, worker_main, name: str, root: Path) -> None:
+    def __init__(self, count: int, worker_main, name: str, root: Path,
+                 stop_grace: float = STOP_GRACE,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self.root = root
+        self.stop_grace = stop_grace  # seconds the workers have to stop after SIGTERM
+        self.on_stop = on_stop  # called once, when the workers are told to stop
         self.count = count
         self.worker_main = worker_main
         self.name = name
@@ -151,16 +166,25 @@ class Supervisor:
         return 1 if self.failed else 0
 
     def stop(self, signo: int = signal.SIGTERM) -> None:
-        """Pass the signal on to every worker; those still running after STOP_GRACE are
-        killed."""
+        """Pass the signal on to every worker: a first SIGTERM as it is (each worker drains),
+        SIGINT or any signal after the first as SIGINT (each stops at once: a worker takes a
+        SIGTERM only once, since a service manager stopping the process group sends it one
+        too). Those still running after ``stop_grace`` are killed."""
+        forward = signo
         if not self.stopping:
             log.info("%s: %s, stopping the workers", self.name, signal.Signals(signo).name)
             self.stopping = True
             self.restarts.clear()
-            self.kill_at = time.monotonic() + STOP_GRACE
+            self.kill_at = time.monotonic() + self.stop_grace
+            if self.on_stop is not None:
+                self.on_stop()
+        else:
+            log.info("%s: %s again, stopping the workers at once", self.name,
+                     signal.Signals(signo).name)
+            forward = signal.SIGINT
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signo)
+                os.kill(pid, forward)
 
     def _timeout(self) -> float:
         due = [*self.restarts.values(), *([self.kill_at] if self.kill_at else [])]
@@ -172,7 +196,7 @@ class Supervisor:
         if self.stopping:
             if self.kill_at is not None and now >= self.kill_at and self.children:
                 log.warning("%s: %d worker(s) still running after %gs: killing them",
-                            self.name, len(self.children), STOP_GRACE)
+                            self.name, len(self.children), self.stop_grace)
                 for pid in self.children:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

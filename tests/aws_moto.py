@@ -168,3 +168,37 @@ def run_bootstrap(capsys, *argv: str) -> tuple[int, str, str]:
 
 def bootstrap_up(capsys, *extra: str) -> tuple[int, str, str]:
     return run_bootstrap(capsys, "up", "--admin-cidr", ADMIN_CIDR, *extra)
+
+
+def load_balancing(elbv2) -> dict:
+    """Everything Elastic Load Balancing holds in the region, comparable between two calls:
+    each load balancer with its tags and listeners, each target group with its tags,
+    attributes and targets."""
+    def tags(arn: str) -> dict[str, str]:
+        described = elbv2.describe_tags(ResourceArns=[arn])["TagDescriptions"][0]
+        return {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+
+    balancers = {}
+    for lb in elbv2.describe_load_balancers()["LoadBalancers"]:
+        arn = lb["LoadBalancerArn"]
+        listeners = elbv2.describe_listeners(LoadBalancerArn=arn)["Listeners"]
+        balancers[lb["LoadBalancerName"]] = {
+            **{k: lb.get(k) for k in ("LoadBalancerArn", "DNSName", "Type", "Scheme", "VpcId",
+                                      "SecurityGroups", "IpAddressType")},
+            "subnets": sorted(z["SubnetId"] for z in lb.get("AvailabilityZones", [])),
+            "tags": tags(arn),
+            "listeners": {ls["Port"]: (ls["ListenerArn"], ls["Protocol"], ls["DefaultActions"])
+                          for ls in listeners},
+        }
+    groups = {}
+    for group in elbv2.describe_target_groups()["TargetGroups"]:
+        arn = group["TargetGroupArn"]
+        health = elbv2.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+        groups[group["TargetGroupName"]] = {
+            **group,
+            "tags": tags(arn),
+            "attributes": {a["Key"]: a["Value"] for a in elbv2.describe_target_group_attributes(
+                TargetGroupArn=arn)["Attributes"]},
+            "targets": sorted((d["Target"]["Id"], d["Target"].get("Port")) for d in health),
+        }
+    return {"load_balancers": balancers, "target_groups": groups}

@@ -53,8 +53,11 @@ def proxy_service(cluster: MariaDBCluster, log_path: Path | None = None,
 
 @pytest.fixture(scope="session")
 def proxy(db_cluster, tmp_path_factory) -> Iterator[ServiceProcess]:
+    # Tests send up to 16 requests at once without a key name (one anonymous key), to touch
+    # every pooled connection: the whole pool is that key's share.
     service = proxy_service(db_cluster, tmp_path_factory.mktemp("logs") / "proxy.log",
-                            PROXY_MAX_ROWS="100", PROXY_QUERY_TIMEOUT="2")
+                            PROXY_MAX_ROWS="100", PROXY_QUERY_TIMEOUT="2",
+                            PROXY_MAX_STATEMENTS_PER_KEY="16")
     with service.running():
         yield service
 

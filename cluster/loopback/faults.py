@@ -2,6 +2,9 @@
 
 A slow node is the fault that timing-based routing must notice; a CPU quota makes one
 MariaDB server slow without touching the others, and is undone by moving the process back.
+The same quota, given to each service process alike, makes processes sharing one machine
+behave like hosts of their own (``loadtest.bench_scaleout``); ``cpu_stat`` says whether the
+quota actually held a group back (its throttled periods).
 """
 
 from __future__ import annotations
@@ -45,3 +48,16 @@ def cpu_limited(pid: int, percent: float, name: str) -> Iterator[Path]:
             for member in (group / "cgroup.procs").read_text().split():
                 (hierarchy / "cgroup.procs").write_text(member)
         os.rmdir(group)
+
+
+def cpu_stat(group: Path) -> dict[str, int]:
+    """A group's ``cpu.stat``: ``nr_periods`` (quota periods in which it ran),
+    ``nr_throttled`` (those it used up its quota in and waited), and the time it waited
+    (``throttled_time`` in ns on v1, ``throttled_usec`` on v2). A growing ``nr_throttled`` is
+    the proof that the quota, not the work offered, set the group's pace."""
+    stat: dict[str, int] = {}
+    for line in (group / "cpu.stat").read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            stat[name] = int(value)
+    return stat

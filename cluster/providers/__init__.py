@@ -62,6 +62,16 @@ class Provider(ABC):
     def rebuild(self, args: argparse.Namespace) -> int:
         return self._run("rebuild", args)
 
+    # The service hosts restarted one at a time (``restart --rolling``: salt/orch/rolling.sls
+    # on the master, cluster.rolling), with no request failing.
+    def restart(self, args: argparse.Namespace) -> int:
+        return self._run("restart", args)
+
+    # An operator's Salt command on the cluster's master (``salt TARGET FUNCTION ARGS...``),
+    # its output as Salt prints it, its exit code.
+    def salt(self, args: argparse.Namespace) -> int:
+        return self._run("run_salt", args)
+
 
 def providers() -> dict[str, type[Provider]]:
     """Every provider of this package, by name."""

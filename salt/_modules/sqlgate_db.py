@@ -269,6 +269,7 @@ FLAVOUR_SQL = {
                      "@@gtid_slave_pos",
         "semi_sync": ("Rpl_semi_sync_master_status", "Rpl_semi_sync_slave_status"),
         "semi_sync_enabled": ("rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled"),
+        "semi_sync_clients": "Rpl_semi_sync_master_clients",
         "promote": ["STOP SLAVE", "RESET SLAVE ALL"],
         "open_writes": ["SET GLOBAL rpl_semi_sync_master_enabled = ON",
                         "SET GLOBAL read_only = OFF"],
@@ -278,6 +279,8 @@ FLAVOUR_SQL = {
         "wait": "SELECT MASTER_GTID_WAIT({pos}, {timeout})",
         # The IO thread's received position, under replica_status's names.
         "received": "Gtid_IO_Pos",
+        # The IO thread's connection, killed before STOP (stop_io).
+        "io_thread": "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'",
         # A node that was no replica (a former primary) starts from what its binary log has.
         "start_from_binlog": "SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos",
     },
@@ -286,6 +289,7 @@ FLAVOUR_SQL = {
                      "@@gtid_executed",
         "semi_sync": ("Rpl_semi_sync_source_status", "Rpl_semi_sync_replica_status"),
         "semi_sync_enabled": ("rpl_semi_sync_source_enabled", "rpl_semi_sync_replica_enabled"),
+        "semi_sync_clients": "Rpl_semi_sync_source_clients",
         "promote": ["STOP REPLICA", "RESET REPLICA ALL", "SET GLOBAL super_read_only = OFF"],
         "open_writes": ["SET GLOBAL rpl_semi_sync_source_enabled = ON",
                         "SET GLOBAL read_only = OFF"],
@@ -294,6 +298,8 @@ FLAVOUR_SQL = {
         "stop_writes": ["SET GLOBAL super_read_only = ON"],
         "wait": "SELECT WAIT_FOR_EXECUTED_GTID_SET({pos}, {timeout})",
         "received": "Retrieved_Gtid_Set",
+        "io_thread": "SELECT PROCESSLIST_ID FROM performance_schema.threads "
+                     "WHERE NAME = 'thread/sql/replica_io'",
         "start_from_binlog": "",
     },
 }
@@ -346,9 +352,11 @@ def _status_variables(names, client=None, socket=None):
     return {row[0].lower(): row[1] for row in rows if len(row) == 2}
 
 
-def _epoch_row(client=None, socket=None):
-    """The epoch row, or None when the table or the row is not there."""
-    if not table_exists(EPOCH_SCHEMA, "epoch", client=client, socket=socket):
+def _epoch_row(client=None, socket=None, table_known=False):
+    """The epoch row, or None when the table or the row is not there (``table_known``: the
+    caller saw the table)."""
+    if not table_known and not table_exists(EPOCH_SCHEMA, "epoch", client=client,
+                                            socket=socket):
         return None
     rows = query("SELECT epoch, primary_host, promoted FROM sqlgate.epoch WHERE id = 1",
                  client=client, socket=socket)
@@ -376,8 +384,20 @@ def node_state(client=None, socket=None):
     """
     name, sql = _flavour(client)
     answer = {"flavour": "mysql" if name == "mysql" else "mariadb"}
+    source, replica_side = sql["semi_sync"]
+    # One client run for every one-row read (a failover asks this of every node, on hosts
+    # that may be short of CPU): the positions, semi-sync's variables (NULL where a MySQL
+    # plugin is not loaded) and status, and whether the epoch table is there.
+    reads = [sql["positions"],
+             "SELECT " + ", ".join(_global("VARIABLES", variable)
+                                   for variable in sql["semi_sync_enabled"]),
+             "SELECT " + ", ".join(_global("STATUS", variable)
+                                   for variable in (source, replica_side)),
+             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
+             f"{sql_literal(EPOCH_SCHEMA)} AND table_name = 'epoch'"]
     try:
-        (row,) = query(sql["positions"], client=client, socket=socket)
+        row, enabled, statuses, epoch_table = query(";\n".join(reads) + ";\n",
+                                                    client=client, socket=socket)
     except (CommandExecutionError, ValueError) as error:
         answer.update(running=False, error=str(error)[:300])
         return answer
@@ -397,30 +417,33 @@ def node_state(client=None, socket=None):
             "last_io_error": status.get("Last_IO_Error", ""),
             "last_sql_error": status.get("Last_SQL_Error", ""),
             "relay_applied": _applied(received, current, answer["flavour"], client, socket),
+            "lost_seconds": _lost_seconds(),
         }
     answer["replica"] = replica
-    source, replica_side = sql["semi_sync"]
-    enabled = dict(zip(sql["semi_sync_enabled"], query(
-        "SELECT " + ", ".join(f"@@{name}" for name in sql["semi_sync_enabled"]),
-        client=client, socket=socket)[0], strict=False)) if _has_semi_sync(sql, client, socket) \
-        else {}
-    statuses = _status_variables((source, replica_side), client=client, socket=socket)
     answer["semi_sync"] = {
-        "primary_enabled": enabled.get(sql["semi_sync_enabled"][0]) in ("1", "ON"),
-        "primary_status": statuses.get(source.lower(), "") == "ON",
-        "replica_enabled": enabled.get(sql["semi_sync_enabled"][1]) in ("1", "ON"),
-        "replica_status": statuses.get(replica_side.lower(), "") == "ON",
+        "primary_enabled": enabled[0] in ("1", "ON"),
+        "primary_status": statuses[0] == "ON",
+        "replica_enabled": enabled[1] in ("1", "ON"),
+        "replica_status": statuses[1] == "ON",
     }
-    answer["epoch"] = _epoch_row(client=client, socket=socket)
+    answer["epoch"] = (_epoch_row(client=client, socket=socket, table_known=True)
+                       if epoch_table == ["1"] else None)
     return answer
 
 
-def _has_semi_sync(sql, client, socket):
-    """Whether the semi-sync variables exist (MariaDB: always; MySQL: with the plugins)."""
-    literal = ", ".join(sql_literal(name) for name in sql["semi_sync_enabled"])
-    rows = query("SELECT COUNT(*) FROM information_schema.GLOBAL_VARIABLES "
-                 f"WHERE VARIABLE_NAME IN ({literal.upper()})", client=client, socket=socket)
-    return rows == [[str(len(sql["semi_sync_enabled"]))]]
+def _global(kind, name):
+    """A subquery reading one global variable (``kind`` VARIABLES) or status variable
+    (STATUS): NULL, not an error, when the server has no such variable."""
+    return (f"(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_{kind} "
+            f"WHERE VARIABLE_NAME = {sql_literal(name.upper())})")
+
+
+def _lost_seconds():
+    """How long this replica's watch job has seen its source lost (None: not lost), from the
+    watch's file: the runner waits on it before it promotes while a lost primary's minion is
+    silent, so that the primary had time to fence itself (watch)."""
+    since = _watch_state(f"{__opts__['cachedir']}/{WATCH_FILE}").get("lost_since")  # noqa: F821
+    return None if since is None else round(time.time() - float(since), 3)
 
 
 def _applied(received, current, flavour, client, socket):
@@ -434,17 +457,64 @@ def _applied(received, current, flavour, client, socket):
     return rows == [["1"]]
 
 
-def stop_io(client=None, socket=None):
+def stop_io(apply_timeout=None, client=None, socket=None):
     """Stop the IO thread: the node receives nothing more from its source (the old primary,
-    which may still be writing somewhere), and what it holds can be compared. Answers the
-    node's state after (``node_state``): one round trip for the runner.
+    which may still be writing somewhere), and what it holds can be compared. With
+    ``apply_timeout``, then wait that long for it to apply its relay log, so that whichever
+    replica is promoted, its binary log already holds what every other one applied (they
+    can follow it at once). Answers the node's state after (``node_state``, whose
+    ``replica.relay_applied`` says whether it did, and ``took``: the seconds each part
+    took): one round trip for the runner.
 
     CLI Example::
 
-        salt -L replica1,replica2 sqlgate_db.stop_io
+        salt -L replica1,replica2 sqlgate_db.stop_io apply_timeout=30
     """
+    began = time.monotonic()
+    # STOP alone waits about 2 s for an IO thread blocked reading from a source whose link
+    # is cut (the server's first wake-up does not reach it); a KILL of its connection shuts
+    # the socket and it ends at once (0.2 s on the namespace cluster).
+    _, sql = _flavour(client)
+    for (ident,) in query(sql["io_thread"], client=client, socket=socket):
+        with contextlib.suppress(CommandExecutionError):  # it ended by itself meanwhile
+            execute(f"KILL {int(ident)}", client=client, socket=socket)
     execute("STOP REPLICA IO_THREAD", client=client, socket=socket)
-    return node_state(client=client, socket=socket)
+    took = {"stop": time.monotonic() - began}
+    if apply_timeout is not None:
+        wait_applied(timeout=apply_timeout, client=client, socket=socket)
+        took["apply"] = time.monotonic() - began - took["stop"]
+    state = node_state(client=client, socket=socket)
+    took["state"] = time.monotonic() - began - sum(took.values())
+    # How long each part took (the runner's timeline keeps it).
+    state["took"] = {part: round(seconds, 3) for part, seconds in took.items()}
+    return state
+
+
+def failover_check(stop_if_lost=3, apply_timeout=30, client=None, socket=None):
+    """A node's part of the runner's failure check, as one answer (``node_state``). A replica
+    that has lost its source (its IO thread not running, or its watch job's probe failing for
+    ``stop_if_lost`` seconds) also does what the runner would ask of it next: its IO thread
+    stopped and its relay log applied (``stop_io``), answering ``stopped: True`` when it was
+    running (``False``: someone else had stopped it, and it stays stopped). On a host
+    short of CPU that saves a Salt round trip between the check and the promotion; when the
+    runner decides against a failover it starts the stopped IO threads again. A replica that
+    still receives, and any other node, is left as it is.
+
+    CLI Example::
+
+        salt -L primary,replica1,replica2 sqlgate_db.failover_check stop_if_lost=3
+    """
+    state = node_state(client=client, socket=socket)
+    replica = state.get("replica") or {}
+    if not state.get("running") or not replica:
+        return state
+    io, lost = replica.get("io_running"), replica.get("lost_seconds")
+    if io == "Yes" and (lost is None or lost < float(stop_if_lost)):
+        return state
+    state = stop_io(apply_timeout=apply_timeout, client=client, socket=socket)
+    # An IO thread someone else had stopped (No) is none of the runner's to start again.
+    state["stopped"] = io != "No"
+    return state
 
 
 def wait_applied(timeout=30, position=None, client=None, socket=None):
@@ -471,7 +541,8 @@ def wait_applied(timeout=30, position=None, client=None, socket=None):
     return rows == [["0"]]
 
 
-def promote(epoch, host, steps=None, client=None, socket=None):
+def promote(epoch, host, steps=None, replica_wait=0, position=None, apply_timeout=None,
+            client=None, socket=None):
     """Make this node the primary of ``epoch``, in docs/failover.md's order: replication
     stopped and forgotten (the flavour's ``promote``), the epoch row written (``epoch_write``,
     with ``epoch`` and ``host``), then ``open_writes``: the primary side of semi-sync and
@@ -479,9 +550,18 @@ def promote(epoch, host, steps=None, client=None, socket=None):
     may. ``steps``: ``{promote, epoch_write, open_writes}`` from flavours.yaml and
     defaults.yaml (the runner and the states pass them); by default FLAVOUR_SQL's.
 
+    ``replica_wait`` (the runner's calls): after the primary side of semi-sync is on, wait up
+    to that long for a semi-sync replica to connect before ``read_only`` goes OFF (the runner
+    repoints the other replicas meanwhile, in the same round trip), so that the first writes
+    are acknowledged by a replica instead of waiting out semi-sync's timeout and answering
+    outcome unknown. ``position`` (a switchover: where the old primary's writes stopped):
+    first wait up to ``apply_timeout`` seconds until the node applied it; refused, nothing
+    changed, when it did not.
+
     Refused (an error, nothing changed) when the node's epoch row is already at ``epoch`` or
     beyond for another host: a late or repeated promotion never goes back in time. Answers
-    the node's GTID position before its own first write (``fork_gtid_pos``).
+    the node's GTID position before its own first write (``fork_gtid_pos``) and the semi-sync
+    replicas connected when writes opened.
 
     CLI Example::
 
@@ -493,6 +573,11 @@ def promote(epoch, host, steps=None, client=None, socket=None):
     _, sql = _flavour(client)
     steps = {"promote": sql["promote"], "epoch_write": EPOCH_WRITE,
              "open_writes": sql["open_writes"], **(steps or {})}
+    apply_timeout = float(apply_timeout or 30)
+    if position and not wait_applied(timeout=apply_timeout, position=position,
+                                     client=client, socket=socket):
+        raise CommandExecutionError(f"did not apply {position} within {apply_timeout:g}s: "
+                                    "not promoted")
     row = _epoch_row(client=client, socket=socket)
     if row and (row["epoch"] > epoch or (row["epoch"] == epoch and row["primary_host"] != host)):
         raise CommandExecutionError(
@@ -502,10 +587,27 @@ def promote(epoch, host, steps=None, client=None, socket=None):
     # Where its history forks from the old primary's, before it writes anything of its own:
     # what a rejoining node is checked against (errant's fork_gtid_pos).
     fork = query(sql["positions"], client=client, socket=socket)[0][3]
+    # open_writes ends with read_only OFF; a semi-sync replica is waited for before it.
+    *before, last = steps["open_writes"]
     statements = [f"CREATE DATABASE IF NOT EXISTS {EPOCH_SCHEMA}", EPOCH_TABLE_SQL,
-                  steps["epoch_write"].format(epoch=epoch, host=host), *steps["open_writes"]]
+                  steps["epoch_write"].format(epoch=epoch, host=host), *before]
     execute(";\n".join(statements) + ";\n", client=client, socket=socket)
-    return {"epoch": epoch, "primary_host": host, "fork_gtid_pos": fork}
+    clients = _wait_semi_sync_clients(sql["semi_sync_clients"], float(replica_wait or 0),
+                                      client, socket)
+    execute(last + ";\n", client=client, socket=socket)
+    return {"epoch": epoch, "primary_host": host, "fork_gtid_pos": fork,
+            "semi_sync_clients": clients}
+
+
+def _wait_semi_sync_clients(name, seconds, client, socket):
+    """How many semi-sync replicas are connected, waiting up to ``seconds`` for one."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = _status_variables((name,), client=client, socket=socket).get(name.lower())
+        count = int(found) if (found or "").isdigit() else 0
+        if count or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.05)
 
 
 def fence(steps=None, client=None, socket=None, planned=False):
@@ -520,8 +622,9 @@ def fence(steps=None, client=None, socket=None, planned=False):
     refused as read-only, which the Proxy sends on to the next primary: nothing is cut off
     with an unknown outcome.
 
-    Answers how many connections were killed; a server that does not answer is an error (the
-    runner then closes its port instead). ``steps``: ``{fence, stop_writes}`` from
+    Answers how many connections were killed (planned: and ``gtid_binlog_pos``, the position
+    its last write reached, which the candidate waits for); a server that does not answer is
+    an error (the runner then closes its port instead). ``steps``: ``{fence, stop_writes}`` from
     flavours.yaml.
 
     CLI Example::
@@ -533,13 +636,14 @@ def fence(steps=None, client=None, socket=None, planned=False):
     if planned:
         statements = steps.get("stop_writes") or sql["stop_writes"]
         script = ";\n".join(["SET SESSION lock_wait_timeout = 5", *statements]) + ";\n"
+        killed = 0
         try:
             execute(script, client=client, socket=socket)
-            return {"read_only": True, "killed": 0}
         except CommandExecutionError:  # an open transaction held it up: cut off, once more
             killed = _kill_clients(client, socket)
             execute(script, client=client, socket=socket)
-            return {"read_only": True, "killed": killed}
+        position = query(sql["positions"], client=client, socket=socket)[0][3]
+        return {"read_only": True, "killed": killed, "gtid_binlog_pos": position}
     statements = steps.get("fence") or sql["fence"]
     killed = _kill_clients(client, socket)
     execute(";\n".join(["SET SESSION lock_wait_timeout = 5", *statements]) + ";\n",
@@ -706,8 +810,27 @@ def current_primary(pillar=None):
                  if host.get("role") == "primary"), None)
 
 
+def _answers(address, port=3306, timeout=1.0):
+    """Whether a database server greets a new connection at ``address:port`` within
+    ``timeout`` seconds (the server speaks first in the MySQL protocol): its host is reachable
+    and the server is not hung. Closed before the handshake, like ``_reachable``'s."""
+    if not address:
+        return False
+    deadline = time.monotonic() + float(timeout)
+    try:
+        with sockets.create_connection((address, int(port)), timeout=float(timeout)) as conn:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            return bool(conn.recv(4))
+    except OSError:
+        return False
+
+
 def _reachable(address, port=3306, timeout=0.5):
-    """Whether a TCP connection to ``address:port`` opens (or is refused: the host answers)."""
+    """Whether a TCP connection to ``address:port`` opens (or is refused: the host answers).
+    The connection is closed before the server's handshake: with ``skip_name_resolve`` (every
+    server's option file) MariaDB counts it in Aborted_connects but never blocks the host."""
+    if not address:
+        return False
     try:
         with sockets.create_connection((address, int(port)), timeout=timeout):
             return True
@@ -748,14 +871,16 @@ def _self_fence(state, now, fence_seconds, steps, client, socket):
 
 
 def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None,
-          fence_seconds=2, fence_steps=None):
+          fence_seconds=2, fence_steps=None, probe_seconds=0.5):
     """One look at this node's replication, every second (a scheduled job): the reason a
     failover starts, and the periodic reconcile that covers an event the master lost.
 
-    - A replica whose IO thread has not been connected to its source for ``detect_seconds``
-      fires ``sqlgate/db/primary-unreachable`` (with its source, IO state and error), again
-      every ``refire_seconds`` while that lasts. A blip shorter than ``detect_seconds`` fires
-      nothing.
+    - A replica whose IO thread has not been connected to its source for ``detect_seconds``,
+      or whose source has not greeted a new connection within ``probe_seconds`` for as long
+      (a cut link or a hung server, which the IO thread notices only after
+      ``slave_net_timeout``), fires ``sqlgate/db/primary-unreachable`` (with its source, IO
+      state and error), again every ``refire_seconds`` while that lasts. A blip shorter than
+      ``detect_seconds`` fires nothing.
     - A node that is not the pillar's primary and replicates from nobody (a former primary
       started again, read-only) fires ``sqlgate/db/rejoin``: the runner decides whether it
       follows the new primary or is quarantined.
@@ -779,7 +904,11 @@ def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None
     if status:
         io = status.get("Replica_IO_Running", "")
         seen["io_running"] = io
-        if io == "Yes":
+        # A cut link or a hung server leaves the IO thread "Yes" until slave_net_timeout: a
+        # source that does not greet a new connection within probe_seconds is lost too.
+        seen["source_answers"] = io == "Yes" and _answers(
+            status.get("Source_Host", ""), status.get("Source_Port") or 3306, probe_seconds)
+        if seen["source_answers"]:
             state.pop("lost_since", None)
             _watch_state(path, state)
             return seen

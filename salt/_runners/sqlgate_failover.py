@@ -36,8 +36,10 @@ own pillar and file roots, and uses only Salt and the standard library (the AWS 
 Salt's onedir).
 """
 
+import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -57,8 +59,8 @@ TIMELINE_FILE = "timeline.json"
 PILLAR_FILE = "sqlgate/failover.sls"
 DB_ROLES = ("primary", "replica")
 # The formula's defaults for these (defaults.yaml's sqlgate:failover wins when readable).
-DEFAULTS = {"detect_seconds": 3, "refire_seconds": 5, "block_seconds": 3600,
-            "check_timeout": 5, "apply_timeout": 30}
+DEFAULTS = {"watch_seconds": 1, "detect_seconds": 3, "refire_seconds": 5, "fence_seconds": 2,
+            "block_seconds": 3600, "check_timeout": 5, "apply_timeout": 30, "replica_wait": 5}
 HISTORY_KEPT = 50
 PROXY_PORT = 5000
 
@@ -192,35 +194,70 @@ class Cluster:
 
 # --- the minions ----------------------------------------------------------------------------
 
-def _ask(targets, function, arg=(), kwarg=None, timeout=5):
+def _ask(targets, function, arg=(), kwarg=None, timeout=5, enough=None, grace=1.0):
     """``function`` on ``targets``: the answers by minion; a minion that did not answer in
-    ``timeout`` seconds is absent, one whose function failed answers its error text."""
+    ``timeout`` seconds is absent, one whose function failed answers its error text.
+
+    ``timeout`` is a deadline, not Salt's "wait, then ask the minions whether they still run
+    the job": a minion whose host is cut off never answers, and a failover cannot wait out
+    Salt's job-gathering rounds for it. ``enough``: once these targets answered, the others
+    get ``grace`` seconds more."""
     if not targets:
         return {}
     client = salt.client.get_local_client(_opts()["conf_file"])
+    answers, started = {}, time.monotonic()
+    deadline, wanted = started + float(timeout), set(targets)
+    enough = set(enough or ()) & wanted
     try:
-        return client.cmd(list(targets), function, arg=list(arg), kwarg=kwarg or {},
-                          tgt_type="list", timeout=timeout) or {}
+        for reply in client.cmd_iter_no_block(
+                list(targets), function, arg=list(arg), kwarg=kwarg or {}, tgt_type="list",
+                timeout=timeout, gather_job_timeout=1):
+            for minion, data in (reply or {}).items():
+                answers[minion] = data.get("ret") if isinstance(data, dict) else data
+            now = time.monotonic()
+            if wanted <= set(answers) or now >= deadline:
+                break
+            if enough and enough <= set(answers):
+                deadline = min(deadline, now + float(grace))
+                enough = set()
+            if not reply:
+                time.sleep(0.02)
     except Exception as error:  # a master that cannot publish: nobody answers
         log.warning("sqlgate_failover: %s on %s: %s", function, targets, error)
-        return {}
+    return answers
+
+
+def _together(*calls):
+    """Several ``_ask`` calls (each a ``(targets, function, arg, kwarg, timeout)`` tuple) at
+    once, each on its own Salt client: a step that changes several nodes in different ways
+    costs one round trip, not one per node. Their answers, in order."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(_ask, *call) for call in calls]
+        return [future.result() for future in futures]
 
 
 def _states(cluster, nodes, timeout):
-    answers = _ask(nodes, "sqlgate_db.node_state", timeout=timeout)
+    return _node_states(nodes, _ask(nodes, "sqlgate_db.node_state", timeout=timeout))
+
+
+def _node_states(nodes, answers):
     return {node: answers[node] if isinstance(answers.get(node), dict) else None
             for node in nodes}
 
 
-def _proxy_view(cluster, timeout):
-    """What the Proxies see of each database node: ``{node: up}`` (True, False or None)."""
+def _proxy_call(cluster, timeout):
+    """The ``_ask`` call that reads each Proxy's /health on its host."""
     tls, me = cluster.tls_dir, "{{ grains.id }}"
     command = (f"curl -s --max-time 3 --cacert {tls}/ca.crt --cert {tls}/{me}.crt "
                f"--key {tls}/{me}.key --resolve {me}:{PROXY_PORT}:127.0.0.1 "
                f"https://{me}:{PROXY_PORT}/health")
+    return cluster.proxies, "cmd.run", [command], {"template": "jinja"}, timeout
+
+
+def _proxy_view(answers):
+    """What the Proxies see of each database node: ``{node: up}`` (True, False or None)."""
     view = {}
-    for answer in _ask(cluster.proxies, "cmd.run", [command], {"template": "jinja"},
-                       timeout=timeout).values():
+    for answer in answers.values():
         try:
             nodes = json.loads(answer)["nodes"]
         except (TypeError, ValueError, KeyError):
@@ -246,6 +283,18 @@ def _state_dir():
     os.makedirs(path, mode=0o700, exist_ok=True)
     _own(path)
     return path
+
+
+def _one_at_a_time(function):
+    """A runner function that runs only while it holds the lock (``_single_flight``): a
+    call while another run holds it answers ``already running`` and changes nothing."""
+    @functools.wraps(function)  # Salt reads the arguments through __wrapped__
+    def run(*args, **kwargs):
+        with _single_flight() as held:
+            if not held:
+                return {"result": "already running"}
+            return function(*args, **kwargs)
+    return run
 
 
 @contextlib.contextmanager
@@ -307,11 +356,24 @@ def _fire(tag, data):
 
 # --- the check ------------------------------------------------------------------------------
 
-def _assess(cluster, timeout):
-    """Whether the primary failed, from every side; the node states seen on the way."""
+def _assess(cluster, timeout, stop_lost=False):
+    """Whether the primary failed, from every side; the node states seen on the way.
+    ``stop_lost``: the replicas that lost the primary stop their IO threads and apply their
+    relay logs in the same round trip (``sqlgate_db.failover_check``; ``stopped`` in their
+    states), which the caller undoes when it does not fail over."""
     nodes = cluster.db_hosts
-    states = _states(cluster, nodes, timeout)
-    proxy = _proxy_view(cluster, timeout)
+    settings = cluster.settings
+    if stop_lost:
+        call = ("sqlgate_db.failover_check", (), {"stop_if_lost": settings["detect_seconds"],
+                                                  "apply_timeout": settings["apply_timeout"]},
+                timeout + settings["apply_timeout"])
+    else:
+        call = ("sqlgate_db.node_state", (), None, timeout)
+    # All at once; a primary whose minion is silent (its host cut off) is waited for only
+    # half a second longer than the replicas.
+    answers, proxies = _together((nodes, *call, cluster.replicas, 0.5),
+                                 _proxy_call(cluster, timeout))
+    states, proxy = _node_states(nodes, answers), _proxy_view(proxies)
     primary = states.get(cluster.primary)
     replicas = {node: states[node] for node in cluster.replicas}
     view = {
@@ -329,8 +391,11 @@ def _assess(cluster, timeout):
         replica = state.get("replica") or {}
         io = replica.get("io_running", "")
         following = replica.get("source_host")
-        view["replicas"][node] = f"IO {io or 'none'} from {following or 'nobody'}"
-        if io == "Yes":
+        # Its watch job's probe (lost_seconds) sees a cut link long before the IO thread.
+        probe = replica.get("lost_seconds")
+        view["replicas"][node] = (f"IO {io or 'none'} from {following or 'nobody'}"
+                                  + ("" if probe is None else f", lost {probe}s"))
+        if io == "Yes" and probe is None:
             connected += 1
         else:
             lost += 1
@@ -375,12 +440,17 @@ def _rank(state):
             _size(state.get("gtid_current_pos", "")))
 
 
+def _gtid_items(position):
+    """The items of a GTID position or set: MariaDB's ``domain-server-seqno``, MySQL's
+    ``uuid:intervals`` (MySQL prints long sets over several lines)."""
+    for item in (position or "").replace("\n", "").split(","):
+        if item.strip():
+            yield item.strip()
+
+
 def _size(position):
     total = 0
-    for item in (position or "").replace("\n", "").split(","):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _gtid_items(position):
         if ":" in item:  # MySQL: uuid:1-5:7-9
             for interval in item.split(":")[1:]:
                 low, _, high = interval.partition("-")
@@ -401,6 +471,7 @@ def _last_automatic(history):
     return last
 
 
+@_one_at_a_time
 def failover(reason="", automatic=True, force=False):
     """Fail over from a primary that failed: check, fence, promote the most advanced replica,
     repoint the others, record. One at a time (``already running`` otherwise).
@@ -414,10 +485,7 @@ def failover(reason="", automatic=True, force=False):
         salt-run sqlgate_failover.failover reason='primary host lost' automatic=False
     """
     automatic = _truth(automatic)
-    with _single_flight() as held:
-        if not held:
-            return {"result": "already running"}
-        return _failover(Cluster(), reason, automatic, _truth(force) and not automatic)
+    return _failover(Cluster(), reason, automatic, _truth(force) and not automatic)
 
 
 def _truth(value):
@@ -429,31 +497,62 @@ def _failover(cluster, reason, automatic, force):
     timeout = cluster.settings["check_timeout"]
     run = {"kind": "failover", "reason": reason, "automatic": automatic, "detected": detected,
            "old_primary": cluster.primary, "epoch_before": cluster.epoch}
-    view, states = _assess(cluster, timeout)
+    last = _last_automatic(_history())
+    blocked = automatic and last is not None and \
+        detected - last < cluster.settings["block_seconds"]
+    # The replicas that lost the primary stop receiving from it and apply what they hold in
+    # the check's own round trip (undone below when there is no failover).
+    view, states = _assess(cluster, timeout, stop_lost=not blocked)
     run["check"] = view
+    _mark(run, "assessed")
+    stopped = [node for node, state in states.items() if state and state.get("stopped")]
     if not view["failed"]:
+        _restart_io(stopped, timeout)
         if "alert" in view["why"]:
             _alert(f"primary {cluster.primary}: {view['why']}")
         return {"result": "no failover", "why": view["why"], "primary": cluster.primary}
-    history = _history()
-    last = _last_automatic(history)
-    if automatic and last is not None and detected - last < cluster.settings["block_seconds"]:
+    if blocked:
         text = (f"primary {cluster.primary} failed {detected - last:.0f}s after the last "
                 f"automatic failover (block {cluster.settings['block_seconds']}s): waiting "
                 "for an operator (bootstrap.py failover)")
         _alert(text)
         return {"result": "blocked", "why": text}
 
-    # Nothing more reaches the replicas from the old primary; then compare what they hold.
+    # Nothing more reaches the replicas from the old primary (any the check did not stop
+    # stop now), and the old primary is fenced where it can be reached, in one round trip;
+    # then compare what the replicas hold. A primary whose minion answered nothing is sent
+    # its fence without waiting: it fenced itself (watch), which _await_self_fence gives the
+    # time to. A primary whose server is down takes no write until it is back, read-only:
+    # its fence (the port) goes along with the promotion instead of before it.
+    primary = states.get(cluster.primary)
+    silent, down = primary is None, bool(primary) and not primary.get("running")
     answering = [node for node in cluster.replicas
                  if states.get(node) and states[node].get("running")]
-    stopped = _ask(answering, "sqlgate_db.stop_io", timeout=timeout)
-    states.update({node: stopped[node] if isinstance(stopped.get(node), dict) else None
-                   for node in answering})
+    flavour = next((states[node].get("flavour") for node in answering), "mariadb")
+    fence = _fence_call(cluster, cluster.primary, flavour, timeout)
+    apply_timeout = cluster.settings["apply_timeout"]
+    # The check stopped the replicas that had lost the primary for detect_seconds (their
+    # answers say how long it took); one that lost it only just now stops here.
+    pending = [node for node in answering if "took" not in states[node]]
+    stop = (pending, "sqlgate_db.stop_io", (), {"apply_timeout": apply_timeout},
+            apply_timeout + timeout)
+    if silent:
+        _send(*fence[:4])
+    if silent or down:
+        now_stopped, fenced = _ask(*stop), {}
+    else:
+        now_stopped, fenced = _together(stop, fence)
+    run["fence"] = _fenced(fenced.get(cluster.primary), silent)
+    _mark(run, "replicas_stopped")
+    states.update({node: now_stopped[node] if isinstance(now_stopped.get(node), dict)
+                   else None for node in pending})
+    ours = [*stopped, *pending]  # the IO threads to start again if nothing is promoted
+    run["stop_io_took"] = {node: states[node].get("took") for node in answering
+                           if states.get(node)}
     missing = [node for node in cluster.replicas
                if not (states.get(node) and states[node].get("running"))]
     if missing and not force:
-        _ask(answering, "sqlgate_db.execute", ["START REPLICA IO_THREAD"], timeout=timeout)
+        _restart_io(ours, timeout)
         text = (f"primary {cluster.primary} failed but replica(s) {', '.join(missing)} cannot "
                 "be asked and may hold the only copy of an acknowledged write: not promoting "
                 "(bootstrap.py failover decides)")
@@ -461,59 +560,117 @@ def _failover(cluster, reason, automatic, force):
         run.update(result="refused", why=text)
         _record(run)
         return {"result": "refused", "why": text}
+    answering = [node for node in answering if states.get(node)]
     if not answering:
         return {"result": "refused", "why": "no replica answers"}
     candidate = max(answering, key=lambda node: (_rank(states[node]), node))
     run["candidate"] = candidate
     run["positions"] = {node: (states[node].get("replica") or {}).get("received")
                         for node in answering}
-    applied = _ask([candidate], "sqlgate_db.wait_applied",
-                   kwarg={"timeout": cluster.settings["apply_timeout"]},
-                   timeout=cluster.settings["apply_timeout"] + 10).get(candidate)
-    if applied is not True:
-        _ask(answering, "sqlgate_db.execute", ["START REPLICA IO_THREAD"], timeout=timeout)
-        text = f"{candidate} did not apply its relay log in time: not promoting"
+    behind = [node for node in answering
+              if not (states[node].get("replica") or {}).get("relay_applied", True)]
+    if behind:
+        _restart_io(ours, timeout)
+        text = (f"{', '.join(behind)} did not apply its relay log within {apply_timeout}s: "
+                "not promoting")
         _alert(text)
         run.update(result="refused", why=text)
         _record(run)
         return {"result": "refused", "why": text}
-    run["fence"] = _fence(cluster, cluster.primary, timeout,
-                          states[candidate].get("flavour", "mariadb"))
-    result = _promote(cluster, run, candidate, answering, states, timeout)
+    if silent:
+        _await_self_fence(cluster, run, [states[node] for node in answering])
+    result = _take_over(cluster, run, candidate, states, answering,
+                        alongside=fence if down else None)
     if "writable" in run:
         result["detected_to_writable_s"] = round(run["writable"] - detected, 3)
     return result
 
 
-def _fence(cluster, node, timeout, flavour="mariadb"):
-    """The old primary takes no write again where it can be reached: read-only and its
-    clients cut off when its server answers, its database port closed to the Proxies when
-    its minion answers (nftables; on AWS the instance is stopped by bootstrap.py)."""
+def _restart_io(nodes, timeout):
+    """The IO threads a failover stopped run again: it did not promote."""
+    _ask(nodes, "sqlgate_db.execute", ["START REPLICA IO_THREAD"], timeout=timeout)
+
+
+def _mark(run, step):
+    """When a step of a run ended (the timeline ``status`` shows)."""
+    run.setdefault("steps", {})[step] = time.time()
+
+
+def _fence_call(cluster, node, flavour, timeout):
+    """The ``_ask`` call fencing a former primary where it can be reached: read-only and its
+    clients cut off when its server answers, its database port closed to the Proxies when its
+    minion answers (nftables; on AWS the instance is stopped by bootstrap.py)."""
     sources = []
     for proxy in cluster.proxies:
         with contextlib.suppress(Exception):
             sources.append(cluster.address(proxy))
-    answer = _ask([node], "sqlgate_db.fence_node",
-                  kwarg={"sources": sources, "port": cluster.mysql_port,
-                         "steps": cluster.steps(flavour)}, timeout=timeout).get(node)
+    return ([node], "sqlgate_db.fence_node", (),
+            {"sources": sources, "port": cluster.mysql_port, "steps": cluster.steps(flavour)},
+            timeout)
+
+
+def _fenced(answer, sent=False):
     if isinstance(answer, dict):
         return answer
-    return {"server": answer or "no answer", "port": "no answer"}
+    text = "sent, its minion silent" if sent else (answer or "no answer")
+    return {"server": text, "port": text}
 
 
-def _promote(cluster, run, candidate, followers, states, timeout):
-    """Repoint the other replicas to the candidate (their acknowledgement lets its epoch row
-    commit at once), promote it, write the new shape to the pillar, refresh the minions."""
+def _fence(cluster, node, timeout, flavour="mariadb"):
+    """Fence ``node`` and wait for its answer (``_fence_call``)."""
+    return _fenced(_ask(*_fence_call(cluster, node, flavour, timeout)).get(node))
+
+
+def _send(targets, function, arg=(), kwarg=None):
+    """Publish a job without waiting for its answer."""
+    with contextlib.suppress(Exception):
+        client = salt.client.get_local_client(_opts()["conf_file"])
+        client.cmd_async(list(targets), function, arg=list(arg), kwarg=kwarg or {},
+                         tgt_type="list")
+
+
+def _await_self_fence(cluster, run, replicas):
+    """A primary cut off from its replicas makes itself read-only within ``fence_seconds``
+    (and one watch period, and its probes of the replicas) of losing them, which is when they
+    lost it: the candidate becomes writable only after that, so that two databases are never
+    writable at once even for the instant before the old one's watch runs. The replicas'
+    watch jobs say how long they have seen the primary lost; usually long enough already."""
+    settings = cluster.settings
+    needed = float(settings["fence_seconds"]) + float(settings["watch_seconds"]) + 1.0
+    lost = [((state.get("replica") or {}).get("lost_seconds")) for state in replicas]
+    seen = max((value for value in lost if value is not None), default=0.0)
+    if seen < needed:
+        time.sleep(needed - seen)
+    run["self_fence_wait_s"] = round(max(0.0, needed - seen), 3)
+
+
+def _take_over(cluster, run, candidate, states, repoint, position=None, alongside=None):
+    """The candidate is promoted while the replicas in ``repoint`` are repointed to it, in one
+    round trip (its promotion waits for a semi-sync replica before it opens writes; each of
+    them has applied no more than the candidate, so its position is in the candidate's
+    binary log); then the new shape goes to the pillar and the minions. ``position``: the
+    candidate first applies that much (a switchover). ``alongside``: the fence of an old
+    primary whose server is down, in the same round trip."""
     epoch = max([cluster.epoch] + [(state.get("epoch") or {}).get("epoch", 0)
                                    for state in states.values() if state]) + 1
     run["epoch"] = epoch
     flavour = states[candidate].get("flavour", "mariadb")
-    others = [node for node in followers if node != candidate]
-    follow = cluster.follow_kwargs(candidate, flavour)
-    run["repointed"] = _ask(others, "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10)
-    promoted = _ask([candidate], "sqlgate_db.promote", [epoch, candidate],
-                    {"steps": cluster.steps(flavour)},
-                    timeout=cluster.settings["apply_timeout"]).get(candidate)
+    others = [node for node in repoint if node != candidate]
+    settings = cluster.settings
+    replica_wait, apply_timeout = settings["replica_wait"], settings["apply_timeout"]
+    promote = ([candidate], "sqlgate_db.promote", [epoch, candidate],
+               {"steps": cluster.steps(flavour), "replica_wait": replica_wait,
+                "position": position or "", "apply_timeout": apply_timeout},
+               settings["check_timeout"] + replica_wait + (apply_timeout if position else 0) + 10)
+    calls = [promote, _follow_call(cluster, others, candidate, flavour)]
+    if alongside:
+        calls.append(alongside)
+    promoted, repointed, *fenced = _together(*calls)
+    if others:
+        run["repointed"] = repointed
+    if fenced:
+        run["fence"] = _fenced(fenced[0].get(alongside[0][0]))
+    promoted = promoted.get(candidate)
     run["promoted"] = time.time()
     if not isinstance(promoted, dict):
         text = f"promoting {candidate} failed: {promoted}"
@@ -526,9 +683,12 @@ def _promote(cluster, run, candidate, followers, states, timeout):
     cluster.write_pillar(candidate, epoch, promoted.get("fork_gtid_pos", ""),
                          cluster.quarantined,
                          [*cluster.fenced, old] if run.get("kind") == "failover" else None)
-    everyone = sorted(cluster.hosts)
-    _ask(everyone, "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=20)
-    _ask(everyone, "mine.update", timeout=20)
+    # The minions that answered learn the new shape now; a silent one (the cut-off primary)
+    # when it is back (rejoin refreshes it).
+    everyone = sorted(host for host in cluster.hosts
+                      if host not in states or states[host] is not None)
+    _together((everyone, "saltutil.refresh_pillar", (), {"wait": True}, 20),
+              (everyone, "mine.update", (), None, 20))
     run.update(result="promoted", new_primary=candidate, finished=time.time())
     _record(run)
     _fire("sqlgate/db/promoted", {"primary": candidate, "epoch": epoch,
@@ -539,69 +699,129 @@ def _promote(cluster, run, candidate, followers, states, timeout):
             "old_primary": run.get("old_primary"), "repointed": sorted(others)}
 
 
+def _follow_call(cluster, nodes, source, flavour):
+    """The ``_ask`` call repointing ``nodes`` to ``source``."""
+    return (nodes, "sqlgate_db.follow", (), cluster.follow_kwargs(source, flavour),
+            cluster.settings["check_timeout"] + 10)
+
+
+def _chain_under(cluster, run, candidate, others, flavour):
+    """A switchover's first steps, while writes go on: the ``others`` stop where they are
+    (IO thread stopped, relay log applied), the candidate catches up with the furthest of
+    them, so that its binary log holds every one's position, and they follow it (chained:
+    it still follows the primary). What went wrong, or None."""
+    if not others:
+        return None
+    timeout, apply_timeout = cluster.settings["check_timeout"], cluster.settings["apply_timeout"]
+    stopped = _ask(others, "sqlgate_db.stop_io", kwarg={"apply_timeout": apply_timeout},
+                   timeout=apply_timeout + timeout)
+    silent = [node for node in others if not isinstance(stopped.get(node), dict)]
+    furthest = _furthest([stopped[node].get("gtid_current_pos", "") for node in others
+                          if node not in silent], flavour)
+    caught_up = not silent and _ask(
+        [candidate], "sqlgate_db.wait_applied",
+        kwarg={"position": furthest, "timeout": apply_timeout},
+        timeout=apply_timeout + timeout).get(candidate) is True
+    if not caught_up:
+        _restart_io(others, timeout)
+        return (f"{', '.join(silent)} did not stop" if silent else
+                f"{candidate} did not reach {furthest} in time")
+    run["repointed"] = _ask(*_follow_call(cluster, others, candidate, flavour))
+    _mark(run, "replicas_repointed")
+    unfollowed = [node for node in others if not isinstance(run["repointed"].get(node), dict)]
+    if unfollowed:
+        return f"{', '.join(unfollowed)} could not follow {candidate}: {run['repointed']}"
+    return None
+
+
+def _give_writes_back(old, timeout):
+    """A switchover that promoted nothing: the primary it made read-only takes writes again
+    (MySQL: read_only OFF clears super_read_only too)."""
+    _ask([old], "sqlgate_db.execute", ["SET GLOBAL read_only = OFF"], timeout=timeout)
+
+
+def _furthest(positions, flavour):
+    """The position that contains all of ``positions``: MariaDB's highest seqno of each
+    domain; MySQL's union of GTID sets."""
+    if flavour == "mysql":
+        return ",".join(position for position in positions if position)
+    domains = {}
+    for position in positions:
+        for item in _gtid_items(position):
+            domain, server, seqno = item.split("-")
+            if int(seqno) > domains.get(domain, (0, -1))[1]:
+                domains[domain] = (server, int(seqno))
+    return ",".join(f"{domain}-{server}-{seqno}"
+                    for domain, (server, seqno) in sorted(domains.items()))
+
+
 # --- switchover -----------------------------------------------------------------------------
 
+@_one_at_a_time
 def switchover(to=None):
-    """A planned change of primary: the old primary read-only first (no connection cut: its
+    """A planned change of primary: the other replicas moved under the candidate (``to``,
+    else the most advanced replica), which still follows the old primary (chained, while
+    writes go on: ``_chain_under``); the old primary made read-only (no connection cut: its
     commits in flight finish, acknowledged, and later writes are refused as read-only, which
-    the Proxy sends on to the new primary), the candidate (``to``, else the most advanced
-    replica) waits until it holds everything the old primary wrote, then it is promoted, the
-    others follow it, and so does the old primary, fenced in full once its writes are over.
-    Every database node must answer.
+    the Proxy holds for the new primary), answering where its writes stopped; the candidate
+    applies up to there and is promoted (its repointed replicas are already connected to
+    acknowledge). Writes are held for the last two. Then the old primary, fenced in full once
+    its writes are over, follows the new one. Every database node must answer.
 
     CLI Example::
 
         salt-run sqlgate_failover.switchover to=replica2
     """
-    with _single_flight() as held:
-        if not held:
-            return {"result": "already running"}
-        cluster = Cluster()
-        timeout = cluster.settings["check_timeout"]
-        states = _states(cluster, cluster.db_hosts, timeout)
-        silent = [node for node in [cluster.primary, *cluster.replicas]
-                  if not (states.get(node) and states[node].get("running"))]
-        if silent:
-            return {"result": "refused",
-                    "why": f"{', '.join(silent)} do(es) not answer: use failover"}
-        if to is not None and to not in cluster.replicas:
-            return {"result": "refused", "why": f"{to} is not a replica of {cluster.primary}"}
-        run = {"kind": "switchover", "automatic": False, "detected": time.time(),
-               "old_primary": cluster.primary, "epoch_before": cluster.epoch}
-        old = cluster.primary
-        steps = cluster.steps(states[old].get("flavour"))
-        # Writes stop; commits in flight finish, acknowledged (docs/failover.md).
-        run["fence"] = _ask([old], "sqlgate_db.fence", kwarg={"steps": steps, "planned": True},
-                            timeout=timeout).get(old)
-        final = _states(cluster, [old], timeout)[old] or {}
-        position = final.get("gtid_binlog_pos", "")
-        candidate = to or max(cluster.replicas, key=lambda node: (_rank(states[node]), node))
-        run["candidate"] = candidate
-        caught_up = _ask([candidate], "sqlgate_db.wait_applied",
-                         kwarg={"position": position,
-                                "timeout": cluster.settings["apply_timeout"]},
-                         timeout=cluster.settings["apply_timeout"] + 10).get(candidate)
-        if caught_up is not True:
-            # Give the primary back its writes: nothing changed.
-            _ask([old], "sqlgate_db.execute", ["SET GLOBAL read_only = OFF"], timeout=timeout)
-            return {"result": "refused",
-                    "why": f"{candidate} did not reach {position} in time: primary unchanged"}
-        _ask(cluster.replicas, "sqlgate_db.stop_io", timeout=timeout)
-        result = _promote(cluster, run, candidate, cluster.replicas, states, timeout)
-        if result["result"] == "promoted":
-            # Its writes are over: the whole fence now (semi-sync's primary side off too), with
-            # nothing left to cut off, then it follows the new primary.
-            _ask([old], "sqlgate_db.fence",
-                 kwarg={"steps": {"stop_writes": steps.get("fence", [])}, "planned": True},
-                 timeout=timeout)
-            follow = cluster.follow_kwargs(candidate, final.get("flavour", "mariadb"))
-            result["old_primary_follows"] = _ask([old], "sqlgate_db.follow", kwarg=follow,
-                                                 timeout=timeout + 10).get(old)
+    cluster = Cluster()
+    timeout = cluster.settings["check_timeout"]
+    states = _states(cluster, cluster.db_hosts, timeout)
+    silent = [node for node in [cluster.primary, *cluster.replicas]
+              if not (states.get(node) and states[node].get("running"))]
+    if silent:
+        return {"result": "refused",
+                "why": f"{', '.join(silent)} do(es) not answer: use failover"}
+    if to is not None and to not in cluster.replicas:
+        return {"result": "refused", "why": f"{to} is not a replica of {cluster.primary}"}
+    run = {"kind": "switchover", "automatic": False, "detected": time.time(),
+           "old_primary": cluster.primary, "epoch_before": cluster.epoch}
+    old = cluster.primary
+    flavour = states[old].get("flavour", "mariadb")
+    steps = cluster.steps(flavour)
+    candidate = to or max(cluster.replicas, key=lambda node: (_rank(states[node]), node))
+    run["candidate"] = candidate
+    others = [node for node in cluster.replicas if node != candidate]
+    refused = _chain_under(cluster, run, candidate, others, flavour)
+    if refused:
+        return {"result": "refused", "why": f"{refused}; primary unchanged"}
+    # Writes stop; commits in flight finish, acknowledged (docs/failover.md).
+    fenced = _ask([old], "sqlgate_db.fence", kwarg={"steps": steps, "planned": True},
+                  timeout=timeout).get(old)
+    run["fence"] = fenced
+    _mark(run, "writes_stopped")
+    if not isinstance(fenced, dict):
+        _give_writes_back(old, timeout)
+        return {"result": "refused", "why": f"{old} could not be made read-only: {fenced}"}
+    result = _take_over(cluster, run, candidate, states, [],
+                        position=fenced.get("gtid_binlog_pos", ""))
+    if result["result"] != "promoted":
+        # Nothing was promoted: the primary takes writes again (its replicas still follow
+        # it, through the candidate).
+        _give_writes_back(old, timeout)
         return result
+    # Its writes are over: the whole fence now (semi-sync's primary side off too), with
+    # nothing left to cut off, then it follows the new primary.
+    _ask([old], "sqlgate_db.fence",
+         kwarg={"steps": {"stop_writes": steps.get("fence", [])}, "planned": True},
+         timeout=timeout)
+    result["repointed"] = sorted(others)
+    result["old_primary_follows"] = _ask(*_follow_call(cluster, [old], candidate,
+                                                       flavour)).get(old)
+    return result
 
 
 # --- rejoin ---------------------------------------------------------------------------------
 
+@_one_at_a_time
 def rejoin(node):
     """A database node that is not the primary and follows nobody (a former primary started
     again, read-only): it follows the current primary when its history is contained in the
@@ -612,57 +832,57 @@ def rejoin(node):
 
         salt-run sqlgate_failover.rejoin node=primary
     """
-    with _single_flight() as held:
-        if not held:
-            return {"result": "already running"}
-        cluster = Cluster()
-        timeout = cluster.settings["check_timeout"]
-        if node not in cluster.db_hosts:
-            return {"result": "nothing to do", "why": f"{node} is no database host"}
-        if node == cluster.primary:
-            return _restore(cluster, node, timeout)
-        if node in cluster.quarantined:
-            return {"result": "quarantined", "node": node}
-        states = _states(cluster, [node, cluster.primary], timeout)
-        mine, primary = states.get(node), states.get(cluster.primary)
-        if not (mine and mine.get("running")) or not (primary and primary.get("running")):
-            return {"result": "waiting", "why": "the node or the primary does not answer"}
-        if not mine.get("read_only"):
-            # A writable node that is not the pillar's primary is a stale one: fenced first.
-            _fence(cluster, node, timeout, mine.get("flavour", "mariadb"))
-        if (mine.get("replica") or {}).get("source_host") == cluster.address(cluster.primary):
-            if node in cluster.fenced:
-                cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos,
-                                     cluster.quarantined, [n for n in cluster.fenced if n != node])
-            return {"result": "nothing to do", "why": f"{node} already follows the primary"}
-        found = _ask([node], "sqlgate_db.errant", [primary.get("gtid_binlog_pos", "")],
-                     {"fork_gtid_pos": cluster.fork_gtid_pos,
-                      "primary_server_id": primary.get("server_id")}, timeout=timeout).get(node)
-        run = {"kind": "rejoin", "node": node, "primary": cluster.primary,
-               "detected": time.time(), "automatic": True}
-        if not isinstance(found, list):
-            return {"result": "waiting", "why": f"errant check failed: {found}"}
-        if found:
-            cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos,
-                                 [*cluster.quarantined, node])
-            _ask(sorted(cluster.hosts), "saltutil.refresh_pillar", kwarg={"wait": True},
-                 timeout=20)
-            text = (f"{node} diverged from {cluster.primary} (errant {', '.join(found)}): "
-                    "quarantined, never in rotation; rebuild it (bootstrap.py rebuild)")
-            _alert(text, node=node, errant=found)
-            run.update(result="quarantined", errant=found)
-            _record(run)
-            return {"result": "quarantined", "node": node, "errant": found}
-        _ask([node], "sqlgate_db.open_port", timeout=timeout)
-        follow = cluster.follow_kwargs(cluster.primary, mine.get("flavour", "mariadb"))
-        answer = _ask([node], "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10).get(node)
-        if isinstance(answer, dict) and node in cluster.fenced:
+    cluster = Cluster()
+    timeout = cluster.settings["check_timeout"]
+    if node not in cluster.db_hosts:
+        return {"result": "nothing to do", "why": f"{node} is no database host"}
+    if node == cluster.primary:
+        return _restore(cluster, node, timeout)
+    if node in cluster.quarantined:
+        return {"result": "quarantined", "node": node}
+    states = _states(cluster, [node, cluster.primary], timeout)
+    mine, primary = states.get(node), states.get(cluster.primary)
+    if not (mine and mine.get("running")) or not (primary and primary.get("running")):
+        return {"result": "waiting", "why": "the node or the primary does not answer"}
+    # A node cut off during the failover missed the pillar's refresh: its watch job
+    # must stop taking itself for the primary.
+    _ask([node], "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=timeout)
+    if not mine.get("read_only"):
+        # A writable node that is not the pillar's primary is a stale one: fenced first.
+        _fence(cluster, node, timeout, mine.get("flavour", "mariadb"))
+    if (mine.get("replica") or {}).get("source_host") == cluster.address(cluster.primary):
+        if node in cluster.fenced:
             cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos,
                                  cluster.quarantined, [n for n in cluster.fenced if n != node])
-        run.update(result="rejoined" if isinstance(answer, dict) else "failed",
-                   answer=answer, finished=time.time())
+        return {"result": "nothing to do", "why": f"{node} already follows the primary"}
+    found = _ask([node], "sqlgate_db.errant", [primary.get("gtid_binlog_pos", "")],
+                 {"fork_gtid_pos": cluster.fork_gtid_pos,
+                  "primary_server_id": primary.get("server_id")}, timeout=timeout).get(node)
+    run = {"kind": "rejoin", "node": node, "primary": cluster.primary,
+           "detected": time.time(), "automatic": True}
+    if not isinstance(found, list):
+        return {"result": "waiting", "why": f"errant check failed: {found}"}
+    if found:
+        cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos,
+                             [*cluster.quarantined, node])
+        _ask(sorted(cluster.hosts), "saltutil.refresh_pillar", kwarg={"wait": True},
+             timeout=20)
+        text = (f"{node} diverged from {cluster.primary} (errant {', '.join(found)}): "
+                "quarantined, never in rotation; rebuild it (bootstrap.py rebuild)")
+        _alert(text, node=node, errant=found)
+        run.update(result="quarantined", errant=found)
         _record(run)
-        return {"result": run["result"], "node": node, "primary": cluster.primary}
+        return {"result": "quarantined", "node": node, "errant": found}
+    _ask([node], "sqlgate_db.open_port", timeout=timeout)
+    follow = cluster.follow_kwargs(cluster.primary, mine.get("flavour", "mariadb"))
+    answer = _ask([node], "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10).get(node)
+    if isinstance(answer, dict) and node in cluster.fenced:
+        cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos,
+                             cluster.quarantined, [n for n in cluster.fenced if n != node])
+    run.update(result="rejoined" if isinstance(answer, dict) else "failed",
+               answer=answer, finished=time.time())
+    _record(run)
+    return {"result": run["result"], "node": node, "primary": cluster.primary}
 
 
 def _restore(cluster, node, timeout):
@@ -686,9 +906,12 @@ def _restore(cluster, node, timeout):
         text = f"{node} stays read-only: {', '.join(writers)} is writable"
         _alert(text)
         return {"result": "refused", "why": text}
+    # A failover that was refused may have fenced it (its port closed) on the way.
+    _ask([node], "sqlgate_db.open_port", timeout=timeout)
+    wait = cluster.settings["replica_wait"]
     answer = _ask([node], "sqlgate_db.promote", [cluster.epoch, node],
-                  {"steps": cluster.steps(mine.get("flavour"))},
-                  timeout=cluster.settings["apply_timeout"]).get(node)
+                  {"steps": cluster.steps(mine.get("flavour")), "replica_wait": wait},
+                  timeout=timeout + wait + 10).get(node)
     _record({"kind": "restore", "node": node, "detected": time.time(), "answer": answer,
              "result": "writable" if isinstance(answer, dict) else "failed"})
     return {"result": "writable" if isinstance(answer, dict) else "failed", "node": node}
@@ -696,6 +919,7 @@ def _restore(cluster, node, timeout):
 
 # --- rebuild -------------------------------------------------------------------------------
 
+@_one_at_a_time
 def rebuild(node):
     """A quarantined (or any non-primary) database node made a fresh replica of the primary:
     its diverged data and history wiped (``sqlgate_db.wipe``), then it replays the primary's
@@ -706,40 +930,37 @@ def rebuild(node):
 
         salt-run sqlgate_failover.rebuild node=primary
     """
-    with _single_flight() as held:
-        if not held:
-            return {"result": "already running"}
-        cluster = Cluster()
-        timeout = cluster.settings["check_timeout"]
-        if node not in cluster.db_hosts or node == cluster.primary:
-            return {"result": "refused", "why": f"{node} is the primary or no database host"}
-        states = _states(cluster, [node, cluster.primary], timeout)
-        mine = states.get(node)
-        if not (mine and mine.get("running")) or not states.get(cluster.primary):
-            return {"result": "refused", "why": "the node or the primary does not answer"}
-        complete = _ask([cluster.primary], "sqlgate_db.history_complete",
-                        timeout=timeout).get(cluster.primary)
-        if complete is not True:
-            return {"result": "refused", "why": f"{cluster.primary}'s binary logs no longer "
-                    "hold its whole history: rebuild the node from a backup"}
-        if not mine.get("read_only"):
-            _fence(cluster, node, timeout, mine.get("flavour", "mariadb"))
-        wiped = _ask([node], "sqlgate_db.wipe", kwarg={"confirm": node},
-                     timeout=timeout + 30).get(node)
-        if not isinstance(wiped, dict):
-            return {"result": "failed", "why": f"wipe: {wiped}"}
-        _ask([node], "sqlgate_db.open_port", timeout=timeout)
-        follow = cluster.follow_kwargs(cluster.primary, mine.get("flavour", "mariadb"))
-        answer = _ask([node], "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10).get(node)
-        if not isinstance(answer, dict):
-            return {"result": "failed", "why": f"follow: {answer}"}
-        quarantined = [name for name in cluster.quarantined if name != node]
-        cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos, quarantined,
-                             [name for name in cluster.fenced if name != node])
-        _ask(sorted(cluster.hosts), "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=20)
-        _record({"kind": "rebuild", "node": node, "primary": cluster.primary,
-                 "detected": time.time(), "result": "rebuilt"})
-        return {"result": "rebuilt", "node": node, "follows": cluster.primary}
+    cluster = Cluster()
+    timeout = cluster.settings["check_timeout"]
+    if node not in cluster.db_hosts or node == cluster.primary:
+        return {"result": "refused", "why": f"{node} is the primary or no database host"}
+    states = _states(cluster, [node, cluster.primary], timeout)
+    mine = states.get(node)
+    if not (mine and mine.get("running")) or not states.get(cluster.primary):
+        return {"result": "refused", "why": "the node or the primary does not answer"}
+    complete = _ask([cluster.primary], "sqlgate_db.history_complete",
+                    timeout=timeout).get(cluster.primary)
+    if complete is not True:
+        return {"result": "refused", "why": f"{cluster.primary}'s binary logs no longer "
+                "hold its whole history: rebuild the node from a backup"}
+    if not mine.get("read_only"):
+        _fence(cluster, node, timeout, mine.get("flavour", "mariadb"))
+    wiped = _ask([node], "sqlgate_db.wipe", kwarg={"confirm": node},
+                 timeout=timeout + 30).get(node)
+    if not isinstance(wiped, dict):
+        return {"result": "failed", "why": f"wipe: {wiped}"}
+    _ask([node], "sqlgate_db.open_port", timeout=timeout)
+    follow = cluster.follow_kwargs(cluster.primary, mine.get("flavour", "mariadb"))
+    answer = _ask([node], "sqlgate_db.follow", kwarg=follow, timeout=timeout + 10).get(node)
+    if not isinstance(answer, dict):
+        return {"result": "failed", "why": f"follow: {answer}"}
+    quarantined = [name for name in cluster.quarantined if name != node]
+    cluster.write_pillar(cluster.primary, cluster.epoch, cluster.fork_gtid_pos, quarantined,
+                         [name for name in cluster.fenced if name != node])
+    _ask(sorted(cluster.hosts), "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=20)
+    _record({"kind": "rebuild", "node": node, "primary": cluster.primary,
+             "detected": time.time(), "result": "rebuilt"})
+    return {"result": "rebuilt", "node": node, "follows": cluster.primary}
 
 
 # --- status ---------------------------------------------------------------------------------

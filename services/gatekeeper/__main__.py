@@ -31,10 +31,13 @@ def main() -> None:
                             max_header_bytes=config.max_header_bytes,
                             max_connections=config.max_connections,
                             on_refused=(lambda: gatekeeper_metrics().connection_refused())
-                            if metrics else None)
+                            if metrics else None,
+                            proxy_protocol_from=config.proxy_protocol_networks)
     also = [metrics] if metrics else []
     if config.redirect_port:
         # The redirect answers from the headers alone: short timeouts, the same header cap.
+        # No PROXY header is read there (nor on the metrics port): a balancer sends it only to
+        # the HTTPS port.
         redirect_options = ServerOptions(idle_timeout=min(config.idle_timeout, 10.0),
                                          body_timeout=min(config.body_timeout, 10.0),
                                          max_header_bytes=config.max_header_bytes,
@@ -45,7 +48,7 @@ def main() -> None:
     buckets = SharedBuckets()
     serve(lambda: make_gatekeeper_app(config, certificate, requests, buckets),
           config.listen_address, config.port, "gatekeeper", options, also,
-          workers=worker_count(config))
+          workers=worker_count(config), stop_seconds=config.stop_seconds)
 
 
 if __name__ == "__main__":

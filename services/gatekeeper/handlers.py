@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +19,11 @@ from services.contract import (
     parse_query_request,
     parse_transaction_request,
 )
-from services.gatekeeper.forwarder import ProxyAnswer, ProxyForwarder
+from services.gatekeeper.forwarder import ProxyAnswer
 from services.gatekeeper.keys import KeyRing
 from services.gatekeeper.openapi import openapi_bytes
+from services.gatekeeper.proxies import Action, Proxies
 from services.http import JsonHandler
-
-HEALTH_CACHE_SECONDS = 1.0
 
 
 class GatekeeperHandler(JsonHandler):
@@ -51,41 +49,25 @@ class OpenApiHandler(GatekeeperHandler):
         self.finish(openapi_bytes())
 
 
-class HealthCheck:
-    """Whether the Proxy behind answers 200, asked at most once a second: ``/health`` needs no
-    key, and must not let anyone make the Gatekeeper call the Proxy at will."""
-
-    def __init__(self, forwarder: ProxyForwarder) -> None:
-        self.forwarder = forwarder
-        self._checked_at = -HEALTH_CACHE_SECONDS
-        self._ok = False
-
-    async def ok(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked_at >= HEALTH_CACHE_SECONDS:
-            self._checked_at = now
-            try:
-                answer = await self.forwarder.forward("GET", "/health", new_request_id(),
-                                                      timeout=3)
-            except ApiError:
-                answer = None
-            self._ok = answer is not None and answer.status == 200
-        return self._ok
-
-
 class HealthHandler(GatekeeperHandler):
-    """200 when the Proxy behind answers 200: the Gatekeeper alone cannot serve anything.
+    """200 when a Proxy behind answered its last check (every second, in the background) with
+    200: the Gatekeeper alone cannot serve anything. Read, never asked for: ``/health`` needs no
+    key, and must not let anyone make the Gatekeeper call the Proxies at will. 503
+    ``draining`` from the first SIGTERM on (``services.http.Drain``).
 
-    Public, so it says only whether the service can serve: the Proxy's node list (addresses,
-    errors) stays on the internal network.
+    Public, so it says only whether the service can serve: the Proxies (how many, which are
+    up) and their node lists (addresses, errors) stay on the internal network.
     """
 
-    def initialize(self, endpoint: str, health: HealthCheck) -> None:
+    def initialize(self, endpoint: str, proxies: Proxies) -> None:
         super().initialize(endpoint)
-        self.health = health
+        self.proxies = proxies
 
-    async def get(self) -> None:
-        ok = await self.health.ok()
+    def get(self) -> None:
+        if self.draining:  # stopping: the balancer is to send nothing new here
+            self.send_json({"service": "gatekeeper", "status": "draining"}, 503)
+            return
+        ok = self.proxies.healthy
         self.send_json({"service": "gatekeeper", "status": "ok" if ok else "unavailable"},
                        200 if ok else 503)
 
@@ -107,18 +89,19 @@ VALIDATORS: dict[str, Callable[[bytes], Any]] = {
 
 
 class ForwardHandler(GatekeeperHandler):
-    """Checks the key and its rate, then the body, then forwards the original bytes to the
-    Proxy with the key's scope and name."""
+    """Checks the key and its rate, then the body, then forwards the original bytes to a
+    Proxy with the key's scope and name: the one holding the transaction the request names,
+    if it names one (the body was parsed to be checked: its ``transaction_id`` is known)."""
 
-    def initialize(self, endpoint: str, forwarder: ProxyForwarder, keys: KeyRing,
+    def initialize(self, endpoint: str, proxies: Proxies, keys: KeyRing,
                    max_body_bytes: int) -> None:
         super().initialize(endpoint)
-        self.forwarder = forwarder
+        self.proxies = proxies
         self.keys = keys
         self.max_body_bytes = max_body_bytes
         self.validate = VALIDATORS[endpoint]
 
-    def check_request(self) -> None:
+    async def check_request(self) -> None:
         # Run before the body is read: without the key nothing is read, nothing forwarded.
         # The client's id names even a refusal, when it is a good one.
         header_id = self.request.headers.get(REQUEST_ID_HEADER)
@@ -128,7 +111,7 @@ class ForwardHandler(GatekeeperHandler):
         self.key_name = key.name
         self.key_scope = key.scope
         checked_request_id(header_id, f"header {REQUEST_ID_HEADER}")
-        self.keys.admit(key)
+        await self.keys.admit(key)
 
     async def post(self, transaction_id: str | None = None, action: str | None = None) -> None:
         if transaction_id is not None:
@@ -137,9 +120,14 @@ class ForwardHandler(GatekeeperHandler):
         self.trace.mode = getattr(request, "mode", "")
         self.request_id = getattr(request, "request_id", None) or self.request_id
         self.set_header(REQUEST_ID_HEADER, self.request_id)
-        self.relay(await self.forwarder.forward("POST", self.request.path, self.request_id,
-                                                self.body, scope=self.key_scope,
-                                                key_name=self.key_name))
+        transaction_id = transaction_id or getattr(request, "transaction_id", None)
+        what: Action = "commit" if action == "commit" else (
+            "rollback" if action == "rollback" else "statement")
+        self.relay(await self.proxies.forward("POST", self.request.path, self.request_id,
+                                              self.body, scope=self.key_scope,
+                                              key_name=self.key_name,
+                                              transaction_id=transaction_id, action=what,
+                                              trace=self.trace))
 
     def relay(self, answer: ProxyAnswer) -> None:
         self.relayed = True

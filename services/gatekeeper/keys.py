@@ -13,7 +13,8 @@ and the old set stays. Each key has a token bucket (``rate`` requests per second
 
 The buckets live in memory shared by the Gatekeeper's worker processes (``SharedBuckets``, made
 by the parent before it forks), so N workers grant a key its rate once, not N times; each
-worker still reads the keys file itself.
+worker still reads the keys file itself. Several Gatekeepers share theirs in Redis instead
+(``services.gatekeeper.ratestore``), with these as the fallback.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import re
 import tempfile
 import time
@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import RawArray
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from services.contract import API_KEY_HEADER, SCOPES, ApiError
+from services.watchedfile import WatchedFile
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +231,41 @@ class SharedBuckets:
         return bucket
 
 
-@dataclass(frozen=True)
-class _FileState:
-    inode: int
-    size: int
-    mtime_ns: int
+class RateLimiter(Protocol):
+    """Where the keys' buckets are: ``LocalLimiter`` (this host) or
+    ``services.gatekeeper.ratestore.RedisLimiter`` (every Gatekeeper's), chosen by
+    ``GATEKEEPER_RATE_STORE``. ``take``: 0 when a token was taken, else the seconds until one
+    is there."""
+
+    async def start(self) -> None: ...
+
+    async def take(self, name: str, rate: float, burst: float) -> float: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalLimiter:
+    """This host's buckets, shared by its workers; ``share`` divides every key's rate and burst
+    (the fallback of N Gatekeepers: each grants its share)."""
+
+    def __init__(self, buckets: SharedBuckets | None = None,
+                 clock: Callable[[], float] = time.monotonic, share: int = 1) -> None:
+        self.buckets = buckets if buckets is not None else SharedBuckets()
+        self._clock = clock
+        self._share = share
+
+    async def start(self) -> None:
+        pass
+
+    async def take(self, name: str, rate: float, burst: float) -> float:
+        return self.take_now(name, rate, burst)
+
+    def take_now(self, name: str, rate: float, burst: float) -> float:
+        share = self._share
+        return self.buckets.take(name, rate / share, max(1.0, burst / share), self._clock())
+
+    async def close(self) -> None:
+        pass
 
 
 class KeyRing:
@@ -242,35 +273,24 @@ class KeyRing:
 
     def __init__(self, keys_file: str = "", inline_secret: str = "",
                  clock: Callable[[], float] = time.monotonic,
-                 buckets: SharedBuckets | None = None) -> None:
-        """``buckets``: the table shared with the other workers (one of its own by default);
-        ``clock`` must be the same in every process that shares it (the monotonic clock is
-        the system's)."""
+                 buckets: SharedBuckets | None = None,
+                 limiter: RateLimiter | None = None) -> None:
+        """``limiter``: where the buckets are; by default ``buckets``, the table shared with
+        the other workers (one of its own by default), on ``clock``, which must be the same
+        in every process that shares it (the monotonic clock is the system's)."""
         if not keys_file and not inline_secret:
             raise ValueError("no API key: set GATEKEEPER_KEYS_FILE")
         self._path = Path(keys_file) if keys_file else None
+        self._file = WatchedFile(self._path, "the keys file") if self._path else None
         self._inline = (ApiKey.inline(inline_secret),) if inline_secret else ()
-        self._clock = clock
-        self._state: _FileState | None = None
-        self._text: str | None = None
-        self._buckets = buckets if buckets is not None else SharedBuckets()
+        self._limiter = limiter if limiter is not None else LocalLimiter(buckets, clock)
         self.keys: tuple[ApiKey, ...] = ()
-        if self._path is not None:
-            self._state = self._stat()
-            self._install(self._read(), first=True)
+        if self._file is not None:
+            self._install(self._file.read(), first=True)
         else:
             self._install_keys(self._inline)
 
     # --- the set and its reloads -------------------------------------------------------------
-
-    def _stat(self) -> _FileState:
-        assert self._path is not None
-        info = os.stat(self._path)
-        return _FileState(info.st_ino, info.st_size, info.st_mtime_ns)
-
-    def _read(self) -> str:
-        assert self._path is not None
-        return self._path.read_text()
 
     def _install(self, text: str, first: bool = False) -> None:
         keys = parse_keys(text, str(self._path))
@@ -279,7 +299,6 @@ class KeyRing:
                              "GATEKEEPER_API_KEY's")
         if not keys and not self._inline:
             raise ValueError(f"{self._path}: no keys (nobody could call)")
-        self._text = text
         self._install_keys(self._inline + keys)
         log.info("%s %d API key(s) from %s: %s", "loaded" if first else "reloaded", len(keys),
                  self._path, ", ".join(f"{key.name} ({key.scope})" for key in keys) or "none")
@@ -291,33 +310,14 @@ class KeyRing:
     def reload_if_changed(self) -> bool:
         """Re-read the keys file if it changed; True when a new set is in force. A file that
         is gone or wrong leaves the old set, and is logged once per change."""
-        if self._path is None:
+        if self._file is None:
             return False
-        try:
-            state = self._stat()
-        except OSError as error:
-            if self._state is not None:
-                log.error("the keys file is unreadable, keeping the %d key(s) in force: %s",
-                          len(self.keys), error)
-                self._state = None
-            return False
-        if state == self._state:
-            return False
-        seen, self._state = self._state, state
-        try:
-            text = self._read()
-        except OSError as error:
-            # Not read, so not seen: the next check tries again (logged once).
-            if seen is not None:
-                log.error("the keys file changed but cannot be read, keeping the %d key(s) "
-                          "in force: %s", len(self.keys), error)
-            self._state = None
-            return False
-        if text == self._text:
+        text = self._file.changed(f"the {len(self.keys)} key(s)")
+        if text is None:
             return False
         try:
             self._install(text)
-        except ValueError as error:  # the same text would fail again: wait for a change
+        except ValueError as error:
             log.error("the keys file changed but is not usable, keeping the %d key(s) in "
                       "force: %s", len(self.keys), error)
             return False
@@ -338,11 +338,11 @@ class KeyRing:
                            headers={"WWW-Authenticate": API_KEY_HEADER})
         return found
 
-    def admit(self, key: ApiKey) -> None:
+    async def admit(self, key: ApiKey) -> None:
         """Take one request from the key's bucket, or the 429 saying when to retry."""
         if key.rate <= 0:
             return
-        wait = self._buckets.take(key.name, key.rate, key.burst, self._clock())
+        wait = await self._limiter.take(key.name, key.rate, key.burst)
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
             raise ApiError(429, f"the key {key.name!r} is over its rate limit of "

@@ -1,9 +1,12 @@
 """The Gatekeeper's metrics: requests by endpoint, status and key; refusals at the edge; what
-went wrong reaching the Proxy.
+went wrong reaching the Proxy; and each Proxy's share (labelled with its configured name, so
+a bounded set: ``proxy`` alone with ``GATEKEEPER_PROXY_URL``).
 
 All written once per request from the request log (``record``), except the connection-limit
 refusals, which never become requests (``services.http.LimitedHTTPServer`` calls
-``connection_refused``).
+``connection_refused``), and what ``services.gatekeeper.proxies`` sees as it happens: the
+requests outstanding at each Proxy, its failures, and whether its last check was good; and
+whether the shared rate store answers (``services.gatekeeper.ratestore``).
 """
 
 from __future__ import annotations
@@ -45,7 +48,33 @@ class GatekeeperMetrics:
         self.proxy_errors = Counter("sqlgate_gatekeeper_proxy_errors_total",
                                     "Forwards that failed on the way to or from the Proxy",
                                     ("reason",), registry=registry)
+        self.proxy_requests = Counter(
+            "sqlgate_gatekeeper_proxy_requests_total",
+            "Requests forwarded, by the Proxy that answered them (or failed them last)",
+            ("proxy",), registry=registry)
+        self.proxy_outstanding = Gauge(
+            "sqlgate_gatekeeper_proxy_outstanding_requests",
+            "Requests sent to each Proxy and not answered yet", ("proxy",), registry=registry,
+            multiprocess_mode="livesum")
+        self.proxy_failures = Counter(
+            "sqlgate_gatekeeper_proxy_failures_total",
+            "Forwards to each Proxy that failed: unreachable (nothing sent), busy (no free "
+            "connection, nothing sent), bad_answer or timeout (sent, no whole answer)",
+            ("proxy", "reason"), registry=registry)
+        self.proxy_up = Gauge(
+            "sqlgate_gatekeeper_proxy_up", "1 when the Proxy's last health check answered 200",
+            ("proxy",), registry=registry, multiprocess_mode="livemostrecent")
+        self.rate_store_up = Gauge(
+            "sqlgate_gatekeeper_rate_store_up",
+            "1 while the shared rate store (GATEKEEPER_RATE_STORE) answers; 0 while this "
+            "Gatekeeper grants each key its share of the rate from its own buckets",
+            registry=registry, multiprocess_mode="livemin")
+        self.rate_store_fallbacks = Counter(
+            "sqlgate_gatekeeper_rate_store_fallbacks_total",
+            "Rate-limited requests decided by this Gatekeeper's own buckets (rate / peers) "
+            "because the shared rate store did not answer in time", registry=registry)
         self._requests = LabelCache(self.requests)
+        self._proxy_requests = LabelCache(self.proxy_requests)
         self._duration = LabelCache(self.duration)
         self._rate_limited = LabelCache(self.rate_limited)
         self._refusals = LabelCache(self.refusals)
@@ -56,6 +85,8 @@ class GatekeeperMetrics:
         key = request.key or "-"
         self._requests(endpoint, str(status), key).inc()
         self._duration(endpoint).observe(request.seconds)
+        if request.trace.node is not None:  # the Proxy it went to
+            self._proxy_requests(request.trace.node).inc()
         if status < 400:
             return
         if request.relayed:

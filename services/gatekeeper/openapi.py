@@ -124,10 +124,14 @@ def _schemas() -> dict[str, Any]:
                           "description": "403: the scope of the key that was refused"},
                 "mysql_errno": {"type": "integer"},
                 "failed_statement": {"type": "integer", "minimum": 0},
-                "outcome": {"enum": ["unknown"],
-                            "description": "503: the write may or may not have been applied "
-                            "(its connection died after it was sent), or it returned while "
-                            "semi-synchronous replication was off (on the primary alone)"},
+                "transaction_id": {"type": "string",
+                                   "description": "the transaction the error is about"},
+                "outcome": {"enum": ["unknown", "rolled back"],
+                            "description": "unknown (503, 504): the write or commit may or may "
+                            "not have been applied (its connection died after it was sent), "
+                            "or it returned while semi-synchronous replication was off (on "
+                            "the primary alone); rolled back (409): the transaction's Proxy "
+                            "cannot be reached, nothing in it was committed"},
             },
         },
         "Value": value,
@@ -158,7 +162,7 @@ def _schemas() -> dict[str, Any]:
                                             "token": {"type": ["string", "null"]}}},
         "Health": {"type": "object", "required": ["service", "status"],
                    "properties": {"service": {"const": "gatekeeper"},
-                                  "status": {"enum": ["ok", "unavailable"]}}},
+                                  "status": {"enum": ["ok", "unavailable", "draining"]}}},
     }
 
 
@@ -167,11 +171,15 @@ ERRORS = {
     "401": f"missing or wrong {API_KEY_HEADER}",
     "403": "beyond the key's scope, or refused by the database",
     "404": "unknown transaction",
-    "409": "conflict: duplicate key, deadlock, a transaction that has ended",
+    "409": "conflict: duplicate key, deadlock, a transaction that has ended (or whose Proxy "
+           "cannot be reached)",
     "413": "body over the size cap",
-    "429": "the key's rate limit: retry after Retry-After seconds",
+    "429": "the key's rate limit, its share of open transactions, or its share of "
+           "statements in flight (nothing of the request ran): retry after Retry-After "
+           "seconds",
     "502": "the answer behind was unusable or too large",
-    "503": "no node can serve now (or too many open transactions)",
+    "503": "no node can serve now (or too many open transactions, the Proxy is lost, or the "
+           "service is stopping)",
     "504": "the statement ran past the time limit (it is stopped on the server too)",
 }
 
@@ -226,7 +234,8 @@ def openapi_document() -> dict[str, Any]:
             "summary": ENDPOINTS["GET /health"], "operationId": "health", "security": [],
             "responses": {code: {"description": text, "content": {"application/json": {
                 "schema": _ref("Health")}}} for code, text in
-                (("200", "the service can serve"), ("503", "it cannot, for now"))}}},
+                (("200", "the service can serve"),
+                 ("503", "it cannot, for now, or it is stopping (draining)"))}}},
     }
     documented = {f"{method.upper()} {path}" for path, item in paths.items() for method in item}
     assert documented == set(ENDPOINTS), f"documented {documented}, contract {set(ENDPOINTS)}"

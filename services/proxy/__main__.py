@@ -17,7 +17,8 @@ def main() -> None:
         sys.exit(f"proxy: bad configuration: {error}")
     # With several workers the lambda runs in each of them, after the fork.
     serve(lambda: make_proxy_app(config, Worker.current()), config.listen_address, config.port,
-          "proxy", options, also=[metrics] if metrics else [], workers=worker_count(config))
+          "proxy", options, also=[metrics] if metrics else [], workers=worker_count(config),
+          stop_seconds=config.stop_seconds)
 
 
 if __name__ == "__main__":

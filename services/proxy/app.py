@@ -4,13 +4,14 @@ metrics port."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 
 import tornado.web
 
 from services.config import ProxyConfig
 from services.contract import SCOPES
-from services.http import Listener, NotFoundHandler, ServerOptions
+from services.http import Drain, Listener, NotFoundHandler, ServerOptions
 from services.metrics import announce, metrics_app
 from services.proxy.affinity import Affinity
 from services.proxy.handlers import (
@@ -25,12 +26,38 @@ from services.proxy.metrics import proxy_metrics
 from services.proxy.pools import MONITOR, NodePool
 from services.proxy.quiet import Scrubber
 from services.proxy.router import QueryRouter
+from services.proxy.shares import StatementShares
 from services.proxy.tokens import TokenCodec, derive_secret
 from services.proxy.transactions import TransactionManager
 from services.requestlog import RequestLog
 from services.workers import Worker
 
 TRANSACTION_PATH = r"/transactions/([^/]+)/(commit|rollback)"
+log = logging.getLogger(__name__)
+
+
+class ProxyDrain(Drain):
+    """The Proxy's way out on SIGTERM (``services.http.Drain``): its health check fails and it
+    opens no new transaction, while plain requests and the open transactions' are served as
+    usual; it stops once every open transaction has ended (commit, rollback, idle timeout,
+    max age), or after ``grace`` seconds (``PROXY_DRAIN_SECONDS``), rolling back those left."""
+
+    def __init__(self, transactions: TransactionManager, grace: float, finish: float) -> None:
+        super().__init__(grace, finish)
+        self.transactions = transactions
+
+    def start(self) -> None:
+        super().start()
+        self.transactions.drain()
+        log.info("no new transactions from now on; waiting up to %gs for the %d open one(s) "
+                 "to end", self.grace, self.transactions.open_count)
+
+    async def settle(self) -> None:
+        await self.transactions.wait_ended(self.grace)
+
+    def left_over(self) -> str | None:
+        count = self.transactions.open_count
+        return f"{count} transaction(s) still open, to be rolled back" if count else None
 
 
 def server_tls_context(config: ProxyConfig) -> ssl.SSLContext | None:
@@ -110,7 +137,8 @@ async def make_proxy_app(config: ProxyConfig, worker: Worker | None = None):
                          config.max_rows, causal_wait=config.causal_wait,
                          primary_fallback=config.read_fallback == "primary",
                          max_result_bytes=config.max_result_bytes, metrics=metrics,
-                         write_hold=config.write_hold, allow_async=config.allow_async)
+                         write_hold=config.write_hold, allow_async=config.allow_async,
+                         shares=StatementShares(config.max_statements_per_key))
     handler_args = {"router": router, "max_body_bytes": config.max_body_bytes,
                     "default_scope": config.default_scope, "scrubber": scrubber_for(config),
                     "affinity": affinity}
@@ -127,6 +155,7 @@ async def make_proxy_app(config: ProxyConfig, worker: Worker | None = None):
         default_handler_class=NotFoundHandler,
         log_function=requests.finished,
         request_log=requests,
+        drain=ProxyDrain(transactions, config.drain_seconds, config.finish_seconds),
     )
     if affinity is not None:
         affinity.serve(app)

@@ -51,8 +51,9 @@ class IndexHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    """200 while some node can serve (``degraded`` without the primary), 503 when none can;
-    which node is the primary now, and the cluster's epoch."""
+    """200 while some node can serve (``degraded`` without the primary), 503 when none can, or
+    while the Proxy is stopping (``draining``: it opens no new transaction); which node is the
+    primary now, and the cluster's epoch."""
 
     endpoint = "GET /health"
 
@@ -69,6 +70,8 @@ class HealthHandler(JsonHandler):
         primary_up = primary is not None and primary.up is True
         any_up = any(node.up is True for node in cluster.nodes)
         status = "ok" if primary_up else ("degraded" if any_up else "unavailable")
+        if self.draining:
+            status = "draining"
         answer = {"service": "proxy", "status": status, "modes": list(MODES),
                   "primary": primary.name if primary is not None else None,
                   "epoch": cluster.epoch, "open_transactions": self.transactions.open_count,
@@ -77,7 +80,7 @@ class HealthHandler(JsonHandler):
             answer["no_primary_reason"] = cluster.no_primary_reason
         if self.worker is not None:
             answer["worker"] = self.worker
-        self.send_json(answer, 200 if any_up else 503)
+        self.send_json(answer, 200 if any_up and not self.draining else 503)
 
 
 class ProxyHandler(JsonHandler):

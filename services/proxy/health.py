@@ -333,6 +333,8 @@ class HealthMonitor:
         self._tasks: list[asyncio.Task] = []
         self._ping_warning_logged = False
         self._no_epoch_table: set[str] = set()  # nodes last seen without the epoch table
+        # The checks of nodes that are down, run beside the cycle (check_nodes).
+        self._aside: dict[str, asyncio.Task] = {}
 
     def start(self) -> None:
         self._tasks = [
@@ -341,9 +343,10 @@ class HealthMonitor:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._aside.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -358,18 +361,52 @@ class HealthMonitor:
 
     async def check_nodes(self) -> None:
         """The primary first (its heartbeat), then every other node at once; then which node
-        is the primary now (``ClusterHealth.elect``)."""
+        is the primary now (``ClusterHealth.elect``).
+
+        A node that is down is checked beside the cycle, not in it: when its host is cut off,
+        each of its checks waits out the connect timeout, and the cycle would learn that
+        long later that another node became the primary (a failover's held writes wait on
+        this)."""
         cluster = self.cluster
         primary = cluster.primary
-        if primary is not None:
+        if primary is not None and primary.up is False:
+            self._check_aside(primary, self._check_primary)  # down: a successor may come
+        elif primary is not None:
             await self._check(primary, self._check_primary)
         others = [node for node in cluster.nodes if node is not primary]
+        for node in others:
+            if node.up is False:
+                self._check_aside(node)
+        others = [node for node in others if node.up is not False]
         reached = await asyncio.gather(*(self._check(node, self._check_replica)
                                          for node in others))
         self._judge_replicas([node for node, up in zip(others, reached, strict=True) if up])
         cluster.elect()
+        if primary is not None and primary.up is False and \
+                cluster.primary not in (None, primary):
+            # Replaced while down: what still runs there can never be acknowledged (its
+            # replicas follow the new primary). Those statements answer now, as lost with an
+            # unknown outcome, instead of at their query timeout.
+            aborted = primary.pool.abort_in_flight()
+            if aborted:
+                log.warning("%s replaced by %s: %d statement(s) in flight there cut off",
+                            primary.name, cluster.primary.name, aborted)
         if self.metrics is not None:
             self.metrics.observe_nodes(cluster.nodes, cluster.epoch)
+
+    def _check_aside(self, node: NodeHealth, check=None) -> None:
+        """One check of a down node in a task of its own, unless one is still running; once
+        it answers, the cycle checks it again."""
+        running = self._aside.get(node.name)
+        if running is None or running.done():
+            self._aside[node.name] = asyncio.create_task(
+                self._checked_aside(node, check or self._check_replica))
+
+    async def _checked_aside(self, node: NodeHealth, check) -> None:
+        try:
+            await self._check(node, check)
+        except Exception:  # as _every: logged, and tried again at the next cycle
+            log.exception("health check of %s failed", node.name)
 
     async def _check(self, node: NodeHealth, check) -> bool:
         """One node's check; whether it answered."""
@@ -384,6 +421,10 @@ class HealthMonitor:
         node.sql_rtt_ms = (time.perf_counter() - began) * 1000.0
         if node.up is False:
             log.info("node %s is back", node.name)
+            if node is self.cluster.primary:
+                # As after a promotion: its replicas are still reconnecting, and writes held
+                # meanwhile wait for semi-sync rather than fail (write_target).
+                node.primary_since = time.monotonic()
         node.up, node.last_error = True, None
         version = node.pool.server_version
         if version:

@@ -157,6 +157,16 @@ PREPARED_MARK = "_sqlgate_prepared"
 USER_MARK = "_sqlgate_user"
 
 
+def _driver_failure(node: str, error: Exception, *, maybe_applied: bool) -> NodeUnavailable:
+    """An exception the driver was not meant to raise (asyncmy lets a few through while a
+    connection dies under it: a RuntimeError for a transport without a socket, an
+    AttributeError on one already gone): the connection is lost all the same. Logged with its
+    traceback, since it is a driver bug to report."""
+    log.warning("%s: the database driver failed: %r", node, error, exc_info=error)
+    return NodeUnavailable(node, f"the connection failed ({type(error).__name__})",
+                           maybe_applied=maybe_applied)
+
+
 def db_tls_context(ca_file: str) -> ssl.SSLContext:
     """TLS for every database connection: the server's certificate must chain to ``ca_file``.
 
@@ -358,11 +368,33 @@ class NodePool:
             await pool.wait_closed()
 
     async def drop_idle_connections(self) -> None:
-        """After the node failed, forget connections that died with it."""
+        """After the node failed, forget connections that died with it: closed at once.
+
+        Not asyncmy's ``Pool.clear()``, which says goodbye on each and waits for the TLS
+        close to be answered: a node whose host is cut off never answers, and asyncio waits
+        30 s for each of them, while the health check that marked the node down waits too and
+        the Proxy learns of no new primary meanwhile."""
         for pool in list(self._pools.values()):
-            await pool.clear()
+            async with pool._cond:  # asyncmy's pool: its free connections, under its lock
+                while pool._free:
+                    pool._free.popleft().close()
+                pool._cond.notify()
         for killer in self._killers.values():
             killer.close()
+
+    def abort_in_flight(self) -> int:
+        """Cut every connection in use (statements running, transactions open): the node was
+        replaced as the primary while unreachable, and what runs there waits on a host that
+        may never answer. Each statement then fails at once as a lost connection (a write:
+        outcome unknown; a transaction: rolled back). How many were cut."""
+        aborted = 0
+        for pool in self._pools.values():
+            for conn in list(pool._used):  # asyncmy's pool: the connections handed out
+                transport = conn._transport
+                if transport is not None and not transport.is_closing():
+                    transport.abort()
+                    aborted += 1
+        return aborted
 
     async def _acquire(self, scope: str) -> Any:
         pool = self._pool(scope)
@@ -381,6 +413,8 @@ class NodePool:
         except (OSError, MySQLError) as error:
             raise NodeUnavailable(self.name, _error_message(error),
                                   maybe_applied=False) from error
+        except Exception as error:  # the driver's own failure while connecting: nothing sent
+            raise _driver_failure(self.name, error, maybe_applied=False) from error
         finally:
             self.waiting -= 1
         if not getattr(conn, PREPARED_MARK, False):
@@ -388,8 +422,10 @@ class NodePool:
             limit_read_ahead(conn)  # a result cut at max_result_bytes is not read whole
             try:
                 await asyncio.wait_for(session.prepare(conn), limit)
-            except (TimeoutError, OSError, MySQLError) as error:
+            except Exception as error:  # a connection failure or the driver's: nothing sent
                 self._give_back(conn, keep=False)
+                if not isinstance(error, TimeoutError | OSError | MySQLError):
+                    raise _driver_failure(self.name, error, maybe_applied=False) from error
                 raise NodeUnavailable(self.name, f"could not prepare a connection: "
                                       f"{_error_message(error)}", maybe_applied=False) from None
             setattr(conn, PREPARED_MARK, True)
@@ -409,7 +445,7 @@ class NodePool:
         try:
             await asyncio.wait_for(session.reset(conn, self._base_args["db"]),
                                    self._config.connect_timeout)
-        except (TimeoutError, OSError, MySQLError):
+        except Exception:  # whatever failed, the session is not known to be clean
             return False
         return True
 
@@ -480,6 +516,8 @@ class NodePool:
                 raise NodeUnavailable(self.name, _error_message(error),
                                       maybe_applied=True) from error
             raise SqlError(_error_code(error), _error_message(error)) from None
+        except Exception as error:  # the driver's own failure mid-statement: state unknown
+            raise _driver_failure(self.name, error, maybe_applied=True) from error
 
     @staticmethod
     async def _run(cursor: SSCursor, statement: Statement, max_rows: int, max_bytes: int,

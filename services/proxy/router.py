@@ -34,6 +34,7 @@ from services.proxy.pools import (
 )
 from services.proxy.routing import STRATEGIES, read_targets
 from services.proxy.scopes import Caller
+from services.proxy.shares import StatementShares
 from services.proxy.tokens import TokenCodec
 from services.proxy.transactions import (
     Transaction,
@@ -116,6 +117,15 @@ class QueryRouter:
     metrics: ProxyMetrics | None = None  # retries and read-your-writes waits
     write_hold: float = 15.0  # how long a write waits for a primary during a failover
     allow_async: bool = False  # accept writes while the primary's semi-sync is off
+    # Each key's share of the requests in flight outside transactions (None: no share).
+    shares: StatementShares | None = None
+
+    def _share(self, caller: Caller) -> contextlib.AbstractContextManager:
+        """The caller's key holds one more of its share for the block (429 past it, before
+        anything is sent); inside a transaction nothing is taken: see services/proxy/shares."""
+        if self.shares is None:
+            return contextlib.nullcontext()
+        return self.shares.hold(caller.key)
 
     # --- POST /query --------------------------------------------------------------------------
 
@@ -146,8 +156,9 @@ class QueryRouter:
             refuse_outside(classification)
             if classification.is_read:
                 trace.mode = request.mode
-            answer = (await self._execute(request.statement, classification, request.mode,
-                                          caller, after, trace=trace)).to_json()
+            with self._share(caller):
+                answer = (await self._execute(request.statement, classification, request.mode,
+                                              caller, after, trace=trace)).to_json()
         return {
             "request_id": request_id,
             "mode": request.mode,
@@ -346,12 +357,14 @@ class QueryRouter:
         if request.transaction_id is not None:
             answer = await self._batch_in_transaction(request, classifications, caller)
         elif request.transaction:
-            answer = await self._atomic_batch(request, classifications, caller)
+            with self._share(caller):  # once per request: one connection at a time
+                answer = await self._atomic_batch(request, classifications, caller)
         else:
             if reads_only:
                 trace.mode = request.mode
-            answer = await self._independent_batch(request, classifications, caller, after,
-                                                   trace)
+            with self._share(caller):
+                answer = await self._independent_batch(request, classifications, caller,
+                                                       after, trace)
         if request.transaction_id is not None or request.transaction:
             trace.node = answer["node"]
         return {"request_id": request_id, "mode": request.mode,

@@ -3,8 +3,13 @@
 A transaction is opened by one request and used by later ones through its id, so the Proxy
 keeps its connection (a ``Lease``) between requests. What that costs is bounded: at most
 ``max_transactions`` are open (fewer than the pool's connections, so ordinary requests always
-find room), an idle one is rolled back after ``transaction_idle_timeout`` and any one after
-``transaction_max_age``. Ending a transaction, whichever way, resets its connection.
+find room), at most ``max_transactions_per_key`` of them by one key (so that no key keeps the
+others out: 429 past it, where the global cap is a 503), an idle one is rolled back after
+``transaction_idle_timeout`` and any one after ``transaction_max_age``. Ending a transaction,
+whichever way, resets its connection.
+
+A stopping Proxy drains (``drain``): it opens no new transaction (503, cause ``draining``, so
+that a front may open it on another Proxy) and lets the open ones end as usual.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -51,6 +56,7 @@ class Transaction:
     opened: float
     last_used: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    key: str = ""  # the key that opened it ("": a request without a key name)
     statements: int = 0
     position: str | None = None  # the primary's replication position after the commit
     replicated: bool | None = None  # semi-sync still on after the commit (None: not read)
@@ -69,14 +75,17 @@ class TransactionManager:
         self.write_hold = config.write_hold
         self.instance = config.instance_name
         self.max_open = config.max_transactions
+        self.max_per_key = config.max_transactions_per_key
         self.idle_timeout = config.transaction_idle_timeout
         self.max_age = config.transaction_max_age
         self.max_rows = config.max_rows
         self.max_result_bytes = config.max_result_bytes
         self._open: dict[str, Transaction] = {}
         self._opening = 0
+        self._held: Counter[str] = Counter()  # open or opening, by key
         self._ended: OrderedDict[str, str] = OrderedDict()
         self._reaper: asyncio.Task | None = None
+        self.draining = False
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -88,8 +97,27 @@ class TransactionManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for transaction in list(self._open.values()):
+        left = list(self._open.values())
+        if left:
+            log.warning("the proxy stops with %d transaction(s) open: rolling them back (%s)",
+                        len(left), ", ".join(transaction.id for transaction in left))
+        for transaction in left:
             await self._end(transaction, "rolled back: the proxy stopped")
+
+    def drain(self) -> None:
+        """Open no new transaction from now on (the Proxy is stopping); the open ones go on
+        until they end as usual."""
+        self.draining = True
+
+    async def wait_ended(self, limit: float) -> bool:
+        """Wait, at most ``limit`` seconds, until no transaction is open (or opening); True
+        when none is."""
+        deadline = time.monotonic() + limit
+        while self._open or self._opening:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     @property
     def open_count(self) -> int:
@@ -110,14 +138,28 @@ class TransactionManager:
     async def open(self, request: TransactionRequest, caller: Caller) -> Transaction:
         """Open one on the primary, as the caller's scope's database user, which it keeps."""
         caller.check_transaction("interactive transactions")
+        if self.draining:
+            raise ApiError(503, "this proxy is stopping (draining): it opens no new "
+                           "transaction; open it on another proxy, or retry shortly",
+                           headers={"Retry-After": "1"}, cause="draining", draining=True)
         if self.max_open == 0:
             raise ApiError(503, "transactions are turned off on this proxy "
                            "(PROXY_MAX_TRANSACTIONS=0)", cause="transactions_full")
+        key = caller.key or ""
+        if self._held[key] >= self.max_per_key:
+            # The key's own doing, and only the key's own transactions can end it: 429, as a
+            # rate limit, while the other keys still get theirs.
+            raise ApiError(429, f"too many open transactions for this key "
+                           f"({self.max_per_key}): commit or roll back one of them, or retry "
+                           "later", headers={"Retry-After": "1"}, retry_after=1,
+                           cause="transactions_per_key")
         if len(self._open) + self._opening >= self.max_open:
             raise ApiError(503, f"too many open transactions ({self.max_open}): commit or roll "
                            "back one, or retry later", headers={"Retry-After": "1"},
                            cause="transactions_full")
         self._opening += 1
+        self._held[key] += 1
+        opened = False
         node = None
         try:
             node = await self.cluster.writable_primary(self.allow_async, self.write_hold)
@@ -137,11 +179,15 @@ class TransactionManager:
         except (NodeUnavailable, QueryTimeout, SqlError) as error:
             raise ApiError(503, f"could not open a transaction on the primary: {error}",
                            node=node.name, cause="no_node") from None
+        else:
+            opened = True
         finally:
             self._opening -= 1
+            if not opened:
+                self._release(key)
         now = time.monotonic()
         transaction = Transaction(f"{self.instance}.{secrets.token_urlsafe(18)}", lease,
-                                  caller.scope, opened=now, last_used=now)
+                                  caller.scope, opened=now, last_used=now, key=key)
         self._open[transaction.id] = transaction
         if self._open_gauge is not None:
             self._open_gauge.inc()
@@ -239,9 +285,15 @@ class TransactionManager:
             await self._end(transaction, ending)
             return transaction
 
+    def _release(self, key: str) -> None:
+        self._held[key] -= 1
+        if self._held[key] <= 0:
+            del self._held[key]  # a key that holds none takes no room
+
     async def _end(self, transaction: Transaction, reason: str) -> None:
         if self._open.pop(transaction.id, None) is None:
             return
+        self._release(transaction.key)
         if self._open_gauge is not None:
             self._open_gauge.dec()
         self._ended[transaction.id] = reason

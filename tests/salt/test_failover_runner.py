@@ -50,7 +50,10 @@ def runner(tmp_path):
     module.proxy_view = {}
     module.nodes = {}
 
-    def ask(targets, function, arg=(), kwarg=None, timeout=5):
+    module.rounds = []
+    module.sent = []
+
+    def ask(targets, function, arg=(), kwarg=None, timeout=5, enough=None, grace=1.0):
         module.calls.append((tuple(targets), function, tuple(arg), kwarg or {}))
         if function == "sqlgate_db.node_state":
             return {node: module.nodes[node] for node in targets
@@ -58,6 +61,23 @@ def runner(tmp_path):
         if function == "sqlgate_db.stop_io":
             return {node: module.nodes[node] for node in targets
                     if module.nodes.get(node) is not None}
+        if function == "sqlgate_db.failover_check":  # a replica that lost its source stops
+            answers = {}
+            for node in targets:
+                found = module.nodes.get(node)
+                if found is None:
+                    continue
+                replica = found.get("replica") or {}
+                lost = replica and (replica.get("io_running") != "Yes"
+                                    or replica.get("lost_seconds") is not None)
+                answers[node] = ({**found, "stopped": replica.get("io_running") != "No",
+                                  "took": {"stop": 0.1}} if lost else found)
+            return answers
+        if function == "sqlgate_db.fence":
+            return {node: {"read_only": True, "killed": 0, "gtid_binlog_pos": "0-1-42"}
+                    for node in targets}
+        if function == "sqlgate_db.follow":
+            return {node: {"source": kwarg["source"]} for node in targets}
         if function == "sqlgate_db.fence_node":
             return {node: {"server": "not fenced", "port": "closed"} for node in targets}
         if function == "sqlgate_db.wait_applied":
@@ -65,10 +85,19 @@ def runner(tmp_path):
         if function == "sqlgate_db.promote":
             return {targets[0]: {"epoch": arg[0], "primary_host": arg[1],
                                  "fork_gtid_pos": "0-1-10"}}
+        if function == "cmd.run":  # the Proxies' /health: module.proxy_view below
+            return {}
         return {node: {"ok": True} for node in targets}
 
+    def together(*calls):  # one round trip: recorded as such, asked in order
+        module.rounds.append([call[1] for call in calls])
+        return [ask(*call) for call in calls]
+
     module._ask = ask
-    module._proxy_view = lambda cluster, timeout: module.proxy_view
+    module._together = together
+    module._send = lambda targets, function, arg=(), kwarg=None: module.sent.append(
+        (tuple(targets), function))
+    module._proxy_view = lambda answers: module.proxy_view
     return module
 
 
@@ -117,15 +146,22 @@ def test_the_most_advanced_replica_is_promoted_and_the_other_follows_it(runner, 
     answer = runner.failover(reason="event")
     assert answer["result"] == "promoted" and answer["primary"] == "replica2", answer
     assert answer["epoch"] == 2 and answer["repointed"] == ["replica1"]
-    functions = [call[1] for call in runner.calls]
-    # Fenced before the promotion; the other replica repointed before it (its acknowledgement).
-    assert functions.index("sqlgate_db.fence_node") < functions.index("sqlgate_db.promote")
-    assert functions.index("sqlgate_db.follow") < functions.index("sqlgate_db.promote")
+    # The replicas that lost the primary stopped (and applied their relay logs) in the check
+    # itself; then the promotion and the other replica's repointing in one round trip (the
+    # promotion waits for its acknowledgement before it opens writes), with the fence of the
+    # old primary, whose server is down (it comes back read-only).
+    assert runner.rounds[0] == ["sqlgate_db.failover_check", "cmd.run"]
+    assert runner.rounds[1] == ["sqlgate_db.promote", "sqlgate_db.follow",
+                                "sqlgate_db.fence_node"]
+    checked = next(call for call in runner.calls if call[1] == "sqlgate_db.failover_check")
+    assert checked[3] == {"stop_if_lost": 3, "apply_timeout": 30}
+    assert [call[0] for call in runner.calls if call[1] == "sqlgate_db.stop_io"] == [()]
     follow = next(call for call in runner.calls if call[1] == "sqlgate_db.follow")
     assert follow[0] == ("replica1",) and follow[3]["source"] == "10.0.0.7"
     assert "password" not in follow[3]  # the minion reads it from its own pillar
     promote = next(call for call in runner.calls if call[1] == "sqlgate_db.promote")
     assert promote[3]["steps"]["open_writes"][-1] == "SET GLOBAL read_only = OFF"
+    assert promote[3]["replica_wait"] == 5
     written = yaml.safe_load((tmp_path / "pillar" / "sqlgate" / "failover.sls").read_text())
     assert written["sqlgate"]["db"] == {"primary": "replica2", "epoch": 2,
                                         "fork_gtid_pos": "0-1-10"}
@@ -189,7 +225,98 @@ def test_the_block_ends_after_block_seconds(runner, monkeypatch):
     assert runner.failover(reason="event")["result"] == "promoted"
 
 
+def test_the_furthest_position_of_several(runner):
+    assert runner._furthest(["0-1-40,1-2-5", "0-1-42", ""], "mariadb") == "0-1-42,1-2-5"
+    assert runner._furthest(["u:1-5", "", "u:1-7"], "mysql") == "u:1-5,u:1-7"
+
+
 def test_mysql_positions_rank_by_their_size(runner):
     assert runner._size("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,"
                         "d84f56fa-12eb-11f1-936e-08002719c604:1-2:4") == 8
     assert runner._size("0-1-100,1-2-5") == 105
+
+
+def test_a_silent_primary_is_sent_its_fence_and_given_the_time_to_fence_itself(
+        runner, monkeypatch):
+    """Its host cut off: its minion answers nothing, so its fence is sent without waiting for
+    it, and the candidate becomes writable only once the replicas have seen the primary lost
+    for fence_seconds + watch_seconds + 1 (by then it made itself read-only)."""
+    runner.nodes = {"primary": None,
+                    "replica1": state(io="Yes", received="0-1-10"),
+                    "replica2": state(io="Yes", received="0-1-12")}
+    for node, lost in (("replica1", 1.5), ("replica2", 2.5)):
+        runner.nodes[node]["replica"].update(io_running="Connecting", lost_seconds=lost)
+    slept = []
+    monkeypatch.setattr(runner.time, "sleep", slept.append)
+    answer = runner.failover(reason="event")
+    assert answer["result"] == "promoted" and answer["primary"] == "replica2", answer
+    assert runner.sent == [(("primary",), "sqlgate_db.fence_node")]
+    assert "sqlgate_db.fence_node" not in [call[1] for call in runner.calls]
+    assert slept == [pytest.approx(2 + 1 + 1 - 2.5)]
+    last = runner.status()["last"]
+    assert last["fence"]["port"] == "sent, its minion silent"
+    assert last["self_fence_wait_s"] == pytest.approx(1.5)
+
+
+def test_a_replica_that_did_not_apply_its_relay_log_stops_the_promotion(runner):
+    lost_primary(runner)
+    runner.nodes["replica1"]["replica"]["relay_applied"] = False
+    answer = runner.failover(reason="event")
+    assert answer["result"] == "refused" and "replica1" in answer["why"], answer
+    assert "sqlgate_db.promote" not in [call[1] for call in runner.calls]
+    assert any(call[2] == ("START REPLICA IO_THREAD",) for call in runner.calls)
+
+
+def test_a_switchover_repoints_first_then_stops_writes_then_promotes_at_their_position(runner):
+    """Writes are held only for the last two round trips: the other replica is repointed to
+    the candidate first (chained under it while writes go on), then the old primary is made
+    read-only (answering where its writes stopped), then the candidate applies that much and
+    is promoted; then the old primary follows it."""
+    runner.nodes = {"primary": state(read_only=False),
+                    "replica1": state(io="Yes", received="0-1-40"),
+                    "replica2": state(io="Yes", received="0-1-41")}
+    answer = runner.switchover(to="replica1")
+    assert answer["result"] == "promoted" and answer["primary"] == "replica1", answer
+    steps = [(call[0], call[1]) for call in runner.calls if call[1] != "sqlgate_db.node_state"]
+    # The other replica stops where it is, the candidate catches up with it, it follows the
+    # candidate: never from a position the candidate's binary log does not hold yet.
+    assert steps[:5] == [(("replica2",), "sqlgate_db.stop_io"),
+                         (("replica1",), "sqlgate_db.wait_applied"),
+                         (("replica2",), "sqlgate_db.follow"),
+                         (("primary",), "sqlgate_db.fence"),
+                         (("replica1",), "sqlgate_db.promote")], steps
+    waited = next(call for call in runner.calls if call[1] == "sqlgate_db.wait_applied")
+    assert waited[3]["position"] == "0-1-41"  # replica2's, ahead of the candidate's 0-1-40
+    promote = next(call for call in runner.calls if call[1] == "sqlgate_db.promote")
+    assert promote[3]["position"] == "0-1-42" and promote[3]["apply_timeout"] == 30
+    assert steps[-1] == (("primary",), "sqlgate_db.follow")
+    last = runner.status()["last"]
+    assert last["steps"]["replicas_repointed"] <= last["steps"]["writes_stopped"] \
+        <= last["writable"]
+
+
+def test_replicas_stopped_by_the_check_start_again_when_there_is_no_failover(runner):
+    """The Proxy still reaches the primary (only the replicas lost it): an alert, no
+    failover, and the IO threads the check stopped run again."""
+    runner.nodes = {"primary": None,
+                    "replica1": state(io="Connecting", received="0-1-10"),
+                    "replica2": state(io="Connecting", received="0-1-10")}
+    runner.proxy_view = {"primary": True}
+    answer = runner.failover(reason="event")
+    assert answer["result"] == "no failover", answer
+    restarted = [call for call in runner.calls if call[2] == ("START REPLICA IO_THREAD",)]
+    assert [sorted(call[0]) for call in restarted] == [["replica1", "replica2"]]
+    assert "sqlgate_db.promote" not in [call[1] for call in runner.calls]
+
+
+def test_a_primary_whose_server_still_runs_is_fenced_before_the_promotion(runner):
+    """Its replicas lost it and it answers read-only (it restarted so): it could be made
+    writable again, so it is fenced, and answers, before another node is promoted."""
+    lost_primary(runner)
+    runner.nodes["primary"] = state(read_only=True)
+    answer = runner.failover(reason="event")
+    assert answer["result"] == "promoted", answer
+    fence = next(r for r in runner.rounds if "sqlgate_db.fence_node" in r)
+    take_over = next(r for r in runner.rounds if "sqlgate_db.promote" in r)
+    assert runner.rounds.index(fence) < runner.rounds.index(take_over)
+    assert "sqlgate_db.fence_node" not in take_over

@@ -7,6 +7,7 @@ primary. And the detection job (``sqlgate_db.watch``) with recorded replica stat
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 
 import pytest
@@ -94,10 +95,23 @@ def test_a_promotion_a_fence_and_a_rejoin_on_real_mariadb(trio, call):
     with pytest.raises(Exception):  # noqa: B017 (any error: the connection is gone)
         held.cursor().execute("SELECT 1")
     assert call("node_state", primary)["read_only"] is True
+    # A switchover's fence answers where the writes stopped: what the replicas wait for.
+    planned = call("fence", primary, "planned=True")
+    assert planned == {"read_only": True, "killed": 0, "gtid_binlog_pos": written}
+
+    # The failover's check: a replica still receiving is left alone; one that lost its
+    # source (its IO thread stopped) stops and applies its relay log in the same call.
+    untouched = call("failover_check", first, "stop_if_lost=3", "apply_timeout=10")
+    assert "stopped" not in untouched and untouched["replica"]["io_running"] == "Yes"
+    behind = call("failover_check", second, "stop_if_lost=3", "apply_timeout=10")
+    assert behind["replica"]["relay_applied"] is True
+    assert behind["stopped"] is False  # stopped by someone else (the test): left to them
+    assert call("failover_check", primary)["replica"] == {}  # no replica: nothing to stop
 
     for replica in (first, second):
-        stopped = call("stop_io", replica)
+        stopped = call("stop_io", replica, "apply_timeout=10")
         assert stopped["replica"]["io_running"] == "No" and stopped["running"] is True
+        assert stopped["replica"]["relay_applied"] is True
     assert call("wait_applied", first, "timeout=10") is True
     ahead, behind = (call("node_state", node)["replica"]["received"] for node in (first,
                                                                                   second))
@@ -108,8 +122,10 @@ def test_a_promotion_a_fence_and_a_rejoin_on_real_mariadb(trio, call):
     # commit at once), then the candidate is promoted.
     assert call("follow", second, *follow_args(trio, first)) == \
         {"source": f"127.0.0.1:{first.port}"}
-    promoted = call("promote", first, "2", "replica1")
+    promoted = call("promote", first, "2", "replica1", "replica_wait=10")
     assert promoted["epoch"] == 2 and promoted["fork_gtid_pos"]
+    # Writes opened once the follower was there to acknowledge them.
+    assert promoted["semi_sync_clients"] == 1
     state = call("node_state", first)
     assert state["read_only"] is False and state["replica"] == {}
     assert state["epoch"]["epoch"] == 2 and state["epoch"]["primary_host"] == "replica1"
@@ -165,6 +181,7 @@ def watcher(tmp_path, status, pillar=None):
         "event.send": lambda tag, data: sent.append((tag, data)) or True})
     module.__opts__ = {"id": "replica1", "cachedir": str(tmp_path)}
     module.__pillar__ = {"sqlgate": pillar}
+    module._answers = lambda address, port=3306, timeout=1.0: True
     return module, client, sent
 
 
@@ -191,6 +208,40 @@ def test_a_lost_primary_fires_after_the_detection_time_and_again_while_it_lasts(
     assert tag == "sqlgate/db/primary-unreachable"
     assert data["node"] == "replica1" and data["source_host"] == "127.0.0.1"
     assert json.loads((tmp_path / "sqlgate-watch.json").read_text())["fired_at"] == 108
+
+
+def test_a_source_whose_port_does_not_answer_is_lost_while_the_io_thread_says_yes(tmp_path):
+    """A cut link: the IO thread says Yes until slave_net_timeout, but the source does not
+    greet a new connection: lost from the first probe, fired after the detection time, and
+    node_state says for how long (what the runner waits on before it promotes)."""
+    module, _, sent = watcher(tmp_path, recorded("mariadb-10.11-running"))
+    probes = []
+    module._answers = lambda address, port=3306, timeout=1.0: probes.append(
+        (address, str(port), timeout)) or False
+    seen = module.watch(detect_seconds=3, now=100, probe_seconds=0.25)
+    assert seen["io_running"] == "Yes" and seen["source_answers"] is False
+    assert probes == [("127.0.0.1", module.replica_status()["Source_Port"], 0.25)]
+    assert module.watch(detect_seconds=3, now=103)["fired"] == "sqlgate/db/primary-unreachable"
+    assert sent[0][1]["io_running"] == "Yes"
+    module.time = type("Clock", (), {"time": staticmethod(lambda: 104.5)})
+    assert module._lost_seconds() == 4.5
+    module._answers = lambda address, port=3306, timeout=1.0: True
+    assert module.watch(detect_seconds=3, now=105)["fired"] is None
+    assert module._lost_seconds() is None
+
+
+def test_the_probe_needs_the_servers_greeting(trio):
+    """A real server greets at once; a port that accepts and says nothing (a hung server, or
+    a listener that is not one) and a closed port do not answer."""
+    module = load_salt_module("modules", "sqlgate_db", {})
+    assert module._answers("127.0.0.1", trio.primary.port, 1.0) is True
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(1)
+        port = mute.getsockname()[1]
+        assert module._answers("127.0.0.1", port, 0.3) is False
+    assert module._answers("127.0.0.1", port, 0.3) is False  # closed now: refused
+    assert module._answers("", 3306) is False
 
 
 def test_a_node_that_follows_nobody_and_is_not_the_primary_asks_to_rejoin(tmp_path):

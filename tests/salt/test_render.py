@@ -7,6 +7,8 @@ fixed addresses standing in for the Salt mine (no master here).
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import re
 import shutil
@@ -18,6 +20,7 @@ import jinja2
 import pytest
 import yaml
 
+from cluster.loopback.redis import acl_line
 from cluster.pillar import build_pillar, write_pillar_tree
 from cluster.secrets import ClusterSecrets
 from cluster.state import PROJECT_ROOT
@@ -68,20 +71,26 @@ HOST_OF_SLS = {
     "sqlgate.exporters": "replica1",
     "sqlgate.exporters.node": "proxy",
     "sqlgate.exporters.mysqld": "replica1",
+    "sqlgate.balancer": "balancer",
+    "sqlgate.balancer.package": "balancer",
+    "sqlgate.balancer.tls": "balancer",
+    "sqlgate.balancer.config": "balancer",
+    "sqlgate.balancer.service": "balancer",
     "sqlgate.monitor": "monitor",
     "sqlgate.monitor.package": "monitor",
     "sqlgate.monitor.tls": "monitor",
     "sqlgate.monitor.config": "monitor",
     "sqlgate.monitor.service": "monitor",
+    "sqlgate.monitor.ratestore": "monitor",
 }
 ROLE_SLS = {"primary": "sqlgate.db.primary", "replica1": "sqlgate.db.replica",
             "proxy": "sqlgate.proxy", "gatekeeper": "sqlgate.gatekeeper",
-            "monitor": "sqlgate.monitor"}
+            "balancer": "sqlgate.balancer", "monitor": "sqlgate.monitor"}
 # A state ID: the sls area's prefix and short kebab words, or a managed service's
 # `<name>-<what>` (services.jinja).
 STATE_ID = re.compile(r"^(sqlgate-[a-z]+(-[a-z0-9]+)*|(mariadb|mysql|sqlgate-proxy|"
-                      r"sqlgate-gatekeeper|prometheus|prometheus-node-exporter|"
-                      r"prometheus-mysqld-exporter)-(unit|program|loaded|restart|running|"
+                      r"sqlgate-gatekeeper|haproxy|prometheus|prometheus-node-exporter|"
+                      r"prometheus-mysqld-exporter|redis-server)-(unit|program|loaded|restart|running|"
                       r"ready))$")
 
 
@@ -97,19 +106,21 @@ def sls_names() -> list[str]:
 
 
 class SaltRenderer(SaltCall):
-    """``SaltCall`` with the pillar tree of ``cluster.pillar`` for a two-replica cluster (with a
-    public certificate for the Gatekeeper when ``public``)."""
+    """``SaltCall`` with the pillar tree of ``cluster.pillar`` for a two-replica cluster with
+    two Gatekeepers and two Proxies behind a balancer host (with a public certificate for the
+    Gatekeepers when ``public``)."""
 
     def __init__(self, root: Path, flavour: Flavour, service_venv: Path,
                  public: bool = False) -> None:
         super().__init__(root, flavour)
-        hosts = plan_hosts(2)
+        hosts = plan_hosts(2, gatekeepers=2, proxies=2, balancer=True)
         self.secrets = ClusterSecrets.generate()
         self.pillar = build_pillar("render", hosts, self.secrets, provider="aws",
                                    sakila_source=SAKILA_URL, tls=cluster_tls(hosts, public),
                                    api_keys=api_keys())
         common = self.pillar.common["sqlgate"]
         common["addresses"] = {h.name: f"10.0.0.{10 + i}" for i, h in enumerate(hosts)}
+        self.addresses: dict[str, str] = common["addresses"]
         # A virtualenv path that exists, so that systemd-analyze can check the units' ExecStart.
         common["lookup"] = {"app": {"venv": str(service_venv)}}
         write_pillar_tree(self.pillar, hosts, self.pillar_dir)
@@ -142,7 +153,7 @@ def key_paths(data: dict, prefix: str = "") -> set[str]:
 
 def test_pillar_example_documents_every_key_bootstrap_writes():
     example = yaml.safe_load((PROJECT_ROOT / "pillar" / "pillar.example").read_text())
-    hosts = plan_hosts(2)
+    hosts = plan_hosts(2, gatekeepers=2, proxies=2, balancer=True)
     written = build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
                            sakila_source="/tmp/sakila", tls=cluster_tls(hosts, public=True),
                            api_keys=api_keys())
@@ -178,7 +189,8 @@ def test_replica_follows_the_primary_over_tls_with_its_flavours_statement(render
         "sqlgate_replication.following"
     follow = state_args(states, "sqlgate-db-replication-source")
     assert follow["change_source"].startswith(renderer.flavour.change_source)
-    assert (follow["source"], follow["port"], follow["user"]) == ("10.0.0.12", 3306, "repl")
+    assert (follow["source"], follow["port"], follow["user"]) == \
+        (renderer.addresses["primary"], 3306, "repl")
     assert follow["password"] == renderer.secrets.repl_password
     assert follow["password"] not in follow["change_source"]  # a template, not the statement
     assert follow["ssl_ca"] == "/etc/sqlgate/tls/ca.crt"
@@ -423,14 +435,24 @@ def test_the_gatekeeper_serves_https_and_reaches_the_proxy_over_mutual_tls(rende
         "GATEKEEPER_TLS_CERT": "/etc/sqlgate/tls/gatekeeper.crt",
         "GATEKEEPER_TLS_KEY": "/etc/sqlgate/tls/gatekeeper.key",
         "GATEKEEPER_KEYS_FILE": "/etc/sqlgate/gatekeeper-keys.json",
-        "GATEKEEPER_PROXY_URL": "https://10.0.0.11:5000",
+        # The Proxies in a file it re-reads; PROXY headers from the balancer only.
+        "GATEKEEPER_PROXIES_FILE": "/etc/sqlgate/gatekeeper-proxies.json",
+        "GATEKEEPER_PROXY_PROTOCOL_FROM": renderer.addresses["balancer"],
         "GATEKEEPER_PROXY_CA": "/etc/sqlgate/tls/ca.crt",
         "GATEKEEPER_PROXY_CLIENT_CERT": "/etc/sqlgate/tls/gatekeeper.crt",
         "GATEKEEPER_PROXY_CLIENT_KEY": "/etc/sqlgate/tls/gatekeeper.key",
         "GATEKEEPER_WORKERS": "0",
+        "GATEKEEPER_DRAIN_SECONDS": "3",  # HAProxy's 2 checks 1 s apart (on AWS, the provider's)
         "GATEKEEPER_METRICS_PORT": "9180",
         "GATEKEEPER_METRICS_CLIENT_CA": "/etc/sqlgate/tls/ca.crt",
+        "GATEKEEPER_RATE_STORE": f"rediss://gatekeeper@{renderer.addresses['monitor']}:6379",
+        "GATEKEEPER_RATE_STORE_PASSWORD_FILE": "/etc/sqlgate/gatekeeper-ratestore.password",
+        "GATEKEEPER_RATE_STORE_PEERS": "2",
+        "GATEKEEPER_RATE_STORE_TIMEOUT": "0.1",
     }
+    password = state_args(states, "sqlgate-gatekeeper-ratestore-password")
+    assert (password["mode"], password["contents"]) == ("0400",
+                                                       renderer.secrets.ratestore_password)
     # The keys file (hashes) replaced a file holding one key in clear, which goes.
     assert "sqlgate-gatekeeper-key" not in states
     assert state_function(states, "sqlgate-gatekeeper-key-absent") == "file.absent"
@@ -506,6 +528,35 @@ def test_the_api_keys_file_holds_hashes_only_and_restarts_nothing(renderer):
             assert "sqlgate-gatekeeper-keys" not in json.dumps(args.get(requisite, [])), sid
 
 
+def test_the_proxy_list_file_names_every_proxy_and_restarts_nothing(renderer):
+    """The Proxies (every Proxy host by its instance name and private address) go to a file
+    the Gatekeeper re-reads, installed in one rename: a Proxy added or removed restarts no
+    Gatekeeper. The list checks out as the Gatekeeper checks it."""
+    import json
+
+    from services.config import NamedProxy, parse_proxies_file
+
+    states = renderer.show_sls("gatekeeper", ROLE_SLS["gatekeeper"])
+    staged = state_args(states, "sqlgate-gatekeeper-proxies-staged")
+    assert (staged["name"], staged["user"], staged["mode"]) == \
+        ("/etc/sqlgate/.gatekeeper-proxies.json.staged", "sqlgate", "0444")
+    assert parse_proxies_file(staged["contents"]) == tuple(
+        NamedProxy(name, f"https://{renderer.addresses[name]}:5000")
+        for name in ("proxy", "proxy2"))
+    install = state_args(states, "sqlgate-gatekeeper-proxies")
+    final = "/etc/sqlgate/gatekeeper-proxies.json"
+    assert install["name"] == (f"cp -p {staged['name']} {final}.new && "
+                               f"mv -f {final}.new {final}")
+    assert install["unless"] == f"cmp -s {staged['name']} {final}"
+    # The env file (which restarts it) is written once the list is there, and names it only.
+    assert {"cmd": "sqlgate-gatekeeper-proxies"} in \
+        state_args(states, "sqlgate-gatekeeper-env")["require"]
+    for sid in states:
+        args = state_args(states, sid)
+        for requisite in ("watch", "onchanges", "listen", "watch_in", "onchanges_in"):
+            assert "sqlgate-gatekeeper-proxies" not in json.dumps(args.get(requisite, [])), sid
+
+
 def test_services_use_the_hosts_service_manager(renderer):
     states = renderer.show_sls("proxy", ROLE_SLS["proxy"])
     if renderer.flavour.service_manager == "systemd":
@@ -545,12 +596,33 @@ def test_the_services_are_ready_when_they_answer_over_https(renderer):
 TLS_FILES = {"sqlgate-tls-ca", "sqlgate-tls-cert", "sqlgate-tls-key"}
 
 
+def test_the_rate_store_is_redis_on_the_monitor_over_tls_with_a_hashed_password(renderer):
+    states = renderer.show_sls("monitor", "sqlgate.monitor")
+    config = state_args(states, "sqlgate-ratestore-config")
+    assert (config["name"], config["mode"], config["user"]) == ("/etc/redis/redis.conf",
+                                                                "0600", "redis")
+    lines = config["contents"].splitlines()
+    assert f"bind {renderer.addresses['monitor']}" in lines
+    assert {"port 0", "tls-port 6379", "tls-auth-clients yes", "user default off",
+            'save ""', "appendonly no"} <= set(lines)
+    password = renderer.secrets.ratestore_password
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    assert acl_line(password) in lines  # the same ACL as the tests' own Redis
+    assert f"#{digest}" in config["contents"] and password not in config["contents"]
+    assert state_args(states, "sqlgate-ratestore-tls-key")["mode"] == "0400"
+    assert "sqlgate-ratestore-config" in {next(iter(item.values())) for item in (
+        state_args(states, "redis-server-running")["watch"]
+        if renderer.flavour.service_manager == "systemd"
+        else state_args(states, "redis-server-restart")["onchanges"])}
+
+
 def test_services_restart_when_their_settings_code_or_certificates_change(renderer):
     database = "mysql" if renderer.flavour.name == "mysql" else "mariadb"
     for minion_id, name, watched in (
             ("proxy", "sqlgate-proxy", {"sqlgate-proxy-env", "sqlgate-app-installed"}),
             ("gatekeeper", "sqlgate-gatekeeper", {"sqlgate-gatekeeper-env",
-                                                  "sqlgate-app-installed"}),
+                                                  "sqlgate-app-installed",
+                                                  "sqlgate-gatekeeper-ratestore-password"}),
             ("primary", database, {"sqlgate-db-config"}),
             ("replica1", database, {"sqlgate-db-config"})):
         states = renderer.show_sls(minion_id, ROLE_SLS[minion_id])
@@ -609,9 +681,10 @@ def test_orchestration_renders_in_role_order(tmp_path):
         "sqlgate-orch-replica",
         "sqlgate-orch-proxy",
         "sqlgate-orch-gatekeeper",
+        "sqlgate-orch-balancer",
         "sqlgate-orch-monitor",
     ]
-    everyone = "primary,replica1,replica2,proxy,gatekeeper,monitor"
+    everyone = "primary,replica1,replica2,proxy,proxy2,gatekeeper,gatekeeper2,balancer,monitor"
     sync = state_args(states, "sqlgate-orch-sync")
     assert (sync["name"], sync["tgt"], sync["tgt_type"]) == ("saltutil.sync_all", everyone,
                                                              "list")
@@ -620,9 +693,43 @@ def test_orchestration_renders_in_role_order(tmp_path):
     replicas = state_args(states, "sqlgate-orch-replica")
     assert replicas["tgt"] == "replica1,replica2" and replicas["highstate"] is True
     assert replicas["require"] == [{"salt": "sqlgate-orch-primary"}]
-    # The monitor scrapes everyone: it comes once the Gatekeeper is up.
-    assert state_args(states, "sqlgate-orch-monitor")["require"] == [
+    # The balancer checks the Gatekeepers: it comes once they are up; the monitor scrapes
+    # everyone: it comes last.
+    assert state_args(states, "sqlgate-orch-balancer")["require"] == [
         {"salt": "sqlgate-orch-gatekeeper"}]
+    assert state_args(states, "sqlgate-orch-monitor")["require"] == [
+        {"salt": "sqlgate-orch-balancer"}]
+
+
+def test_the_rolling_restart_takes_one_host_at_a_time_proxies_first(tmp_path):
+    """salt/orch/rolling.sls: the modules synced, then each Proxy restarted after the one
+    before, then each Gatekeeper drained at the balancer, restarted and made ready there;
+    every step requires the one before, so a failed step stops the run."""
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    states = renderer.show_sls("saltmaster_master", "orch.rolling")
+    order = sorted(states, key=lambda sid: states[sid][next(iter(states[sid]))][-1]["order"])
+    assert order == [
+        "sqlgate-rolling-sync",
+        "sqlgate-rolling-proxy", "sqlgate-rolling-proxy2",
+        "sqlgate-rolling-gatekeeper-drain", "sqlgate-rolling-gatekeeper",
+        "sqlgate-rolling-gatekeeper-ready",
+        "sqlgate-rolling-gatekeeper2-drain", "sqlgate-rolling-gatekeeper2",
+        "sqlgate-rolling-gatekeeper2-ready",
+    ]
+    for before, step in itertools.pairwise(order):
+        assert state_args(states, step)["require"] == [{"salt": before}], step
+    proxy = state_args(states, "sqlgate-rolling-proxy2")
+    assert (proxy["name"], proxy["tgt"], proxy["arg"]) == (
+        "sqlgate_service.restart", "proxy2", ["sqlgate-proxy", "sqlgate.proxy.service"])
+    drain = state_args(states, "sqlgate-rolling-gatekeeper-drain")
+    assert (drain["name"], drain["tgt"], drain["arg"]) == (
+        "sqlgate_balancer.drain", "balancer", ["gatekeeper"])
+    assert state_args(states, "sqlgate-rolling-gatekeeper-ready")["name"] == \
+        "sqlgate_balancer.ready"
+    # The restarts' own ready checks are the formula's: the IDs they name exist.
+    for role, sls in (("proxy", "sqlgate.proxy.service"),
+                      ("gatekeeper", "sqlgate.gatekeeper.service")):
+        assert f"sqlgate-{role}-ready" in renderer.show_sls(role, sls)
 
 
 # --- monitoring ---------------------------------------------------------------------------
@@ -667,9 +774,10 @@ def test_prometheus_scrapes_every_host_with_host_and_role_labels(renderer):
                                for name, role in hosts.items()}
     assert targets("mysqld") == {name: (f"{address[name]}:9104", hosts[name])
                                  for name in ("primary", "replica1", "replica2")}
-    assert targets("gatekeeper") == {"gatekeeper": (f"{address['gatekeeper']}:9180",
-                                                    "gatekeeper")}
-    assert targets("proxy") == {"proxy": (f"{address['proxy']}:9181", "proxy")}
+    assert targets("gatekeeper") == {name: (f"{address[name]}:9180", "gatekeeper")
+                                     for name in ("gatekeeper", "gatekeeper2")}
+    assert targets("proxy") == {name: (f"{address[name]}:9181", "proxy")
+                                for name in ("proxy", "proxy2")}
     assert targets("prometheus") == {"monitor": (f"{address['monitor']}:9090", "monitor")}
     # The services' metrics over HTTPS, checked under the service host's name, with the
     # monitor's certificate as the client certificate they require.
@@ -761,7 +869,7 @@ def test_the_proxy_and_gatekeeper_serve_metrics_and_take_their_workers(tmp_path)
     common = renderer.pillar_dir / "sqlgate" / "common.sls"
     data = yaml.safe_load(common.read_text())
     data["sqlgate"]["proxy"] = {"workers": 3}
-    data["sqlgate"]["gatekeeper"] = {"workers": 2}
+    data["sqlgate"]["gatekeeper"] = {"workers": 2, "proxy_protocol_from": "10.0.0.5, 10.1.0.0/24"}
     common.write_text(yaml.safe_dump(data))
     for name, config_type, workers, port in (("proxy", ProxyConfig, 3, 9181),
                                              ("gatekeeper", GatekeeperConfig, 2, 9180)):
@@ -771,3 +879,66 @@ def test_the_proxy_and_gatekeeper_serve_metrics_and_take_their_workers(tmp_path)
         config = load_config(config_type, ["--env-file", str(env)], environ={})
         assert (config.workers, config.metrics_port) == (workers, port), name
     assert config.metrics_client_ca == "/etc/sqlgate/tls/ca.crt"
+    # The balancer host's address first, then the pillar's own.
+    assert [str(network) for network in config.proxy_protocol_networks] == [
+        f"{renderer.addresses['balancer']}/32", "10.0.0.5/32", "10.1.0.0/24"]
+
+
+def test_on_aws_the_gatekeepers_trust_the_network_load_balancers_network(tmp_path):
+    """No balancer host (AWS's balancer is a Network Load Balancer): the PROXY header is
+    trusted from the network the provider names (the VPC's), in the Gatekeepers' pillar."""
+    from services.config import read_env_file
+
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mysql"], service_venv(tmp_path))
+    hosts = plan_hosts(2, gatekeepers=2, proxies=2)
+    pillar = build_pillar("render", hosts, renderer.secrets, provider="aws",
+                          sakila_source=SAKILA_URL, tls=cluster_tls(hosts), api_keys=api_keys(),
+                          gatekeeper={"proxy_protocol_from": "172.31.0.0/16",
+                                      "drain_seconds": 40, "stop_seconds": 76})
+    assert "gatekeeper" not in pillar.common["sqlgate"]  # the Gatekeepers' file only
+    assert "gatekeeper" not in pillar.roles["proxy"]["sqlgate"]
+    pillar.common["sqlgate"]["addresses"] = renderer.addresses
+    pillar.common["sqlgate"]["lookup"] = {"app": {"venv": str(tmp_path / "venv")}}
+    write_pillar_tree(pillar, hosts, renderer.pillar_dir)
+    for gatekeeper in ("gatekeeper", "gatekeeper2"):
+        states = renderer.show_sls(gatekeeper, "sqlgate.gatekeeper.config")
+        env = tmp_path / f"{gatekeeper}.env"
+        env.write_text(state_args(states, "sqlgate-gatekeeper-env")["contents"])
+        settings = read_env_file(env)
+        assert settings["GATEKEEPER_PROXY_PROTOCOL_FROM"] == "172.31.0.0/16"
+        assert settings["GATEKEEPER_DRAIN_SECONDS"] == "40"  # the NLB's checks take longer
+
+
+def test_the_balancer_passes_tls_through_to_every_gatekeeper_with_their_clients_address(
+        renderer, tmp_path):
+    """HAProxy's file, rendered from the state's context and checked by HAProxy itself: every
+    Gatekeeper behind both public ports, TLS passed through, checked over HTTPS on /health
+    against the cluster CA, PROXY protocol v2 on the HTTPS side; reloaded, not restarted."""
+    states = renderer.show_sls("balancer", ROLE_SLS["balancer"])
+    config = state_args(states, "sqlgate-balancer-config")
+    assert config["check_cmd"] == "/usr/sbin/haproxy -c -q -f"
+    template = (SALT_TREE / "sqlgate" / "balancer" / "files" / "haproxy.cfg.jinja").read_text()
+    text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(
+        **config["context"])
+    if shutil.which("haproxy"):
+        path = tmp_path / "haproxy.cfg"
+        path.write_text(text.replace("/etc/sqlgate/tls/ca.crt", str(renderer.root / "ca.crt")))
+        (renderer.root / "ca.crt").write_text(renderer.pillar.common["sqlgate"]["tls"]["ca"])
+        checked = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True,
+                                 text=True, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    address = renderer.addresses
+    lines = [line.strip() for line in text.splitlines()]
+    for port, backend in ((443, "gatekeepers"), (80, "gatekeepers-redirect")):
+        assert f"bind :{port}" in lines and f"default_backend {backend}" in lines
+        for name in ("gatekeeper", "gatekeeper2"):
+            assert f"server {name} {address[name]}:{port}" in lines
+    checks = next(line for line in lines if line.startswith("default-server") and "ssl" in line)
+    assert "check-ssl verify required ca-file /etc/sqlgate/tls/ca.crt" in checks
+    assert "verifyhost gatekeeper" in checks and checks.endswith("send-proxy-v2")
+    assert "on-marked-down shutdown-sessions" in checks  # a lost Gatekeeper's clients move on
+    assert "mode tcp" in lines and "option httpchk GET /health" in lines
+    if renderer.flavour.service_manager == "supervisor":
+        assert "signal USR2" in state_args(states, "haproxy-restart")["name"]
+    else:
+        assert state_args(states, "haproxy-running")["reload"] is True

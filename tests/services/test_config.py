@@ -82,3 +82,55 @@ def test_replication_settings_read_fractions():
                                           "PROXY_READ_FALLBACK": "error"})
     assert (config.max_replica_lag, config.read_fallback) == (0.25, "error")
     assert config.health_interval == 0.25  # the lag's resolution
+
+
+def test_transaction_shares_and_drains_default_from_the_other_settings():
+    config = load_config(ProxyConfig, [], {})
+    assert (config.max_transactions, config.max_transactions_per_key) == (8, 4)
+    assert config.drain_seconds == config.transaction_idle_timeout + 2.0
+    small = load_config(ProxyConfig, [], {"PROXY_POOL_MAX_SIZE": "4",
+                                          "PROXY_TRANSACTION_IDLE_TIMEOUT": "1"})
+    assert (small.max_transactions, small.max_transactions_per_key) == (2, 1)
+    assert small.drain_seconds == 3.0
+    assert load_config(ProxyConfig, [], {"PROXY_MAX_TRANSACTIONS": "1"}) \
+        .max_transactions_per_key == 1  # at least one
+    off = load_config(ProxyConfig, [], {"PROXY_MAX_TRANSACTIONS": "0"})
+    assert (off.max_transactions, off.max_transactions_per_key) == (0, 1)
+    assert load_config(ProxyConfig, [], {"PROXY_MAX_TRANSACTIONS_PER_KEY": "8",
+                                         "PROXY_DRAIN_SECONDS": "0"}).drain_seconds == 0
+    assert load_config(GatekeeperConfig, [], {}).drain_seconds == 3.0
+    assert load_config(GatekeeperConfig, [], {"GATEKEEPER_DRAIN_SECONDS": "0.5"}) \
+        .drain_seconds == 0.5
+
+
+def test_a_keys_share_of_statements_defaults_to_three_quarters_of_the_pool():
+    assert load_config(ProxyConfig, [], {}).max_statements_per_key == 12
+    assert load_config(ProxyConfig, [], {"PROXY_POOL_MAX_SIZE": "1"}) \
+        .max_statements_per_key == 1  # at least one
+    assert load_config(ProxyConfig, [], {"PROXY_POOL_MAX_SIZE": "4"}) \
+        .max_statements_per_key == 3
+    # At or above the pool's size: no share beyond the pool's own bound.
+    assert load_config(ProxyConfig, [], {"PROXY_MAX_STATEMENTS_PER_KEY": "64"}) \
+        .max_statements_per_key == 64
+
+
+@pytest.mark.parametrize(("config", "environ", "message"), [
+    (ProxyConfig, {"PROXY_MAX_STATEMENTS_PER_KEY": "0"},
+     "PROXY_MAX_STATEMENTS_PER_KEY must be at least 1 (-1: three quarters of "
+     "PROXY_POOL_MAX_SIZE, 16)"),
+    (ProxyConfig, {"PROXY_MAX_STATEMENTS_PER_KEY": "many"}, "PROXY_MAX_STATEMENTS_PER_KEY"),
+    (ProxyConfig, {"PROXY_MAX_TRANSACTIONS_PER_KEY": "0"},
+     "PROXY_MAX_TRANSACTIONS_PER_KEY must be between 1 and PROXY_MAX_TRANSACTIONS (8)"),
+    (ProxyConfig, {"PROXY_MAX_TRANSACTIONS_PER_KEY": "9"},
+     "PROXY_MAX_TRANSACTIONS_PER_KEY must be between 1 and PROXY_MAX_TRANSACTIONS (8)"),
+    (ProxyConfig, {"PROXY_MAX_TRANSACTIONS_PER_KEY": "two"}, "PROXY_MAX_TRANSACTIONS_PER_KEY"),
+    (ProxyConfig, {"PROXY_DRAIN_SECONDS": "-2"}, "PROXY_DRAIN_SECONDS: 0 to 3600 seconds"),
+    (ProxyConfig, {"PROXY_DRAIN_SECONDS": "forever"}, "PROXY_DRAIN_SECONDS"),
+    (GatekeeperConfig, {"GATEKEEPER_DRAIN_SECONDS": "-1"},
+     "GATEKEEPER_DRAIN_SECONDS: 0 to 3600 seconds"),
+    (GatekeeperConfig, {"GATEKEEPER_DRAIN_SECONDS": "4000"},
+     "GATEKEEPER_DRAIN_SECONDS: 0 to 3600 seconds"),
+])
+def test_shares_and_drains_are_checked_at_start(config, environ, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(config, [], environ)

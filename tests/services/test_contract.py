@@ -247,14 +247,15 @@ def test_health_reports_every_node(gatekeeper, proxy):
 
 
 def test_the_gatekeeper_reuses_its_connections_to_the_proxy(query, proxy):
-    """Forwarding over keep-alive: many requests, few connections (no TCP set-up per request)."""
+    """Forwarding over keep-alive: many requests, few connections (no TCP set-up per request):
+    the pool's (earlier tests' concurrency may have left two), and the health checks' own."""
     import subprocess
 
     for _ in range(50):
         assert query("SELECT 1", "direct").status == 200
     listing = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{proxy.port} )"],
                              capture_output=True, text=True, check=True).stdout
-    assert 1 <= len(listing.splitlines()) <= 2, listing
+    assert 2 <= len(listing.splitlines()) <= 3, listing
 
 
 def test_the_gatekeeper_imports_no_database_code():

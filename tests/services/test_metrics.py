@@ -113,6 +113,12 @@ def test_every_metric_of_the_contract_is_exposed_with_its_labels():
         "sqlgate_gatekeeper_rate_limited": ("counter", {"key"}),
         "sqlgate_gatekeeper_refusals": ("counter", {"reason"}),
         "sqlgate_gatekeeper_proxy_errors": ("counter", {"reason"}),
+        "sqlgate_gatekeeper_proxy_requests": ("counter", {"proxy"}),
+        "sqlgate_gatekeeper_proxy_outstanding_requests": ("gauge", {"proxy"}),
+        "sqlgate_gatekeeper_proxy_failures": ("counter", {"proxy", "reason"}),
+        "sqlgate_gatekeeper_proxy_up": ("gauge", {"proxy"}),
+        "sqlgate_gatekeeper_rate_store_up": ("gauge", set()),
+        "sqlgate_gatekeeper_rate_store_fallbacks": ("counter", set()),
     }
     assert set(families) == set(expected)
     proxy, gatekeeper = ProxyMetrics(CollectorRegistry()), GatekeeperMetrics(CollectorRegistry())

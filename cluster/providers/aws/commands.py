@@ -1,13 +1,15 @@
 """``up``, ``status``, ``down`` and ``keys`` of the AWS provider: EC2 hosts in the default VPC,
 configured by the same Salt tree.
 
-``up`` allocates the Gatekeeper's Elastic IP (its public certificate names it), launches a Salt
-master and one instance per host of ``plan_hosts``; the master's cloud-init runs the
-orchestration once every minion answers, and ``up`` waits for the Gatekeeper's ``/health`` over
-HTTPS, then turns every instance's metadata endpoint off (the user data it serves holds private
-keys). A second ``up`` sends the running master a new bundle over SSH and runs the orchestration
-again. ``status`` reads the instances and asks Salt on the master (over SSH with the admin key
-made by ``up``). ``down`` removes everything tagged with the cluster's name. ``keys`` changes
+``up`` makes the Network Load Balancer first (``nlb``: the Gatekeepers' certificates name its DNS
+name, the cluster's public address), launches a Salt master and one instance per host of
+``plan_hosts`` (two Gatekeepers and two Proxies by default), registers every Gatekeeper with the
+NLB; the master's cloud-init runs the orchestration once every minion answers, and ``up`` waits
+for ``/health`` over HTTPS through the NLB, then turns every instance's metadata endpoint off
+(the user data it serves holds private keys). A second ``up`` sends the running master a new
+bundle over SSH and runs the orchestration again. ``status`` reads the instances and the NLB's
+view of each Gatekeeper, and asks Salt on the master (over SSH with the admin key made by
+``up``). ``down`` removes everything tagged with the cluster's name. ``keys`` changes
 the key set in ``.cluster/aws/``; ``--apply`` sends it to the master at once.
 
 When boto3 talks to something that is not AWS (``AWS_ENDPOINT_URL`` pointing at a moto server),
@@ -20,6 +22,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +38,13 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from cluster import access
+from cluster import access, rolling, salt_setup
 from cluster import failover as shape
 from cluster import keys as api_keys
 from cluster.errors import ClusterError
 from cluster.pillar import build_pillar, write_pillar_tree
 from cluster.pki import ClusterTls
-from cluster.providers.aws import fencing
+from cluster.providers.aws import fencing, nlb
 from cluster.providers.aws import resources as res
 from cluster.providers.aws.bundle import Bundle, build_bundle
 from cluster.providers.aws.keys import ClusterKeys
@@ -54,10 +57,12 @@ from cluster.providers.aws.plan import (
 from cluster.providers.aws.remote import (
     apply_states,
     failover_runner,
+    orchestration_output,
     print_access,
     print_remote_status,
     push_bundle,
     run_orchestration,
+    ssh_command,
     wait_for_health,
     wait_for_minion,
     write_known_hosts,
@@ -72,10 +77,19 @@ from cluster.record import (
     remove_record,
     write_record,
 )
-from cluster.salt_setup import OrchestrationResult
+from cluster.salt_setup import OPERATOR_SALT_OPTIONS, OrchestrationResult
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import default_cluster_dir
-from cluster.topology import MONITOR, PROMETHEUS_PORT, ROLES, SALT_MASTER, Host, plan_hosts
+from cluster.topology import (
+    BALANCER,
+    MONITOR,
+    PROMETHEUS_PORT,
+    ROLES,
+    SALT_MASTER,
+    Host,
+    plan_hosts,
+    service_names,
+)
 
 PROVIDER = "aws"
 SAKILA_URL = "https://downloads.mysql.com/docs/sakila-db.tar.gz"
@@ -83,11 +97,14 @@ BUNDLE_URL_TTL_S = 6 * 3600
 TERMINATE_DEADLINE_S = 15 * 60
 RUNNING_DEADLINE_S = 10 * 60
 MINION_WAIT_S = 5 * 60
+SALT_COMMAND_TIMEOUT_S = 30 * 60  # an operator's salt command: a highstate of every host
 
 QUOTA_CODES = {
     "InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded",
     "SecurityGroupLimitExceeded", "RulesPerSecurityGroupLimitExceeded", "TooManyBuckets",
     "KeyPairLimitExceeded", "VolumeLimitExceeded", "AddressLimitExceeded",
+    "TooManyLoadBalancers", "TooManyTargetGroups", "TooManyListeners", "TooManyTargets",
+    "TooManyRegistrationsForTargetId", "TooManyTags",
 }
 CREDENTIAL_CODES = {
     "AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "SignatureDoesNotMatch",
@@ -189,29 +206,32 @@ class Deployment:
     keyset: api_keys.KeySet
 
 
-def tls_names(minions: list[Host], public_ip: str) -> dict[str, list[str]]:
+def tls_names(minions: list[Host], public_name: str) -> dict[str, list[str]]:
     """A minion's certificate names its host (its private address is only known after
-    launch); the Gatekeeper's also names its Elastic IP."""
-    return {host.name: [public_ip] if host.role == "gatekeeper" else [] for host in minions}
+    launch) and, for the Gatekeepers and Proxies, ``service_names``: a Gatekeeper's the public
+    address too (the Network Load Balancer's DNS name: TLS passes through it)."""
+    return {host.name: service_names(host.role, public_name) for host in minions}
 
 
-def deployment(cluster_name: str, minions: list[Host], public_ip: str,
+def deployment(cluster_name: str, minions: list[Host], public_name: str,
                cert_file: str | None = None, key_file: str | None = None,
                keyset: api_keys.KeySet | None = None) -> Deployment:
     secrets = load_or_create(secrets_file())
     keyset = (keyset or api_keys.KeySet.load(keys_file())).with_admin(secrets.api_key)
     keyset.save(keys_file())
-    tls = cluster_tls(provider_dir(), cluster_name, tls_names(minions, public_ip),
+    tls = cluster_tls(provider_dir(), cluster_name, tls_names(minions, public_name),
                       cert_file, key_file)
     return Deployment(secrets, tls, keyset)
 
 
 def make_bundle(cluster_name: str, minions: list[Host], keys: ClusterKeys,
-                deployed: Deployment) -> Bundle:
-    """The bundle for the master: Salt tree, pillar (with this cluster's secrets), keys."""
+                deployed: Deployment, gatekeeper: dict) -> Bundle:
+    """The bundle for the master: Salt tree, pillar (with this cluster's secrets; the
+    Gatekeepers' settings behind the NLB, ``gatekeeper``), keys."""
     pillar = build_pillar(cluster_name, minions, deployed.secrets, provider=PROVIDER,
                           sakila_source=SAKILA_URL, tls=deployed.tls,
-                          api_keys=deployed.keyset.pillar())
+                          api_keys=deployed.keyset.pillar(),
+                          gatekeeper=gatekeeper)
     with tempfile.TemporaryDirectory() as tmp:
         write_pillar_tree(pillar, minions, Path(tmp))
         return build_bundle(Path(tmp), keys)
@@ -239,8 +259,8 @@ def check_existing(plan: AwsPlan, existing: dict[str, dict], had_keys: bool) -> 
     made_for = res.tag_value(master, res.MINIONS_TAG)
     if made_for != plan.minion_ids:
         raise ClusterError(f"the cluster was made for minions {made_for}, not {plan.minion_ids} "
-                           "(--replicas or --no-monitor changed?): run 'bootstrap.py down' "
-                           "first to change it")
+                           "(--replicas, --gatekeepers, --proxies or --no-monitor changed?): "
+                           "run 'bootstrap.py down' first to change it")
 
 
 def _launch_all(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, bundle: Bundle,
@@ -261,14 +281,12 @@ def _launch_all(aws: res.Aws, plan: AwsPlan, keys: ClusterKeys, bundle: Bundle,
 
 
 def record(aws: res.Aws, plan: AwsPlan, instances: dict[str, dict], key_file: Path | None,
-           address: dict, url: str, ca_file: str | None) -> Path:
+           balancer: dict, url: str, ca_file: str | None) -> Path:
     """Write ``.cluster/aws.json`` (mode 0600): what status, down and the load tests read."""
     secrets = load_or_create(secrets_file())
     hosts = tuple(
         HostRecord(host.name, host.role, inst.get("PrivateIpAddress"),
-                   public_address=(address["PublicIp"] if host.role == "gatekeeper"
-                                   else inst.get("PublicIpAddress")),
-                   instance_id=inst["InstanceId"])
+                   public_address=inst.get("PublicIpAddress"), instance_id=inst["InstanceId"])
         for host in plan.all_hosts if (inst := instances.get(host.name))
     )
     monitor = next((h for h in hosts if h.role == MONITOR), None)
@@ -282,8 +300,9 @@ def record(aws: res.Aws, plan: AwsPlan, instances: dict[str, dict], key_file: Pa
             "region": aws.region,
             "account": aws.account,
             "bucket": res.bucket_name(aws),
-            "elastic_ip": address["PublicIp"],
-            "elastic_ip_allocation": address["AllocationId"],
+            "load_balancer_dns": balancer["DNSName"],
+            "load_balancer_arn": balancer["LoadBalancerArn"],
+            "vpc_cidr": plan.network.vpc_cidr,
             "ssh_user": "ubuntu",
             "ssh_key_file": str(key_file) if key_file else None,
             "known_hosts_file": str(provider_dir() / "ssh" / "known_hosts"),
@@ -317,41 +336,49 @@ def update_running(recorded: ClusterRecord, master: str, bundle: Bundle) -> None
 
 def _up(args: argparse.Namespace) -> int:
     aws = connect(args.cluster_name, args.region, args.profile)
-    plan = AwsPlan.make(aws, args, args.admin_cidr or detect_admin_cidr())
+    plan = AwsPlan.make(aws, args, args.admin_cidr or detect_admin_cidr(), read_record(PROVIDER))
     existing = res.find_instances(aws)
     if args.dry_run:
         print_plan(describe_plan(aws, plan, existing, args.key_name), say)
         return 0
     say(f"cluster {aws.cluster_name} in {aws.region} (account {aws.account}), "
-        f"{plan.instance_type}, image {plan.image.image_id} ({plan.image.source})")
+        f"{plan.instance_type}, image {plan.image.image_id} ({plan.image.source}), "
+        f"{len(plan.gatekeepers)} Gatekeeper(s) behind a network load balancer")
     check_existing(plan, existing, secrets_file().exists())
     keys = ClusterKeys.load_or_create(provider_dir(), [h.name for h in plan.minions],
                                       aws.cluster_name)
     write_known_hosts(provider_dir() / "ssh" / "known_hosts", keys)
-    group_ids = res.ensure_security_groups(aws, plan.network, plan.admin_cidr, say, plan.groups)
-    address, allocated = res.ensure_address(aws)
-    public_ip = address["PublicIp"]
-    if allocated:
-        say(f"allocated Elastic IP {public_ip} for the Gatekeeper ({address['AllocationId']})")
-    deployed = deployment(aws.cluster_name, plan.minions, public_ip, args.tls_cert,
+    group_ids = res.ensure_security_groups(aws, plan.network, plan.admin_cidr, say, plan.groups,
+                                           plan.hostless)
+    # The load balancer before the certificates: the Gatekeepers' name its DNS name.
+    balancer = nlb.ensure_load_balancer(aws, plan.network, group_ids[BALANCER], say)
+    public_name = balancer["DNSName"]
+    released = res.release_address(aws)
+    if released:
+        say(f"released Elastic IP {released} of an older version: the load balancer's name is "
+            "the public address now")
+    deployed = deployment(aws.cluster_name, plan.minions, public_name, args.tls_cert,
                           args.tls_key)
-    bundle = make_bundle(aws.cluster_name, plan.minions, keys, deployed)
+    bundle = make_bundle(aws.cluster_name, plan.minions, keys, deployed,
+                         nlb.gatekeeper_settings(plan.network.vpc_cidr))
     key_name, key_file = args.key_name, None
     if not key_name:
         key_name, created = res.ensure_key_pair(aws, keys.admin.public)
         key_file = keys.admin_key_file
         if created:
             say(f"imported key pair {key_name} (private key: {key_file})")
+    target_groups = nlb.ensure_target_groups(aws, plan.network.vpc_id, say)
+    nlb.ensure_listeners(aws, balancer["LoadBalancerArn"], target_groups, say)
     context = {"group_ids": group_ids, "key_name": key_name}
     instances = _launch_all(aws, plan, keys, bundle, context)
     if all(h.name in existing for h in plan.all_hosts):
         say("all instances already exist: nothing launched")
-    if res.associate_address(aws, address, instances["gatekeeper"]["InstanceId"],
-                             RUNNING_DEADLINE_S):
-        say(f"associated {public_ip} with the Gatekeeper")
-    url = https_url(public_host(deployed.tls, public_ip))
+    nlb.sync_targets(aws, target_groups,
+                     [instances[h.name]["InstanceId"] for h in plan.gatekeepers],
+                     RUNNING_DEADLINE_S, say)
+    url = https_url(public_host(deployed.tls, public_name))
     ca_file = publish_ca(PROVIDER, deployed.tls)
-    path = record(aws, plan, instances, key_file, address, url, ca_file)
+    path = record(aws, plan, instances, key_file, balancer, url, ca_file)
     if aws.simulated:
         say(f"{aws.endpoint} is not AWS: skipping the wait for running instances, Salt, "
             "the orchestration, /health and turning the metadata endpoints off")
@@ -359,17 +386,18 @@ def _up(args: argparse.Namespace) -> int:
         return 0
     ids = [i["InstanceId"] for i in instances.values()]
     instances = {res.host_of(i): i for i in res.wait_running(aws, ids, RUNNING_DEADLINE_S).values()}
-    path = record(aws, plan, instances, key_file, address, url, ca_file)
+    path = record(aws, plan, instances, key_file, balancer, url, ca_file)
     if SALT_MASTER.name in existing:
         update_running(read_record(PROVIDER), instances[SALT_MASTER.name]["PublicIpAddress"],
                        bundle)
     else:
         say("instances running; Salt installs itself, then the master runs the orchestration")
     trust = {"ca_file": ca_file, "also_trust": public_trust(provider_dir()),
-             "address": public_ip}
+             "address": public_name}
     if not wait_for_health(url, args.wait_minutes * 60, say, **trust):
-        say("the Gatekeeper did not answer in time: 'python bootstrap.py status' shows where "
-            "it stands (the master logs to /var/log/sqlgate-orchestrate.log)")
+        say("the Gatekeepers did not answer in time through the load balancer: 'python "
+            "bootstrap.py status' shows where they stand (the master logs to "
+            "/var/log/sqlgate-orchestrate.log)")
         return 1
     disabled = res.disable_metadata(aws, instances.values())
     if disabled:
@@ -400,6 +428,9 @@ def _status(args: argparse.Namespace) -> int:
         say(f"  {name:<12}{tags.get(res.ROLE_TAG, '?'):<12}{inst['InstanceId']:<21}"
             f"{inst['State']['Name']:<10}{inst.get('PrivateIpAddress') or '-':<16}"
             f"{inst.get('PublicIpAddress') or '-'}")
+    hosts_by_instance = {inst["InstanceId"]: name for name, inst in instances.items()}
+    for line in nlb.status_lines(aws, hosts_by_instance):
+        say(line)
     if aws.simulated:
         say(f"{aws.endpoint} is not AWS: skipping /health and the Salt checks "
             "(services, replication)")
@@ -409,7 +440,7 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     code = print_remote_status(recorded, instances, say, ca_file=recorded.ca_file,
                                also_trust=public_trust(provider_dir()),
-                               address=recorded.provider_data.get("elastic_ip"))
+                               address=recorded.provider_data.get("load_balancer_dns"))
     master = instances.get(SALT_MASTER.name, {}).get("PublicIpAddress")
     return failover_status(aws, recorded, master) or code if master else code
 
@@ -463,13 +494,12 @@ def _on_master(args: argparse.Namespace, command: str, function: str, *arguments
 
 
 def _failover(args: argparse.Namespace) -> int:
-    return _on_master(args, "failover", "failover", "reason=operator: bootstrap.py failover",
-                      "automatic=False", f"force={bool(args.force)}")
+    return _on_master(args, "failover", "failover", *shape.runner_arguments("failover", args))
 
 
 def _switchover(args: argparse.Namespace) -> int:
     return _on_master(args, "switchover", "switchover",
-                      *([f"to={args.to}"] if args.to else []))
+                      *shape.runner_arguments("switchover", args))
 
 
 failover = guarded(_failover)
@@ -485,10 +515,44 @@ def _rebuild(args: argparse.Namespace) -> int:
         say(f"waiting up to {MINION_WAIT_S // 60} min for {args.host}'s minion")
         recorded, master = _master_address("rebuild")
         wait_for_minion(recorded, master, args.host, MINION_WAIT_S)
-    return _on_master(args, "rebuild", "rebuild", f"node={args.host}")
+    return _on_master(args, "rebuild", "rebuild", *shape.runner_arguments("rebuild", args))
 
 
 rebuild = guarded(_rebuild)
+
+
+def _run_salt(args: argparse.Namespace) -> int:
+    """``sudo salt TARGET FUNCTION ARGS...`` on the master over SSH, printed as Salt prints
+    it; Salt's exit code."""
+    recorded, master = _master_address("salt")
+    remote = ["sudo", "salt", *OPERATOR_SALT_OPTIONS, args.target, args.function,
+              *args.arguments]
+    try:
+        done = subprocess.run(ssh_command(recorded, master, remote), capture_output=True,
+                              text=True, timeout=SALT_COMMAND_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"salt: no answer from the master within "
+                           f"{SALT_COMMAND_TIMEOUT_S}s") from None
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+
+run_salt = guarded(_run_salt)
+
+
+def _restart(args: argparse.Namespace) -> int:
+    """``restart --rolling``: salt/orch/rolling.sls on the master over SSH (cluster.rolling);
+    without a balancer host, each Gatekeeper's own drain keeps the NLB's clients whole."""
+    recorded, master = _master_address("restart")
+    try:
+        output = orchestration_output(recorded, master, rolling.ORCHESTRATION)
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+        raise ClusterError(f"restart: could not reach Salt on the master: {error}") from None
+    return rolling.report(salt_setup.orchestration_steps(output), say)
+
+
+restart = guarded(_restart)
 
 
 # --- down --------------------------------------------------------------------------------
@@ -496,12 +560,13 @@ rebuild = guarded(_rebuild)
 def _down(args: argparse.Namespace) -> int:
     aws = connect_for(args)
     say(f"removing cluster {aws.cluster_name} from {aws.region}")
+    nlb.delete_all(aws, TERMINATE_DEADLINE_S, say)
     instances = res.find_instances(aws)
     terminated = res.terminate_instances(aws, instances.values(), TERMINATE_DEADLINE_S)
     say(f"terminated {len(terminated)} instance(s)" if terminated else "no instances")
     released = res.release_address(aws)
     if released:
-        say(f"released Elastic IP {released}")
+        say(f"released Elastic IP {released} (an older version's)")
     res.delete_security_groups(aws, TERMINATE_DEADLINE_S, say)
     if res.delete_bucket(aws):
         say(f"deleted bucket {res.bucket_name(aws)}")
@@ -525,20 +590,31 @@ def keys(args: argparse.Namespace) -> int:
     return api_keys.run(args, keys_file(), admin, apply_keys if admin is not None else None)
 
 
+def recorded_minions(recorded: ClusterRecord) -> list[Host]:
+    """The minions a record shows were made: as many replicas, Gatekeepers and Proxies, a
+    monitor or not."""
+    def count(role: str) -> int:
+        return sum(1 for h in recorded.hosts if h.role == role)
+
+    return plan_hosts(count("replica"), monitor=count(MONITOR) > 0,
+                      gatekeepers=count("gatekeeper"), proxies=count("proxy"))
+
+
 def apply_keys(keyset: api_keys.KeySet) -> int:
     recorded = read_record(PROVIDER)
     master = next((h.public_address for h in recorded.hosts if h.role == "saltmaster"),
                   None) if recorded else None
-    public_ip = recorded.provider_data.get("elastic_ip") if recorded else None
-    if not (master and public_ip):
-        raise ClusterError(f"--apply: no running cluster in {record_path(PROVIDER)}; the next "
+    public_name = recorded.provider_data.get("load_balancer_dns") if recorded else None
+    if not (master and public_name):
+        raise ClusterError(f"--apply: no running cluster in {record_path(PROVIDER)} (or one made "
+                           "by an older version, without a load balancer); the next "
                            "'bootstrap.py up' applies the key set")
-    minions = plan_hosts(sum(1 for h in recorded.hosts if h.role == "replica"),
-                         monitor=any(h.role == MONITOR for h in recorded.hosts))
+    minions = recorded_minions(recorded)
     cluster_keys = ClusterKeys.load_or_create(provider_dir(), [h.name for h in minions],
                                               recorded.cluster_name)
-    deployed = deployment(recorded.cluster_name, minions, public_ip, keyset=keyset)
-    bundle = make_bundle(recorded.cluster_name, minions, cluster_keys, deployed)
+    deployed = deployment(recorded.cluster_name, minions, public_name, keyset=keyset)
+    bundle = make_bundle(recorded.cluster_name, minions, cluster_keys, deployed,
+                         nlb.gatekeeper_settings(recorded.provider_data.get("vpc_cidr") or ""))
     gatekeepers = [h.name for h in minions if h.role == "gatekeeper"]
     try:
         push_bundle(recorded, master, bundle.data)

@@ -110,10 +110,14 @@ def push_bundle(recorded: ClusterRecord, address: str, bundle: bytes) -> None:
 
 def run_orchestration(recorded: ClusterRecord, address: str) -> salt_setup.OrchestrationResult:
     """``state.orchestrate orch`` on the master, as its first boot ran it."""
-    output = _remote_json(recorded, address,
-                          ["sudo", "salt-run", "state.orchestrate", "orch", "--out=json"],
-                          ORCHESTRATION_TIMEOUT_S)
-    return salt_setup.summarize_orchestration(output)
+    return salt_setup.summarize_orchestration(orchestration_output(recorded, address, "orch"))
+
+
+def orchestration_output(recorded: ClusterRecord, address: str, name: str) -> dict:
+    """``state.orchestrate <name>`` on the master (salt/orch/<name>.sls): its JSON output."""
+    return _remote_json(recorded, address,
+                        ["sudo", "salt-run", "state.orchestrate", name, "--out=json"],
+                        ORCHESTRATION_TIMEOUT_S)
 
 
 def failover_runner(recorded: ClusterRecord, address: str, function: str,

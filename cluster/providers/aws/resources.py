@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -39,9 +39,13 @@ class Aws:
     region: str
     account: str
     cluster_name: str
+    # One client per service for the life of a command (making one costs tens of ms).
+    _clients: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def client(self, service: str) -> Any:
-        return self.session.client(service, region_name=self.region)
+        if service not in self._clients:
+            self._clients[service] = self.session.client(service, region_name=self.region)
+        return self._clients[service]
 
     @property
     def ec2(self) -> Any:
@@ -151,27 +155,30 @@ def group_name(aws: Aws, group: str) -> str:
     return f"{aws.cluster_name}-{group}"
 
 
-def permissions_of(rule: IngressRule, group_ids: dict[str, str],
-                   admin_cidr: str) -> list[Permission]:
-    """The EC2 permissions for one topology rule."""
+def permissions_of(rule: IngressRule, group_ids: dict[str, str], admin_cidr: str,
+                   hostless: Iterable[str] = ()) -> list[Permission]:
+    """The EC2 permissions for one topology rule; CLUSTER is every group that holds hosts
+    (not ``hostless`` ones: the balancer group only the load balancer wears)."""
     if rule.source == INTERNET:
         sources = ["0.0.0.0/0"]
     elif rule.source == ADMIN:
         sources = [admin_cidr]
     elif rule.source == CLUSTER:
-        sources = [group_ids[group] for group in GROUPS if group in group_ids]
+        sources = [group_ids[group] for group in GROUPS
+                   if group in group_ids and group not in hostless]
     else:
         sources = [group_ids[rule.source]]
     from_port, to_port = rule.ports if rule.ports else ICMP_ECHO_REQUEST
     return [Permission(rule.protocol, from_port, to_port, source) for source in sources]
 
 
-def wanted_permissions(group: str, group_ids: dict[str, str],
-                       admin_cidr: str) -> dict[Permission, str]:
+def wanted_permissions(group: str, group_ids: dict[str, str], admin_cidr: str,
+                       hostless: Iterable[str] = ()) -> dict[Permission, str]:
     """``permission -> description`` for ``group``, from ``INGRESS_RULES`` among the groups of
-    ``group_ids`` (no rule from a group the cluster does not have, the monitor's say)."""
-    return {perm: rule.why for rule in rules_for(group, group_ids)
-            for perm in permissions_of(rule, group_ids, admin_cidr)}
+    ``group_ids`` (no rule from a group the cluster does not have, the monitor's say; no
+    host's own rule in a ``hostless`` group)."""
+    return {perm: rule.why for rule in rules_for(group, group_ids, hostless)
+            for perm in permissions_of(rule, group_ids, admin_cidr, hostless)}
 
 
 def _ip_permission(perm: Permission, why: str) -> dict:
@@ -205,10 +212,11 @@ def find_security_groups(aws: Aws) -> dict[str, dict]:
 
 
 def ensure_security_groups(aws: Aws, network: Network, admin_cidr: str,
-                           say: Callable[[str], None],
-                           groups: Iterable[str] = GROUPS) -> dict[str, str]:
+                           say: Callable[[str], None], groups: Iterable[str] = GROUPS,
+                           hostless: Iterable[str] = ()) -> dict[str, str]:
     """Create the missing groups of ``groups`` (the plan's: no monitor group without a
-    monitor host), then make each group's rules exactly the wanted ones."""
+    monitor host; the balancer group, which the load balancer wears and no host), then make
+    each group's rules exactly the wanted ones."""
     existing = find_security_groups(aws)
     group_ids = {}
     for group in groups:
@@ -224,7 +232,7 @@ def ensure_security_groups(aws: Aws, network: Network, admin_cidr: str,
     described = {g["GroupId"]: g for g in aws.ec2.describe_security_groups(
         GroupIds=list(group_ids.values()))["SecurityGroups"]}
     for group, group_id in group_ids.items():
-        _sync_rules(aws, group_id, wanted_permissions(group, group_ids, admin_cidr),
+        _sync_rules(aws, group_id, wanted_permissions(group, group_ids, admin_cidr, hostless),
                     current_permissions(described[group_id]), say)
     return group_ids
 
@@ -387,55 +395,18 @@ def metadata_enabled(instance: dict) -> bool:
     return instance.get("MetadataOptions", {}).get("HttpEndpoint", "enabled") != "disabled"
 
 
-# --- the Gatekeeper's public address -------------------------------------------------------
+# --- an older version's Elastic IP ---------------------------------------------------------
 
 def find_address(aws: Aws) -> dict | None:
-    """The cluster's Elastic IP (tagged with the cluster and the Gatekeeper's role)."""
+    """The Elastic IP an older version gave the one Gatekeeper (tagged with the cluster and the
+    Gatekeeper's role); the Network Load Balancer's name is the public address now."""
     found = aws.ec2.describe_addresses(Filters=[
         aws.cluster_filter, {"Name": f"tag:{ROLE_TAG}", "Values": ["gatekeeper"]}])["Addresses"]
     return found[0] if found else None
 
 
-def ensure_address(aws: Aws) -> tuple[dict, bool]:
-    """The Gatekeeper's Elastic IP, allocated before anything is launched so that its public
-    certificate can name it and the URL survives a stop/start; ``(address, created)``."""
-    found = find_address(aws)
-    if found:
-        return found, False
-    created = aws.ec2.allocate_address(
-        Domain="vpc", TagSpecifications=aws.tag_spec("elastic-ip", "gatekeeper",
-                                                     **{ROLE_TAG: "gatekeeper"}))
-    return {"AllocationId": created["AllocationId"], "PublicIp": created["PublicIp"]}, True
-
-
-# EC2 refuses to associate an address with an instance that is not running yet.
-NOT_READY_CODES = ("IncorrectInstanceState", "InvalidInstanceID.NotFound",
-                   "InvalidInstanceID", "IncorrectState")
-
-
-def associate_address(aws: Aws, address: dict, instance_id: str, deadline_s: float) -> bool:
-    """Attach the Elastic IP to the Gatekeeper's instance (waiting until EC2 accepts: a pending
-    instance cannot have it); False when it already was."""
-    current = aws.ec2.describe_addresses(AllocationIds=[address["AllocationId"]])["Addresses"]
-    if current and current[0].get("InstanceId") == instance_id:
-        return False
-
-    def associate() -> bool:
-        try:
-            aws.ec2.associate_address(AllocationId=address["AllocationId"],
-                                      InstanceId=instance_id, AllowReassociation=True)
-        except ClientError as error:
-            if error.response["Error"]["Code"] in NOT_READY_CODES:
-                return False
-            raise
-        return True
-
-    poll(associate, deadline_s, 5, f"the Gatekeeper's instance to take {address['PublicIp']}")
-    return True
-
-
 def release_address(aws: Aws) -> str | None:
-    """Release the cluster's Elastic IP (after its instance is gone); the address it was."""
+    """Release that Elastic IP (disassociated first), if there is one; the address it was."""
     found = find_address(aws)
     if not found:
         return None

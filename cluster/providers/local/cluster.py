@@ -16,8 +16,16 @@ from cluster.errors import ClusterError
 from cluster.keys import KEYS_FILE
 from cluster.providers.deploy import https_url
 from cluster.providers.local.hosts import PRIVATE_DIRS, RUNTIME_ROOT, NamespaceHost, run, short_name
+from cluster.record import ClusterRecord
 from cluster.state import CLUSTER_DIR_ENV, PROJECT_ROOT, default_cluster_dir
-from cluster.topology import MONITOR, PROMETHEUS_PORT, SALT_MASTER, plan_hosts
+from cluster.topology import (
+    BALANCER,
+    MONITOR,
+    PROMETHEUS_PORT,
+    SALT_MASTER,
+    plan_hosts,
+    service_names,
+)
 
 PROVIDER = "local"
 VENV_BIN = Path(sys.executable).parent
@@ -44,9 +52,12 @@ class LocalCluster:
     state_dir: Path
 
     @classmethod
-    def plan(cls, args: argparse.Namespace, monitor: bool | None = None) -> LocalCluster:
+    def plan(cls, args: argparse.Namespace, monitor: bool | None = None,
+             addresses: dict[str, str] | None = None) -> LocalCluster:
         """The cluster of ``args``; with a monitor host unless ``--no-monitor`` (or
-        ``monitor`` says otherwise: what a record shows was made)."""
+        ``monitor`` says otherwise: what a record shows was made). ``addresses``: the hosts
+        that exist already keep theirs (a record's), the others get the lowest free ones, so
+        that adding a host never moves another."""
         if monitor is None:
             monitor = not getattr(args, "no_monitor", False)
         try:
@@ -54,9 +65,12 @@ class LocalCluster:
         except ValueError as error:
             raise ClusterError(f"--subnet {args.subnet}: {error}") from None
         try:
-            planned = [SALT_MASTER, *plan_hosts(args.replicas, monitor=monitor)]
+            planned = [SALT_MASTER, *plan_hosts(
+                args.replicas, monitor=monitor, balancer=True,
+                gatekeepers=getattr(args, "gatekeepers", None) or 1,
+                proxies=getattr(args, "proxies", None) or 1)]
         except ValueError as error:
-            raise ClusterError(f"--replicas {args.replicas}: {error}") from None
+            raise ClusterError(str(error)) from None
         if subnet.num_addresses < len(planned) + 3:
             raise ClusterError(f"--subnet {subnet} is too small for {len(planned)} hosts")
         state_dir = (default_cluster_dir() / PROVIDER / args.cluster_name).resolve()
@@ -67,13 +81,28 @@ class LocalCluster:
             raise ClusterError(f"the cluster directory {state_dir} is under {hidden[0]}, which "
                                f"each host replaces with its own: choose another "
                                f"{CLUSTER_DIR_ENV}")
+        kept = {name: address for name, address in (addresses or {}).items()
+                if ipaddress.IPv4Address(address) in subnet}
+        free = (str(address) for address in list(subnet.hosts())[1:]
+                if str(address) not in kept.values())
         hosts = [
             NamespaceHost(cluster=args.cluster_name, name=host.name, role=host.role,
-                          address=str(subnet[index + 2]), prefix_len=subnet.prefixlen,
-                          index=index, state_dir=state_dir)
-            for index, host in enumerate(planned)
+                          address=kept.get(host.name) or next(free),
+                          prefix_len=subnet.prefixlen, state_dir=state_dir)
+            for host in planned
         ]
         return cls(args.cluster_name, subnet, hosts, state_dir)
+
+    @classmethod
+    def of_record(cls, record: ClusterRecord) -> LocalCluster:
+        """The cluster a record describes, every host at its recorded address."""
+        count = {role: sum(1 for host in record.hosts if host.role == role)
+                 for role in ("replica", "gatekeeper", "proxy", MONITOR)}
+        return cls.plan(argparse.Namespace(
+            cluster_name=record.cluster_name, subnet=record.provider_data["subnet"],
+            replicas=count["replica"], gatekeepers=count["gatekeeper"],
+            proxies=count["proxy"]), monitor=bool(count[MONITOR]),
+            addresses={host.name: host.address for host in record.hosts})
 
     @property
     def bridge(self) -> str:
@@ -104,13 +133,13 @@ class LocalCluster:
                 self.hosts.append(NamespaceHost(
                     cluster=self.name, name=entry["name"], role=entry["role"],
                     address=entry["address"], prefix_len=self.subnet.prefixlen,
-                    index=len(self.hosts), state_dir=self.state_dir))
+                    state_dir=self.state_dir))
 
     @property
     def gatekeeper_address(self) -> str:
-        """The Gatekeeper's public address: locally its namespace address, which the machine
-        (the "Internet") reaches over the bridge."""
-        return self.host("gatekeeper").address
+        """The public address: the balancer's namespace address, which the machine (the
+        "Internet") reaches over the bridge; the Gatekeepers behind it take nothing else."""
+        return self.host(BALANCER).address
 
     @property
     def gatekeeper_url(self) -> str:
@@ -146,9 +175,10 @@ class LocalCluster:
         return self.state_dir / KEYS_FILE
 
     def tls_names(self) -> dict[str, list[str]]:
-        """Each minion's certificate names its host and private address (the Gatekeeper's is
-        also its public one)."""
-        return {host.name: [host.address] for host in self.minions}
+        """Each minion's certificate names its host and private address (``service_names``:
+        a Gatekeeper's also the public address, since TLS passes through the balancer)."""
+        return {host.name: [host.address, *service_names(host.role, self.gatekeeper_address)]
+                for host in self.minions}
 
     def paths_hosts_read(self) -> list[Path]:
         """The machine's directories the hosts use in place: the checkout (Salt tree, code),

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from cluster import access
+from cluster import access, rolling, salt_setup
 from cluster import failover as shape
 from cluster import keys as api_keys
 from cluster.errors import ClusterError
@@ -31,6 +32,7 @@ from cluster.providers.local.cluster import (
     LOCAL_MONITOR,
     PROVIDER,
     SAKILA_DIR,
+    VENV_BIN,
     LocalCluster,
     require_commands,
     require_free_subnet,
@@ -57,6 +59,7 @@ from cluster.providers.local.salt import (
     configure_salt,
     failover_runner,
     orchestrate,
+    orchestration_output,
     own_master_files,
     prepare_master,
     runs,
@@ -66,13 +69,14 @@ from cluster.providers.local.salt import (
     wait_for_minions,
 )
 from cluster.record import ClusterRecord, HostRecord, read_record, remove_record, write_record
-from cluster.salt_setup import OrchestrationResult, summarize_states
+from cluster.salt_setup import OPERATOR_SALT_OPTIONS, OrchestrationResult, summarize_states
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import write_private
 from cluster.topology import DB_ROLES, ROLES, Host
 
 SUPERVISOR_CONFIG = "/etc/supervisor/supervisord.conf"
 HEALTH_DEADLINE_S = 60
+SALT_COMMAND_TIMEOUT_S = 1800  # an operator's salt command: a highstate of every host included
 SHOWN_STATES = 6  # a host with this many changed states or fewer has them named
 
 
@@ -125,7 +129,7 @@ def write_pillar(cluster: LocalCluster, secrets: ClusterSecrets, tls: ClusterTls
 
 def up(args: argparse.Namespace) -> int:
     require_root("up")
-    cluster = LocalCluster.plan(args)
+    cluster, _ = recorded_plan(args, for_up=True)
     require_commands(monitor=cluster.monitor is not None)
     if not SAKILA_DIR.is_dir():
         raise ClusterError(f"the Sakila files are not at {SAKILA_DIR}")
@@ -175,15 +179,47 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
-def recorded_plan(args: argparse.Namespace) -> tuple[LocalCluster, ClusterRecord | None]:
-    """The cluster of ``args`` as its record says it was made (with a monitor host or not),
-    and that record when it is this cluster's."""
+def recorded_plan(args: argparse.Namespace, for_up: bool = False
+                  ) -> tuple[LocalCluster, ClusterRecord | None]:
+    """The cluster of ``args`` as its record says it was made, and that record when it is
+    this cluster's: its hosts at their addresses, as many Gatekeepers and Proxies as it has
+    unless ``args`` say otherwise, and a monitor host if it has one (``for_up``: if ``args``
+    want one, --no-monitor or not)."""
     record = read_record(PROVIDER)
     cluster = LocalCluster.plan(args)
     if record is None or record.cluster_name != cluster.name:
-        return cluster, None
-    monitored = any(h.role == "monitor" for h in record.hosts)
-    return LocalCluster.plan(args, monitor=monitored), record
+        if for_up:
+            return cluster, None
+        # No record (an up that failed before writing it): as many hosts of each kind as
+        # have a namespace, so that down finds them all.
+        return LocalCluster.plan(with_counts(args, hosts_present(cluster))), None
+    monitored = None if for_up else any(h.role == "monitor" for h in record.hosts)
+    return LocalCluster.plan(with_recorded_counts(args, record), monitor=monitored,
+                             addresses={h.name: h.address for h in record.hosts}), record
+
+
+def with_recorded_counts(args: argparse.Namespace, record: ClusterRecord) -> argparse.Namespace:
+    """``args`` with the record's number of Gatekeepers and Proxies where they say none."""
+    return with_counts(args, [h.name for h in record.hosts])
+
+
+def with_counts(args: argparse.Namespace, names: list[str]) -> argparse.Namespace:
+    """``args`` with as many Gatekeepers and Proxies as ``names`` has hosts of, where they say
+    none (``gatekeeper``, ``gatekeeper2``...)."""
+    def count(role: str) -> int:
+        return sum(1 for name in names if re.fullmatch(rf"{role}\d*", name)) or 1
+
+    return argparse.Namespace(**{**vars(args),
+                                 "gatekeepers": getattr(args, "gatekeepers", None)
+                                 or count("gatekeeper"),
+                                 "proxies": getattr(args, "proxies", None) or count("proxy")})
+
+
+def hosts_present(cluster: LocalCluster) -> list[str]:
+    """The names of the hosts of ``cluster`` that have a network namespace on this machine."""
+    listed = run(["ip", "netns", "list"], check=False).stdout.split()
+    prefix = f"{cluster.name}-"
+    return [name[len(prefix):] for name in listed if name.startswith(prefix)]
 
 
 def status(args: argparse.Namespace) -> int:
@@ -257,9 +293,9 @@ def _running(args: argparse.Namespace, command: str) -> tuple[LocalCluster, Clus
     return cluster, ours
 
 
-def _run_failover(args: argparse.Namespace, command: str, function: str, *arguments: str) -> int:
+def _run_failover(args: argparse.Namespace, command: str) -> int:
     cluster, ours = _running(args, command)
-    answer = failover_runner(cluster, function, *arguments)
+    answer = failover_runner(cluster, command, *shape.runner_arguments(command, args))
     current = failover_runner(cluster, "status", timeout=60)
     if ours:
         shape.remember(ours, current)
@@ -267,26 +303,42 @@ def _run_failover(args: argparse.Namespace, command: str, function: str, *argume
 
 
 def failover(args: argparse.Namespace) -> int:
-    return _run_failover(args, "failover", "failover", "reason=operator: bootstrap.py failover",
-                         "automatic=False", f"force={bool(args.force)}")
+    return _run_failover(args, "failover")
 
 
 def switchover(args: argparse.Namespace) -> int:
-    return _run_failover(args, "switchover", "switchover",
-                         *([f"to={args.to}"] if args.to else []))
+    return _run_failover(args, "switchover")
 
 
 def rebuild(args: argparse.Namespace) -> int:
-    return _run_failover(args, "rebuild", "rebuild", f"node={args.host}")
+    return _run_failover(args, "rebuild")
+
+
+def restart(args: argparse.Namespace) -> int:
+    """``restart --rolling``: salt/orch/rolling.sls on the master (cluster.rolling)."""
+    cluster, _ = _running(args, "restart")
+    output = orchestration_output(cluster, rolling.ORCHESTRATION)
+    return rolling.report(salt_setup.orchestration_steps(output))
+
+
+def run_salt(args: argparse.Namespace) -> int:
+    """``salt TARGET FUNCTION ARGS...`` inside the master's host, printed as Salt prints it;
+    Salt's exit code."""
+    cluster, _ = _running(args, "salt")
+    done = cluster.master.run([str(VENV_BIN / "salt"), *OPERATOR_SALT_OPTIONS, args.target,
+                               args.function, *args.arguments],
+                              check=False, timeout=SALT_COMMAND_TIMEOUT_S)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
 
 
 def down(args: argparse.Namespace) -> int:
     """Remove the cluster, then look: only what is found gone is said to be gone. Anything
     left is named, and the record stays so that the next ``down`` knows every host."""
     require_root("down")
-    cluster = LocalCluster.plan(args)
-    record = read_record(PROVIDER)
-    ours = record is not None and record.cluster_name == cluster.name
+    cluster, record = recorded_plan(args)
+    ours = record is not None
     if ours:
         cluster.with_recorded_hosts([{"name": h.name, "role": h.role, "address": h.address}
                                      for h in record.hosts])
@@ -348,10 +400,7 @@ def _applier(cluster: LocalCluster):
                 not cluster.master.network_exists():
             raise ClusterError(f"--apply: cluster {cluster.name} is not running; the next "
                                "'bootstrap.py up' applies the key set")
-        recorded = LocalCluster.plan(argparse.Namespace(
-            cluster_name=cluster.name, subnet=record.provider_data["subnet"],
-            replicas=sum(1 for h in record.hosts if h.role == "replica")),
-            monitor=any(h.role == "monitor" for h in record.hosts))
+        recorded = LocalCluster.of_record(record)
         secrets = load_or_create(recorded.secrets_file)
         tls = cluster_tls(recorded.state_dir, recorded.name, recorded.tls_names())
         pillar_dir = write_pillar(recorded, secrets, tls, keyset)

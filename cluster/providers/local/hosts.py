@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import shlex
@@ -102,7 +103,6 @@ class NamespaceHost:
     role: str
     address: str
     prefix_len: int
-    index: int
     state_dir: Path
 
     @property
@@ -127,8 +127,12 @@ class NamespaceHost:
 
     @property
     def veth(self) -> str:
-        """The machine's end of the host's veth pair, on the bridge."""
-        return short_name("sg", self.cluster, f"h{self.index}")
+        """The machine's end of the host's veth pair, on the bridge: named after the host's
+        place in the subnet, which never changes while it exists (hosts added later get free
+        addresses), so neither does the name."""
+        interface = ipaddress.IPv4Interface(f"{self.address}/{self.prefix_len}")
+        offset = int(interface.ip) - int(interface.network.network_address)
+        return short_name("sg", self.cluster, f"h{offset}")
 
     @property
     def veth_peer(self) -> str:

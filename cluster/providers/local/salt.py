@@ -174,13 +174,19 @@ def failover_runner(cluster: LocalCluster, function: str, *args: str,
 
 
 def orchestrate(cluster: LocalCluster) -> salt_setup.OrchestrationResult:
+    return salt_setup.summarize_orchestration(orchestration_output(cluster, "orch"))
+
+
+def orchestration_output(cluster: LocalCluster, name: str) -> dict:
+    """``salt-run state.orchestrate <name>`` on the master (salt/orch/<name>.sls), its JSON
+    output, also kept in the state directory (``<name>.json``)."""
     cluster.master.run([str(VENV_BIN / "salt-run"), "fileserver.update"], check=False)
-    result = cluster.master.run([str(VENV_BIN / "salt-run"), "state.orchestrate", "orch",
+    result = cluster.master.run([str(VENV_BIN / "salt-run"), "state.orchestrate", name,
                                  "--out=json"], check=False, timeout=ORCHESTRATION_TIMEOUT_S)
-    write_private(cluster.state_dir / "orchestrate.json", result.stdout)
+    file_name = "orchestrate.json" if name == "orch" else f"{name.replace('.', '-')}.json"
+    write_private(cluster.state_dir / file_name, result.stdout)
     try:
-        output = json.loads(result.stdout)
+        return json.loads(result.stdout)
     except json.JSONDecodeError:
-        raise ClusterError("the orchestration printed no result: "
+        raise ClusterError(f"the orchestration {name} printed no result: "
                            f"{(result.stderr or result.stdout).strip()[-500:]}") from None
-    return salt_setup.summarize_orchestration(output)

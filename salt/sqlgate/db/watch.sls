@@ -13,6 +13,7 @@ sqlgate-db-watch:
     - seconds: {{ failover.watch_seconds }}
     - job_kwargs:
         detect_seconds: {{ failover.detect_seconds }}
+        probe_seconds: {{ failover.probe_seconds }}
         refire_seconds: {{ failover.refire_seconds }}
         fence_seconds: {{ failover.fence_seconds }}
         fence_steps: {{ {'fence': sqlgate.db.fence} | json }}

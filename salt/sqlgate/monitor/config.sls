@@ -1,8 +1,8 @@
 {#- Prometheus's settings on the monitor host.
     - prometheus.yml, from the pillar's hosts and the mine's addresses: the jobs gatekeeper
-      and proxy (the services' metrics ports, HTTPS checked against the cluster CA under the
-      service host's name, with this host's certificate as the client certificate they
-      require), node (every minion's node_exporter), mysqld (the database hosts'
+      and proxy (every such host's metrics port, HTTPS checked against the cluster CA under
+      the role's name, which each of their certificates carries, with this host's certificate
+      as the client certificate they require), node (every minion's node_exporter), mysqld (the database hosts'
       mysqld_exporter) and prometheus (itself, over HTTPS); every target labelled with its
       `host` and `role`. Checked with promtool before it replaces the file.
     - The alert rules: files/alerts.rules.yml.jinja rendered with `alerts` (monitor:alerts;
@@ -37,7 +37,7 @@
 {{-   add_targets(static, roles[job], port) }}
 {%-   do jobs.append({'job_name': job, 'scheme': 'https',
                       'tls_config': {'ca_file': tls.ca, 'cert_file': tls.cert,
-                                     'key_file': tls.key, 'server_name': roles[job][0]},
+                                     'key_file': tls.key, 'server_name': job},
                       'static_configs': static}) %}
 {%- endfor %}
 {%- set static = {'node': [], 'mysqld': [], 'prometheus': []} %}

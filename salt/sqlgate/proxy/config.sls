@@ -37,6 +37,7 @@ sqlgate-proxy-env:
     - contents: |
         # Managed by Salt (sqlgate formula).
         PROXY_LISTEN_ADDRESS=0.0.0.0
+        PROXY_INSTANCE_NAME={{ grains.id }}
         PROXY_PORT={{ sqlgate.ports.proxy }}
         PROXY_TLS_CERT={{ tls.cert }}
         PROXY_TLS_KEY={{ tls.key }}

@@ -17,7 +17,7 @@ include:
 {{ managed_service('sqlgate-proxy', 'sqlgate Proxy (read/write splitting)',
                    command=app.venv ~ '/bin/python -m services.proxy --env-file '
                            ~ app.config_dir ~ '/proxy.env',
-                   user=app.user,
+                   user=app.user, stop_seconds=sqlgate.proxy.stop_seconds,
                    watch=[{'file': 'sqlgate-proxy-env'},
                           {'cmd': 'sqlgate-app-installed'}] + tls_watch,
                    require=[{'sls': 'sqlgate.proxy.config'}, {'sls': 'sqlgate.app'}],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -95,7 +97,7 @@ def test_the_inline_key_is_an_unlimited_admin_named_default():
     key = ring.authenticate("a-development-key-0123")
     assert (key.name, key.scope, key.rate) == ("default", "admin", 0.0)
     for _ in range(1000):
-        ring.admit(key)
+        asyncio.run(ring.admit(key))
 
 
 def test_a_bucket_allows_its_burst_then_refills_at_its_rate():
@@ -113,16 +115,16 @@ def test_the_eleventh_request_in_a_second_is_429_with_retry_after(tmp_path):
     ring = KeyRing(str(path), clock=clock)
     key = ring.authenticate("s")
     for _ in range(10):
-        ring.admit(key)
+        asyncio.run(ring.admit(key))
     with pytest.raises(ApiError) as error:
-        ring.admit(key)
+        asyncio.run(ring.admit(key))
     assert error.value.status == 429
     assert error.value.headers == {"Retry-After": "1"}  # whole seconds, at least 1
     assert error.value.details == {"retry_after": 1}
     assert "'limited'" in error.value.message and "10 requests per second" in error.value.message
     clock.now += 1.0
     for _ in range(10):
-        ring.admit(key)
+        asyncio.run(ring.admit(key))
 
 
 def test_a_slow_rate_says_how_long_to_wait(tmp_path):
@@ -130,9 +132,9 @@ def test_a_slow_rate_says_how_long_to_wait(tmp_path):
     path.write_text(keys_text(entry("slow", "s", rate=0.25, burst=1)))
     ring = KeyRing(str(path), clock=Clock())
     key = ring.authenticate("s")
-    ring.admit(key)
+    asyncio.run(ring.admit(key))
     with pytest.raises(ApiError) as error:
-        ring.admit(key)
+        asyncio.run(ring.admit(key))
     assert error.value.headers["Retry-After"] == "4"
 
 
@@ -140,7 +142,7 @@ def test_a_changed_file_replaces_the_set_and_buckets_survive(tmp_path):
     path = tmp_path / "keys.json"
     path.write_text(keys_text(entry("a", "a-secret", rate=1, burst=1), entry("b", "b-secret")))
     ring = KeyRing(str(path), clock=Clock())
-    ring.admit(ring.authenticate("a-secret"))
+    asyncio.run(ring.admit(ring.authenticate("a-secret")))
     assert not ring.reload_if_changed()
     path.write_text(keys_text(entry("a", "a-secret", rate=1, burst=1),
                               entry("c", "c-secret", "admin")))
@@ -149,7 +151,7 @@ def test_a_changed_file_replaces_the_set_and_buckets_survive(tmp_path):
     with pytest.raises(ApiError):
         ring.authenticate("b-secret")  # revoked
     with pytest.raises(ApiError) as error:
-        ring.admit(ring.authenticate("a-secret"))  # its bucket is still empty
+        asyncio.run(ring.admit(ring.authenticate("a-secret")))  # its bucket is still empty
     assert error.value.status == 429
 
 
@@ -182,10 +184,15 @@ def test_a_changed_file_that_cannot_be_read_yet_is_read_once_it_can(tmp_path, mo
     path.write_text(keys_text(entry("a", "a-secret")))
     ring = KeyRing(str(path))
     path.write_text(keys_text(entry("a", "a-secret"), entry("b", "b-secret")))
-    real_read = KeyRing._read
-    monkeypatch.setattr(KeyRing, "_read", lambda self: (_ for _ in ()).throw(
-        PermissionError("not yet")))
+    real_read = Path.read_text
+
+    def not_yet(self: Path, *args: object, **kwargs: object) -> str:
+        if self == path:
+            raise PermissionError("not yet")
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", not_yet)
     assert not ring.reload_if_changed()
-    monkeypatch.setattr(KeyRing, "_read", real_read)
+    monkeypatch.setattr(Path, "read_text", real_read)
     assert ring.reload_if_changed()
     assert ring.authenticate("b-secret").name == "b"

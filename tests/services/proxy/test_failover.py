@@ -6,6 +6,8 @@ every server they stopped.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -106,7 +108,8 @@ def check_dead_primary(own_proxy, db_cluster) -> None:
 def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
     """Slow statements filling the pool shed load with a 503; the node stays up for others."""
     service = proxy_service(db_cluster, tmp_path / "proxy.log", PROXY_POOL_MAX_SIZE="2",
-                            PROXY_CONNECT_TIMEOUT="1")
+                            PROXY_CONNECT_TIMEOUT="1",
+                            PROXY_MAX_STATEMENTS_PER_KEY="3")  # one key may fill the pool
     with service.running():
         slow = [threading.Thread(target=read, args=(service, "direct", "SELECT SLEEP(3)"))
                 for _ in range(2)]
@@ -198,3 +201,61 @@ def test_the_services_stop_cleanly_on_sigterm(own_proxy):
     process = own_proxy.process
     own_proxy.stop()
     assert process.returncode == 0
+
+
+def primary_changes_seen(proxy: ServiceProcess, primary) -> list[float]:
+    """How long the Proxy took to see the primary stop taking writes (read_only ON: no
+    primary), then take them again: the seconds of each."""
+    timings = []
+    for read_only, expected in (("ON", None), ("OFF", "primary")):
+        primary.sql(f"SET GLOBAL read_only = {read_only}")
+        began = time.monotonic()
+        assert wait_until(lambda e=expected: proxy.health()[1]["primary"] == e, 20,
+                          f"the Proxy seeing read_only {read_only}", interval=0.05)
+        timings.append(time.monotonic() - began)
+    return timings
+
+
+def test_a_silent_node_does_not_slow_the_election(db_cluster, restart_stopped, tmp_path):
+    """A node whose host is cut off (here a server that accepts and never answers) costs each
+    of its checks the connect timeout. It is checked beside the cycle, so the Proxy still
+    learns within a check or two that the primary stopped or resumed taking writes (during a
+    failover, held writes wait on exactly that), far below the connect timeout."""
+    silent = SilentServer()
+    replicas = ",".join(f"{node.name}=127.0.0.1:{node.port}" for node in db_cluster.replicas)
+    service = proxy_service(db_cluster, tmp_path / "proxy.log",
+                            PROXY_REPLICAS=f"{replicas},cut=127.0.0.1:{silent.port}",
+                            PROXY_CONNECT_TIMEOUT="4")
+    primary = db_cluster.primary
+    try:
+        service.start()
+        assert wait_until(lambda: node_up(service, "cut") is False, 20, "the silent node down")
+        timings = primary_changes_seen(service, primary)
+        print(f"\nelection with a silent node (connect timeout 4 s): {timings}")
+        assert all(seconds < 2.0 for seconds in timings), timings
+    finally:
+        primary.sql("SET GLOBAL read_only = OFF")
+        service.stop()
+        silent.close()
+
+
+def test_a_frozen_replica_is_dropped_without_waiting_for_its_goodbye(
+        own_proxy, db_cluster, restart_stopped):
+    """A replica whose server stops answering (frozen: SIGSTOP, as a host cut off) with idle
+    pooled TLS connections: the Proxy drops them at once when it marks the node down, instead
+    of waiting for TLS goodbyes that never come (asyncio waits 30 s for each), so its checks
+    go on and it learns of the primary's changes within a check or two."""
+    replica = db_cluster.replicas[1]
+    for _ in range(20):  # idle TLS connections to both replicas in the read pools
+        assert read(own_proxy).status == 200
+    primary = db_cluster.primary
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: node_up(own_proxy, replica.name) is False, 20,
+                          "the frozen replica down")
+        timings = primary_changes_seen(own_proxy, primary)
+        print(f"\nelection with a frozen replica: {timings}")
+        assert all(seconds < 2.0 for seconds in timings), timings
+    finally:
+        primary.sql("SET GLOBAL read_only = OFF")
+        os.kill(replica.process.pid, signal.SIGCONT)

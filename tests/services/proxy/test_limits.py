@@ -17,8 +17,9 @@ from asyncmy.cursors import SSCursor
 
 from cluster.waiting import wait_until
 from services.config import NodeAddress, ProxyConfig
-from services.proxy.pools import NodePool
+from services.proxy.pools import NodePool, NodeUnavailable
 from services.proxy.readahead import HIGH_WATER
+from services.statements import Statement
 from tests.conftest import http, proxy_service
 
 SLEEPER = "SELECT SLEEP(100000) AS sqlgate_limits_sleeper"
@@ -56,7 +57,8 @@ def test_timed_out_statements_are_stopped_with_the_pool_saturated(db_cluster, tm
     """32 clients, 16 connections: every answer is a 503 (busy) or a 504 (timed out), and the
     statements stop on the server too, well before its own time limit (10 s)."""
     service = proxy_service(db_cluster, tmp_path / "proxy.log", PROXY_POOL_MAX_SIZE="16",
-                            PROXY_QUERY_TIMEOUT="2", PROXY_CONNECT_TIMEOUT="1")
+                            PROXY_QUERY_TIMEOUT="2", PROXY_CONNECT_TIMEOUT="1",
+                            PROXY_MAX_STATEMENTS_PER_KEY="32")  # one key may fill the pool
     with service.running():
         started = threading.Barrier(32)
 
@@ -181,3 +183,67 @@ def test_a_streamed_result_is_read_only_as_fast_as_it_is_consumed(db_cluster):
         ahead, count = runner.run(attempt())
     assert ahead <= HIGH_WATER + 1_000_100  # the limit, and the row being delivered
     assert count == 15
+
+
+def test_statements_in_flight_on_a_replaced_primary_are_cut_off_at_once(db_cluster):
+    """``abort_in_flight`` (the health monitor's, once an unreachable primary is replaced):
+    a statement running there fails at once as a lost node, whose effect is unknown, instead
+    of waiting out the query timeout."""
+    user = db_cluster.app_users["read"]
+    pool = NodePool(NodeAddress("primary", "127.0.0.1", db_cluster.primary.port), "primary",
+                    ProxyConfig(db_user=user.name, db_password=user.password,
+                                db_tls_ca=str(db_cluster.ca_file), query_timeout=30))
+
+    async def attempt() -> tuple[float, BaseException | None, int]:
+        running = asyncio.create_task(pool.execute(Statement.plain("SELECT SLEEP(20)"), 1,
+                                                   scope="read"))
+        await asyncio.sleep(0.5)  # the statement is running on the server
+        began = time.monotonic()
+        aborted = pool.abort_in_flight()
+        try:
+            await asyncio.wait_for(running, 5)
+            error = None
+        except NodeUnavailable as lost:
+            error = lost
+        took = time.monotonic() - began
+        await pool.close()
+        return took, error, aborted
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        took, error, aborted = runner.run(attempt())
+    assert aborted == 1
+    assert isinstance(error, NodeUnavailable) and error.maybe_applied, error
+    assert took < 1.0, took
+
+
+def test_a_driver_failure_is_a_lost_connection_not_a_crash(db_cluster):
+    """asyncmy lets a few exceptions of its own through while a connection dies under it (a
+    RuntimeError for a transport without a socket): connecting, nothing was sent; during a
+    statement, it may have been applied. Either way the node is unavailable for it, and the
+    router answers 503 (with the outcome) instead of a 500."""
+    user = db_cluster.app_users["read"]
+    pool = NodePool(NodeAddress("primary", "127.0.0.1", db_cluster.primary.port), "primary",
+                    ProxyConfig(db_user=user.name, db_password=user.password,
+                                db_tls_ca=str(db_cluster.ca_file)))
+
+    class Broken:
+        async def execute(self, *args):
+            raise RuntimeError("Transport does not expose socket instance")
+
+    async def attempt() -> tuple[NodeUnavailable, NodeUnavailable]:
+        conn = await pool._acquire("read")
+        conn.cursor = lambda *args: Broken()
+        pool._give_back(conn, keep=True)  # the next statement gets it
+        with pytest.raises(NodeUnavailable) as during:
+            await pool.execute(Statement.plain("SELECT 1"), 1, scope="read")
+        for each in pool._pools.values():  # connecting fails the same way
+            each.acquire = Broken().execute
+        with pytest.raises(NodeUnavailable) as connecting:
+            await pool.execute(Statement.plain("SELECT 1"), 1, scope="read")
+        await pool.close()
+        return during.value, connecting.value
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        during, connecting = runner.run(attempt())
+    assert during.maybe_applied and "RuntimeError" in during.reason, during
+    assert not connecting.maybe_applied and "RuntimeError" in connecting.reason, connecting

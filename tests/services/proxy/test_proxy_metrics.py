@@ -197,9 +197,11 @@ def test_one_json_line_per_request_without_sql_or_values(observed, table):
 
     wait_until(lambda: len(lines()) == 2, 10, "both request lines")
     ok, failed = sorted(lines(), key=lambda line: line["request_id"] != request_id)
-    assert set(ok) == {"ts", "service", "worker", "request_id", "key", "endpoint", "mode",
-                       "query_type", "node", "status", "elapsed_ms", "attempts", "waited_ms"}
+    assert set(ok) == {"ts", "service", "worker", "request_id", "client", "key", "endpoint",
+                       "mode", "query_type", "node", "status", "elapsed_ms", "attempts",
+                       "waited_ms"}
     assert ok["service"] == "proxy" and ok["worker"] == 0 and ok["key"] == KEY
+    assert ok["client"] == "127.0.0.1"
     assert (ok["endpoint"], ok["mode"], ok["query_type"], ok["status"], ok["attempts"]) == (
         "POST /query", "random", "read", 200, 1)
     assert ok["node"] == answer.json["node"] and ok["ts"].endswith("Z")

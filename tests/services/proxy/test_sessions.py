@@ -100,7 +100,8 @@ def pooled_proxy(request, db_cluster, leaking_procedure,
                  tmp_path_factory) -> Iterator[ServiceProcess]:
     size = request.param
     service = proxy_service(db_cluster, tmp_path_factory.mktemp("logs") / f"proxy-pool{size}.log",
-                            PROXY_POOL_MAX_SIZE=str(size), PROXY_MAX_TRANSACTIONS=str(size // 2))
+                            PROXY_POOL_MAX_SIZE=str(size), PROXY_MAX_TRANSACTIONS=str(size // 2),
+                            PROXY_MAX_STATEMENTS_PER_KEY=str(2 * size))  # the probes, at once
     service.pool_size = size
     with service.running():
         yield service
@@ -267,7 +268,8 @@ def test_ledger_of_acknowledged_writes_survives_every_session_statement(db_clust
     """2,000 acknowledged inserts interleaved with every refused or harmless statement:
     every acknowledged row is on the primary and on both replicas, and no other row is."""
     service = proxy_service(db_cluster, tmp_path / "proxy.log", PROXY_POOL_MAX_SIZE="4",
-                            PROXY_MAX_TRANSACTIONS="1")
+                            PROXY_MAX_TRANSACTIONS="1",
+                            PROXY_MAX_STATEMENTS_PER_KEY="8")  # its 8 clients, one key
     run = f"ledger-{uuid.uuid4().hex[:8]}"
     disturbances = [sql for sql, _ in REFUSED] + HARMLESS
 

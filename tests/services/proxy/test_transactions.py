@@ -19,6 +19,7 @@ import pytest
 
 from cluster.loopback.services import ServiceProcess
 from cluster.waiting import wait_until
+from services.contract import KEY_NAME_HEADER
 from tests.conftest import Answer, http, proxy_service, scratch_tables
 
 TRANSACTION_ID = re.compile(r"([A-Za-z0-9-]{1,63})\.([A-Za-z0-9_-]{24})")
@@ -426,9 +427,10 @@ def test_a_busy_transaction_is_ended_at_its_max_age(small, small_proxy, db_clust
 
 def test_open_transactions_are_capped_and_leave_room(small, small_proxy, db_cluster, scratch):
     table = scratch()
-    first, second = small.begin(), small.begin()
+    # Three keys (one transaction each is their share here): the third meets the global cap.
+    first, second = (Client(small.url, {KEY_NAME_HEADER: name}).begin() for name in "ab")
     began = time.monotonic()
-    third = small.post("/transactions")
+    third = Client(small.url, {KEY_NAME_HEADER: "c"}).post("/transactions")
     assert time.monotonic() - began < 2
     assert third.status == 503, third.json
     assert "too many open transactions" in third.json["error"]
@@ -450,7 +452,7 @@ def test_open_transactions_are_capped_and_leave_room(small, small_proxy, db_clus
     assert [answer.status for answer in slow] == [200, 200], [a.json for a in slow]
     assert open_transactions(small_proxy) == 2
     assert small.end(first).status == 200
-    replacement = small.post("/transactions")
+    replacement = Client(small.url, {KEY_NAME_HEADER: "c"}).post("/transactions")
     assert replacement.status == 201, replacement.json
     for tid in (second, replacement.json["transaction_id"]):
         assert small.end(tid, "rollback").status == 200

@@ -20,26 +20,34 @@ from botocore.exceptions import ClientError
 import bootstrap
 from cluster.errors import ClusterError
 from cluster.providers.aws import commands as aws_provider
+from cluster.providers.aws import nlb
 from cluster.providers.aws import resources as res
 from cluster.providers.aws.bundle import MASTER_CONF, MASTER_PKI
 from cluster.providers.aws.plan import AwsPlan
 from cluster.record import read_record
 from cluster.topology import (
     ADMIN,
+    BALANCER,
     CLUSTER,
     GROUP_OF_ROLE,
-    GROUPS,
     INGRESS_RULES,
     INTERNET,
     SALT_MASTER,
+    groups_of,
     plan_hosts,
 )
-from tests.aws_moto import ADMIN_CIDR, NEWEST_JAMMY, REGION, REPO
+from cluster.topology import GROUPS as ALL_GROUPS
+from tests.aws_moto import ADMIN_CIDR, NEWEST_JAMMY, REGION, REPO, load_balancing
 from tests.aws_moto import bootstrap_up as up
 from tests.aws_moto import run_bootstrap as run
 
 CLUSTER_NAME = "sqlgate"
-HOSTS = [SALT_MASTER, *plan_hosts(2)]
+MINIONS = plan_hosts(2, gatekeepers=2, proxies=2)  # AWS's default: two of each in front
+HOSTS = [SALT_MASTER, *MINIONS]
+# AWS has no balancer host: its balancer is a Network Load Balancer, which wears the balancer
+# group (and no host's own rule: SSH, node_exporter).
+HOSTLESS = (BALANCER,)
+GROUPS = tuple(g for g in ALL_GROUPS if g in {*groups_of(HOSTS), *HOSTLESS})
 
 
 def cluster_filter() -> list[dict]:
@@ -83,10 +91,13 @@ def expected_rules(group: str, ids: dict[str, str]) -> set[tuple]:
     """Written from INGRESS_RULES independently of the provider's own translation."""
     wanted = set()
     for rule in INGRESS_RULES:
-        if rule.group != group:
+        if rule.group != group or rule.unless in GROUPS or \
+                rule.source not in (*GROUPS, INTERNET, ADMIN, CLUSTER) or \
+                (rule.host and group in HOSTLESS):
             continue
         sources = {INTERNET: ["0.0.0.0/0"], ADMIN: [ADMIN_CIDR],
-                   CLUSTER: [ids[g] for g in GROUPS]}.get(rule.source) or [ids[rule.source]]
+                   CLUSTER: [ids[g] for g in GROUPS if g not in HOSTLESS]
+                   }.get(rule.source) or [ids[rule.source]]
         ports = rule.ports or (8, -1)
         wanted.update((rule.protocol, *ports, source) for source in sources)
     return wanted
@@ -111,18 +122,26 @@ def test_security_groups_have_exactly_the_topology_rules(aws_env, cluster_up):
         described = groups[f"{CLUSTER_NAME}-{group}"]
         assert described["VpcId"] == default_vpc["Vpcs"][0]["VpcId"]
         assert actual_rules(described) == expected_rules(group, ids), group
-    # The seed's points, spelt out: only the Gatekeeper is open to the Internet, the Proxy only
-    # to the Gatekeeper, the databases only to the Proxy and each other.
+    # The seed's points, spelt out: only the load balancer is open to the Internet, and only on
+    # the public ports; the Gatekeepers take them from it alone (its health checks too), the
+    # Proxy only the Gatekeeper, the databases only the Proxy and each other.
     open_to_world = [g for g in GROUPS
                      if any(r[3] == "0.0.0.0/0" for r in actual_rules(groups[f"sqlgate-{g}"]))]
-    assert open_to_world == ["gatekeeper"]
+    assert open_to_world == ["balancer"]
+    assert actual_rules(groups["sqlgate-balancer"]) == {
+        ("tcp", 443, 443, "0.0.0.0/0"), ("tcp", 80, 80, "0.0.0.0/0")}
+    assert {r for r in actual_rules(groups["sqlgate-gatekeeper"]) if r[1] in (80, 443)} == {
+        ("tcp", 443, 443, ids["balancer"]), ("tcp", 80, 80, ids["balancer"])}
+    salt_sources = {r[3] for r in actual_rules(groups["sqlgate-saltmaster"]) if r[1] == 4505}
+    assert ids["balancer"] not in salt_sources
     assert actual_rules(groups["sqlgate-proxy"]) == {
         ("tcp", 5000, 5000, ids["gatekeeper"]), ("tcp", 22, 22, ADMIN_CIDR),
         ("tcp", 9181, 9181, ids["monitor"]), ("tcp", 9100, 9100, ids["monitor"])}
-    # Prometheus: the operator only; the exporters and metrics: the monitor only.
+    # Prometheus: the operator only; the exporters and metrics: the monitor only; the rate
+    # store: the Gatekeepers only.
     assert actual_rules(groups["sqlgate-monitor"]) == {
         ("tcp", 9090, 9090, ADMIN_CIDR), ("tcp", 22, 22, ADMIN_CIDR),
-        ("tcp", 9100, 9100, ids["monitor"])}
+        ("tcp", 9100, 9100, ids["monitor"]), ("tcp", 6379, 6379, ids["gatekeeper"])}
     monitored = {(r[1], r[3]) for g in GROUPS for r in actual_rules(groups[f"sqlgate-{g}"])
                  if r[1] in (9100, 9104, 9180, 9181)}
     assert {source for _, source in monitored} == {ids["monitor"]}
@@ -158,8 +177,10 @@ def test_cluster_file_is_private_and_complete(aws_env, cluster_up):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     data = json.loads(path.read_text())
     assert data["provider_data"]["region"] == REGION and data["api_key"]
-    elastic_ip = data["provider_data"]["elastic_ip"]
-    assert data["gatekeeper_url"] == f"https://{elastic_ip}"
+    balancer = aws_env.client("elbv2").describe_load_balancers()["LoadBalancers"][0]
+    assert data["provider_data"]["load_balancer_dns"] == balancer["DNSName"]
+    assert data["gatekeeper_url"] == f"https://{balancer['DNSName']}"
+    assert "elastic_ip" not in data["provider_data"]
     assert data["ca_file"] == str(aws_env.cluster_dir / "aws-ca.crt")
     assert (aws_env.cluster_dir / "aws-ca.crt").read_text() == \
         (aws_env.cluster_dir / "aws" / "tls" / "ca.crt").read_text()
@@ -191,7 +212,7 @@ def test_minion_user_data_points_at_the_master_with_preseeded_keys(aws_env, clus
     by_host = {tags_of(i)[res.HOST_TAG]: i for i in live_instances(ec2)}
     master_ip = by_host["saltmaster"]["PrivateIpAddress"]
     keys = aws_env.cluster_dir / "aws" / "salt-pki"
-    for host in plan_hosts(2):
+    for host in MINIONS:
         config = cloud_config(user_data_of(ec2, by_host[host.name]["InstanceId"]))
         files = files_of(config)
         assert config["hostname"] == host.name
@@ -234,7 +255,7 @@ def test_master_user_data_fetches_a_bundle_with_tree_pillar_and_keys(aws_env, cl
     assert config["ssh_keys"]["ed25519_public"].split()[:2] == \
         (aws_env.cluster_dir / "aws/ssh/master_host_ed25519.pub").read_text().split()[:2]
     env = source_env(files["/etc/sqlgate/bootstrap.env"]["content"], tmp_path)
-    assert env["MINION_IDS"] == ",".join(h.name for h in plan_hosts(2))
+    assert env["MINION_IDS"] == ",".join(h.name for h in MINIONS)
     # The presigned URL works (against moto) and the checksum matches what the master checks.
     with urllib.request.urlopen(env["BUNDLE_URL"], timeout=10) as answer:
         data = answer.read()
@@ -255,7 +276,7 @@ def test_master_user_data_fetches_a_bundle_with_tree_pillar_and_keys(aws_env, cl
                        for name in members if name.startswith(f"{MASTER_PKI}/minions/")}
     assert master_conf["auto_accept"] is False and master_conf["open_mode"] is False
     keys = aws_env.cluster_dir / "aws" / "salt-pki" / "minions"
-    assert minion_pubs == {h.name: (keys / f"{h.name}.pub").read_text() for h in plan_hosts(2)}
+    assert minion_pubs == {h.name: (keys / f"{h.name}.pub").read_text() for h in MINIONS}
     assert members[f"{MASTER_PKI}/master.pem"].mode == 0o400
     assert any(name.startswith("srv/sqlgate/pillar/") for name in members)
     assert "srv/sqlgate/source/sqlgate-src/pyproject.toml" in members  # salt://sqlgate-src
@@ -276,6 +297,7 @@ def snapshot(aws_env) -> dict:
         "key_pairs": [k["KeyPairId"] for k in ec2.describe_key_pairs()["KeyPairs"]],
         "addresses": sorted((a["AllocationId"], a.get("InstanceId"))
                             for a in ec2.describe_addresses()["Addresses"]),
+        "load_balancing": load_balancing(aws_env.client("elbv2")),
         "cluster_file": json.loads((aws_env.cluster_dir / "aws.json").read_text()),
     }
 
@@ -287,6 +309,10 @@ def test_second_up_creates_nothing(aws_env, cluster_up, capsys):
     assert snapshot(aws_env) == before
     assert "nothing launched" in out
     assert "created" not in out and "launched " not in out
+    assert "realigned" not in out and "registered" not in out
+    assert "kept network load balancer sqlgate-nlb" in out
+    assert "kept listener TCP 443" in out and "kept listener TCP 80" in out
+    assert "target group 443: kept its 2 target(s)" in out
 
 
 def test_up_realigns_a_changed_rule(aws_env, cluster_up, capsys):
@@ -315,6 +341,8 @@ def assert_nothing_left(aws_env) -> None:
     assert [b for b in bucket_names(s3) if "bundle" in b] == []
     assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert ec2.describe_addresses()["Addresses"] == []
+    assert load_balancing(aws_env.client("elbv2")) == {"load_balancers": {},
+                                                       "target_groups": {}}
     assert not (aws_env.cluster_dir / "aws.json").exists()
     assert not (aws_env.cluster_dir / "aws-ca.crt").exists()
     assert not (aws_env.cluster_dir / "aws").exists()
@@ -329,14 +357,27 @@ def test_down_removes_everything(aws_env, cluster_up, capsys):
     assert "no instances" in out
 
 
+def older_elastic_ip(ec2) -> dict:
+    """The Elastic IP an older version gave its one Gatekeeper."""
+    return ec2.allocate_address(Domain="vpc", TagSpecifications=[{
+        "ResourceType": "elastic-ip", "Tags": [{"Key": res.CLUSTER_TAG, "Value": CLUSTER_NAME},
+                                               {"Key": res.ROLE_TAG, "Value": "gatekeeper"}]}])
+
+
 def test_down_after_a_partial_up(aws_env, capsys):
-    """Groups, bucket and the master exist, no minions and no cluster file: up died half-way."""
+    """Groups, the load balancer and a target group, the bucket and the master exist, no minions
+    and no cluster file (and an older version's Elastic IP): up died half-way."""
     aws = aws_provider.connect(CLUSTER_NAME, REGION, None)
     args = bootstrap.build_parser().parse_args(["up", "--admin-cidr", ADMIN_CIDR])
     plan = AwsPlan.make(aws, args, ADMIN_CIDR)
-    group_ids = res.ensure_security_groups(aws, plan.network, ADMIN_CIDR, print)
+    group_ids = res.ensure_security_groups(aws, plan.network, ADMIN_CIDR, print, plan.groups,
+                                           plan.hostless)
+    nlb.ensure_load_balancer(aws, plan.network, group_ids[BALANCER], print)
+    aws_env.client("elbv2").create_target_group(
+        Name=nlb.target_group_name(aws, 443), Protocol="TCP", Port=443, VpcId=plan.network.vpc_id,
+        TargetType="instance", Tags=aws.tags("tcp443", **{nlb.PORT_TAG: "443"}))
     res.ensure_bucket(aws)
-    res.ensure_address(aws)
+    older_elastic_ip(aws_env.client("ec2"))
     res.upload_bundle(aws, b"partial", 60)
     res.launch_instance(aws, plan.launch(SALT_MASTER, "#cloud-config\n{}\n", group_ids, None))
     ec2 = aws_env.client("ec2")
@@ -344,7 +385,9 @@ def test_down_after_a_partial_up(aws_env, capsys):
     code, out, err = run(capsys, "down", "--region", REGION)
     assert code == 0, err
     assert "terminated 1 instance(s)" in out and "deleted bucket" in out
-    assert "released Elastic IP" in out
+    assert "released Elastic IP" in out and "(an older version's)" in out
+    assert "deleted network load balancer sqlgate-nlb" in out
+    assert "deleted target group sqlgate-tcp443" in out
     assert_nothing_left(aws_env)
 
 
@@ -362,8 +405,11 @@ def test_up_refuses_to_change_the_minions_of_a_running_master(aws_env, cluster_u
     """The master only accepts the keys it was given at launch: no silent half-cluster."""
     before = snapshot(aws_env)
     code, _, err = up(capsys, "--replicas", "3")
-    assert_one_line_error(code, err, "the cluster was made for minions gatekeeper,proxy,primary,"
-                                     "replica1,replica2,monitor, not ")
+    assert_one_line_error(code, err, "the cluster was made for minions gatekeeper,gatekeeper2,"
+                                     "proxy,proxy2,primary,replica1,replica2,monitor, not ")
+    assert snapshot(aws_env) == before
+    code, _, err = up(capsys, "--gatekeepers", "3")
+    assert_one_line_error(code, err, "--gatekeepers")
     assert snapshot(aws_env) == before
 
 
@@ -398,7 +444,11 @@ def test_dry_run_creates_nothing(aws_env, capsys):
     assert not (aws_env.cluster_dir / "aws.json").exists()
     assert "[create] sqlgate-gatekeeper" in out
     assert "tcp 443 from 0.0.0.0/0" in out and "tcp 80 from 0.0.0.0/0" in out
-    assert "[create] Elastic IP for the Gatekeeper" in out
+    assert "tcp 443 from sqlgate-balancer" in out
+    assert "[create] sqlgate-nlb, internet-facing" in out
+    assert "[create] listener TCP 443 -> target group sqlgate-tcp443" in out
+    assert "[create] sqlgate-balancer (worn by the network load balancer)" in out
+    assert "Elastic IP" not in out
     assert "[create] sqlgate-monitor" in out and "tcp 9090 from " in out
     assert ec2.describe_addresses()["Addresses"] == []
     assert "tcp 5000 from sqlgate-gatekeeper" in out

@@ -1,7 +1,7 @@
-"""The AWS provider's secure defaults against a moto server: the Gatekeeper's Elastic IP (its
-certificate names it, down releases it), HTTPS in the record, the metadata endpoints turned off
-once the cluster is healthy, and key sets carried to a running master (second ``up``, ``keys
---apply``) with hashes only.
+"""The AWS provider's secure defaults against a moto server: the public name (the Network Load
+Balancer's, which the Gatekeepers' certificates name; an older version's Elastic IP released),
+HTTPS in the record, the metadata endpoints turned off once the cluster is healthy, and key sets
+carried to a running master (second ``up``, ``keys --apply``) with hashes only.
 
 The steps that need real machines are skipped against moto; the tests that follow them make the
 provider take moto for AWS and stand in for the Gatekeeper's /health and for SSH to the master.
@@ -95,29 +95,31 @@ def on_aws(monkeypatch):
     return calls
 
 
-# --- the Gatekeeper's address and certificates -------------------------------------------
+# --- the public name and the certificates -------------------------------------------------
 
-def test_the_gatekeeper_has_an_elastic_ip_that_its_certificate_names(aws_env, cluster_up):
-    ec2 = aws_env.client("ec2")
-    addresses = cluster_addresses(ec2)
-    assert len(addresses) == 1
-    address = addresses[0]
-    assert {t["Key"]: t["Value"] for t in address["Tags"]}[res.ROLE_TAG] == "gatekeeper"
-    instances = live_instances(ec2)
-    assert address["InstanceId"] == instances["gatekeeper"]["InstanceId"]
-    assert instances["gatekeeper"]["PublicIpAddress"] == address["PublicIp"]
+def load_balancer_dns(aws_env) -> str:
+    (balancer,) = aws_env.client("elbv2").describe_load_balancers()["LoadBalancers"]
+    return balancer["DNSName"]
+
+
+def test_every_gatekeepers_certificate_names_the_load_balancer(aws_env, cluster_up):
+    dns = load_balancer_dns(aws_env)
     recorded = read_record("aws")
-    assert recorded.gatekeeper_url == f"https://{address['PublicIp']}"
-    assert recorded.host("gatekeeper").public_address == address["PublicIp"]
+    assert recorded.gatekeeper_url == f"https://{dns}"
+    assert recorded.provider_data["load_balancer_dns"] == dns
+    instances = live_instances(aws_env.client("ec2"))
     tls = aws_env.cluster_dir / "aws" / "tls"
-    assert covers((tls / "hosts" / "gatekeeper.crt").read_text(),
-                  ["gatekeeper", address["PublicIp"]])
+    for name in ("gatekeeper", "gatekeeper2"):
+        assert covers((tls / "hosts" / f"{name}.crt").read_text(), ["gatekeeper", dns])
+        # Its own public address is the instance's (closed to the Internet on 443 and 80).
+        assert recorded.host(name).public_address == instances[name]["PublicIpAddress"]
     # The other hosts' private addresses are unknown before launch: their names only.
-    proxy = x509.load_pem_x509_certificate((tls / "hosts" / "proxy.crt").read_bytes())
-    names = proxy.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(n.value) for n in names] == ["proxy"]
-    assert f"allocated Elastic IP {address['PublicIp']}" in cluster_up
-    assert "associated" in cluster_up
+    for name, role in (("proxy", "proxy"), ("proxy2", "proxy")):
+        cert = x509.load_pem_x509_certificate((tls / "hosts" / f"{name}.crt").read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(n.value) for n in names] == list(dict.fromkeys([name, role]))
+    assert cluster_addresses(aws_env.client("ec2")) == []  # no Elastic IP any more
+    assert "Elastic IP" not in cluster_up
 
 
 def test_the_bundle_carries_certificates_and_key_hashes_never_key_secrets(aws_env, cluster_up):
@@ -132,23 +134,42 @@ def test_the_bundle_carries_certificates_and_key_hashes_never_key_secrets(aws_en
     assert own["cert"] == (aws_env.cluster_dir / "aws/tls/hosts/gatekeeper.crt").read_text()
 
 
-def test_a_second_up_keeps_the_address_and_the_certificates(aws_env, cluster_up, capsys):
-    ec2 = aws_env.client("ec2")
-    before = cluster_addresses(ec2)[0]["AllocationId"]
-    cert = (aws_env.cluster_dir / "aws/tls/hosts/gatekeeper.crt").read_text()
+def test_a_second_up_keeps_the_name_and_the_certificates(aws_env, cluster_up, capsys):
+    dns = load_balancer_dns(aws_env)
+    certs = {name: (aws_env.cluster_dir / f"aws/tls/hosts/{name}.crt").read_text()
+             for name in ("gatekeeper", "gatekeeper2")}
     code, out, err = up(capsys)
     assert code == 0, err
-    assert [a["AllocationId"] for a in cluster_addresses(ec2)] == [before]
-    assert "allocated" not in out
-    assert (aws_env.cluster_dir / "aws/tls/hosts/gatekeeper.crt").read_text() == cert
+    assert "kept network load balancer" in out
+    assert load_balancer_dns(aws_env) == dns
+    for name, cert in certs.items():
+        assert (aws_env.cluster_dir / f"aws/tls/hosts/{name}.crt").read_text() == cert
 
 
-def test_down_releases_the_address(aws_env, cluster_up, capsys):
+def older_elastic_ip(ec2, instance_id: str) -> dict:
+    """What an older version made: the one Gatekeeper's Elastic IP, associated with it."""
+    address = ec2.allocate_address(Domain="vpc", TagSpecifications=[{
+        "ResourceType": "elastic-ip", "Tags": [{"Key": res.CLUSTER_TAG, "Value": CLUSTER_NAME},
+                                               {"Key": res.ROLE_TAG, "Value": "gatekeeper"}]}])
+    ec2.associate_address(AllocationId=address["AllocationId"], InstanceId=instance_id)
+    return address
+
+
+def test_up_releases_an_older_versions_elastic_ip(aws_env, cluster_up, capsys):
     ec2 = aws_env.client("ec2")
-    public_ip = cluster_addresses(ec2)[0]["PublicIp"]
+    address = older_elastic_ip(ec2, live_instances(ec2)["gatekeeper"]["InstanceId"])
+    code, out, err = up(capsys)
+    assert code == 0, err
+    assert f"released Elastic IP {address['PublicIp']} of an older version" in out
+    assert ec2.describe_addresses()["Addresses"] == []
+
+
+def test_down_releases_an_older_versions_elastic_ip(aws_env, cluster_up, capsys):
+    ec2 = aws_env.client("ec2")
+    address = older_elastic_ip(ec2, live_instances(ec2)["gatekeeper"]["InstanceId"])
     code, out, err = run(capsys, "down")
     assert code == 0, err
-    assert f"released Elastic IP {public_ip}" in out
+    assert f"released Elastic IP {address['PublicIp']} (an older version's)" in out
     assert ec2.describe_addresses()["Addresses"] == []
 
 
@@ -158,17 +179,18 @@ def test_metadata_endpoints_go_off_once_the_gatekeeper_is_healthy(aws_env, capsy
     code, out, err = up(capsys)
     assert code == 0, err
     instances = live_instances(aws_env.client("ec2"))
-    assert len(instances) == 7  # the Salt master, six minions (the monitor among them)
+    # The Salt master, eight minions: two Gatekeepers, two Proxies, three databases, the monitor.
+    assert len(instances) == 9
     for name, instance in instances.items():
         options = instance["MetadataOptions"]
         assert (options["HttpEndpoint"], options["HttpTokens"]) == ("disabled", "required"), name
-    assert "turned the metadata endpoint off on 7 instance(s)" in out
-    # /health was asked over HTTPS, checked against the cluster CA, at the Elastic IP.
+    assert "turned the metadata endpoint off on 9 instance(s)" in out
+    # /health was asked over HTTPS, checked against the cluster CA, through the load balancer.
     recorded = read_record("aws")
     url, trust = on_aws["health"][0]
     assert url == recorded.gatekeeper_url and url.startswith("https://")
     assert trust["ca_file"] == recorded.ca_file
-    assert trust["address"] == recorded.provider_data["elastic_ip"]
+    assert trust["address"] == recorded.provider_data["load_balancer_dns"]
     assert on_aws["push"] == [] and on_aws["orchestrate"] == []  # the master's boot does it
     assert f"--cacert {recorded.ca_file}" in out
 
@@ -210,7 +232,7 @@ def test_keys_apply_runs_the_gatekeeper_states_through_the_master(aws_env, clust
     code, out, err = run(capsys, "keys", "add", "reader", "--apply")
     assert code == 0, err
     master = read_record("aws").host("saltmaster").public_address
-    assert on_aws["apply"] == [(master, ["gatekeeper"], "sqlgate.gatekeeper")]
+    assert on_aws["apply"] == [(master, ["gatekeeper", "gatekeeper2"], "sqlgate.gatekeeper")]
     assert "reader" in {key["name"] for key in gatekeeper_keys(on_aws["push"][-1][1])}
     assert "applied" in out
     code, out, err = run(capsys, "keys", "revoke", "reader", "--apply")

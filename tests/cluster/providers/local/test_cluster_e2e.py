@@ -15,17 +15,21 @@ developer's running cluster; it is taken down even when a check fails. Run one a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -52,6 +56,8 @@ from cluster.waiting import wait_until
 from loadtest.consistency import run_pairs
 from loadtest.workload import DEFAULT_TABLE, create_table_sql
 from services.client import Client, TlsFiles
+from services.contract import REQUEST_ID_HEADER
+from tests.ledger import Ledger, load
 
 pytestmark = pytest.mark.cluster
 
@@ -59,8 +65,10 @@ CLUSTER_NAME = "sqlgate-e2e"
 SUBNET = "10.213.251.0/24"
 ACTOR_COUNT = "SELECT COUNT(*) FROM sakila.actor"
 SECRET_LINE = re.compile(r"secret \(shown this once, stored nowhere\): (\S+)")
-# Keys made before the first up (unlimited, so that the checks never meet a rate limit).
-KEYS = {"e2e-read": "read", "e2e-write": "write"}
+# Keys made before the first up: (scope, rate, burst); unlimited (rate 0), so that the checks
+# never meet a rate limit, but for the one that shows the limit across the Gatekeepers.
+KEYS = {"e2e-read": ("read", 0, 0), "e2e-write": ("write", 0, 0),
+        "e2e-rated": ("read", 40, 4)}
 
 
 @dataclass
@@ -73,6 +81,15 @@ class E2ECluster:
     def bootstrap(self, command: str, *extra: str,
                   timeout: float = 1500) -> subprocess.CompletedProcess[str]:
         return run_bootstrap(command, self.directory, *extra, timeout=timeout)
+
+    def salt(self, *arguments: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+        """``bootstrap.py salt`` as an operator runs it: bootstrap.py's options before TARGET,
+        since what follows FUNCTION is salt's."""
+        return subprocess.run(
+            [sys.executable, "bootstrap.py", "salt", "--provider", "local", "--cluster-name",
+             CLUSTER_NAME, "--subnet", SUBNET, *arguments],
+            cwd=PROJECT_ROOT, env={**os.environ, "SQLGATE_CLUSTER_DIR": str(self.directory)},
+            capture_output=True, text=True, timeout=timeout, check=False)
 
     def host(self, name: str) -> HostRecord:
         return self.record.host(name)
@@ -112,13 +129,15 @@ def cluster() -> Iterator[E2ECluster]:
         pytest.skip("the local cluster needs root (namespaces, bridge, mounts)")
     directory = PROJECT_ROOT / ".cluster" / "e2e-test"
     try:
+        run_bootstrap("down", directory, timeout=300)  # nothing of an earlier run is reused
+        shutil.rmtree(directory, ignore_errors=True)  # its key set included
         secrets = {}
-        for name, scope in KEYS.items():  # keys added before the cluster exists: up deploys them
+        for name, (scope, rate, burst) in KEYS.items():  # made before the cluster: up deploys them
             added = run_bootstrap("keys", directory, "add", name, "--scope", scope, "--rate",
-                                  "0", "--burst", "0", timeout=60)
+                                  str(rate), "--burst", str(burst), timeout=60)
             assert added.returncode == 0, added.stdout + added.stderr
             secrets[name] = SECRET_LINE.search(added.stdout).group(1)
-        first_up = run_bootstrap("up", directory)
+        first_up = run_bootstrap("up", directory, "--gatekeepers", "2", "--proxies", "2")
         assert first_up.returncode == 0, first_up.stdout + first_up.stderr
         record = read_record("local", directory)
         yield E2ECluster(directory, first_up, record, secrets)
@@ -176,7 +195,7 @@ def running(pid: int) -> bool:
 
 def test_up_prints_the_url_the_key_file_and_a_working_curl_line(cluster):
     out = cluster.first_up.stdout
-    assert cluster.url == f"https://{cluster.host('gatekeeper').address}"
+    assert cluster.url == f"https://{cluster.host('balancer').address}"
     assert f"Gatekeeper: {cluster.url}" in out
     assert cluster.record.provider_data["api_key_file"] in out
     curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl "))
@@ -192,7 +211,7 @@ def test_up_prints_the_url_the_key_file_and_a_working_curl_line(cluster):
 
 def test_plain_http_does_not_reach_the_api(cluster):
     """Port 80 answers at most with a redirect to HTTPS, with the key or without."""
-    address = cluster.host("gatekeeper").address
+    address = cluster.host("balancer").address
     connection = http.client.HTTPConnection(address, REDIRECT_PORT, timeout=5)
     try:
         connection.request("POST", "/query", body=json.dumps({"sql": ACTOR_COUNT}),
@@ -222,9 +241,10 @@ def test_cluster_file_is_private_and_complete(cluster):
     for secret in (cluster.record.api_key, *cluster.secrets.values()):
         assert secret not in keys_file.read_text()
     roles = {h.name: h.role for h in cluster.record.hosts}
-    assert roles == {"saltmaster": "saltmaster", "gatekeeper": "gatekeeper", "proxy": "proxy",
-                     "primary": "primary", "replica1": "replica", "replica2": "replica",
-                     "monitor": "monitor"}
+    assert roles == {"saltmaster": "saltmaster", "balancer": "balancer",
+                     "gatekeeper": "gatekeeper", "gatekeeper2": "gatekeeper",
+                     "proxy": "proxy", "proxy2": "proxy", "primary": "primary",
+                     "replica1": "replica", "replica2": "replica", "monitor": "monitor"}
     for host in cluster.record.hosts:
         assert host.namespace in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                    text=True, check=True).stdout
@@ -240,8 +260,10 @@ def test_sakila_actor_count_in_every_mode(cluster, mode, nodes):
     assert answer["node"] in nodes
 
 
-def test_from_the_machine_only_the_gatekeeper_answers(cluster):
-    assert tcp_answers(cluster.host("gatekeeper").address, 443)
+def test_from_the_machine_only_the_balancer_answers(cluster):
+    assert tcp_answers(cluster.host("balancer").address, 443)
+    for name in ("gatekeeper", "gatekeeper2"):  # behind the balancer: nobody else reaches them
+        assert not tcp_answers(cluster.host(name).address, 443), name
     assert not tcp_answers(cluster.host("proxy").address, PROXY_PORT)
     for name in ("primary", "replica1", "replica2"):
         assert not tcp_answers(cluster.host(name).address, 3306), name
@@ -552,8 +574,8 @@ def test_the_scrape_config_has_every_job_host_and_role(cluster):
     roles = {h.name: h.role for h in cluster.record.hosts if h.role != "saltmaster"}
     assert by_job["node"] == roles
     assert by_job["mysqld"] == {n: r for n, r in roles.items() if r in ("primary", "replica")}
-    assert by_job["gatekeeper"] == {"gatekeeper": "gatekeeper"}
-    assert by_job["proxy"] == {"proxy": "proxy"}
+    assert by_job["gatekeeper"] == {"gatekeeper": "gatekeeper", "gatekeeper2": "gatekeeper"}
+    assert by_job["proxy"] == {"proxy": "proxy", "proxy2": "proxy"}
     assert by_job["prometheus"] == {"monitor": "monitor"}
     schemes = {t["labels"]["job"]: t["scrapeUrl"].split(":")[0] for t in found}
     assert schemes == {"gatekeeper": "https", "proxy": "https", "prometheus": "https",
@@ -644,6 +666,100 @@ def test_the_replication_alert_fires_when_a_replica_stops_and_clears_after(clust
           f"{time.monotonic() - started - fired:.1f}s later")
 
 
+def service_log(cluster: E2ECluster, host: str, service: str) -> str:
+    """A service's log on its host: supervisor's file for the program, after the one it last
+    rotated away (at 10 MB), if any."""
+    logs = Path(cluster.record.provider_data["state_dir"]) / "hosts" / host / "var-log" / \
+        "supervisor"
+    return "".join(path.read_text() for path in (logs / f"{service}.log.1",
+                                                  logs / f"{service}.log") if path.exists())
+
+
+def test_requests_spread_over_both_gatekeepers_and_proxies_which_log_the_client(cluster):
+    """New connections through the balancer reach both Gatekeepers (least connections), each
+    of them both Proxies (least outstanding), and the Gatekeepers log the client's own
+    address (the machine's, on the bridge), from the balancer's PROXY protocol header."""
+    ids = [f"spread-{os.getpid()}-{i}" for i in range(40)]
+    for request_id in ids:  # a connection each: the balancer chooses per connection
+        with client(cluster) as gatekeeper:
+            answer = gatekeeper.post("/query", {"sql": ACTOR_COUNT, "mode": "random"},
+                                     headers={REQUEST_ID_HEADER: request_id})
+            assert answer.status == 200, answer.json
+    machine = str(ipaddress.IPv4Network(SUBNET)[1])
+
+    def lines(host: str, service: str) -> list[dict]:
+        return [json.loads(line) for line in service_log(cluster, host, service).splitlines()
+                if line.startswith("{") and '"spread-' in line]
+
+    def seen() -> dict[str, list[dict]]:
+        return {host: [line for line in lines(host, "sqlgate-gatekeeper")
+                       if line.get("request_id") in ids]
+                for host in ("gatekeeper", "gatekeeper2")}
+
+    # A request's line is written once it was answered: the last ones may still be on their way.
+    wait_until(lambda: sum(map(len, seen().values())) == len(ids), 15,
+               "a log line for every request", interval=0.5)
+    served = seen()
+    assert all(served.values()), {host: len(found) for host, found in served.items()}
+    assert {line["client"] for found in served.values() for line in found} == {machine}
+    proxies = {line["node"] for found in served.values() for line in found}
+    assert proxies == {"proxy", "proxy2"}, proxies
+    print(f"\nthrough the balancer: {({h: len(f) for h, f in served.items()})} requests per "
+          f"Gatekeeper; Proxies used: {sorted(proxies)}")
+
+
+def test_a_keys_rate_holds_once_across_both_gatekeepers(cluster):
+    """e2e-rated (40 requests/s, burst 4) sent as fast as 8 connections go, spread over both
+    Gatekeepers by the balancer, for 8 s: about 40 accepted per second (within 10%), not 80:
+    the Gatekeepers take from one bucket in the rate store on the monitor host."""
+    _, rate, burst = KEYS["e2e-rated"]
+    secret, seconds = cluster.secrets["e2e-rated"], 8.0
+    marker = f"rated-{os.getpid()}-{time.monotonic_ns()}"
+    statuses: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+    began = time.monotonic()
+
+    def send(index: int) -> None:
+        sent = 0
+        with client(cluster, secret) as own:
+            while time.monotonic() - began < seconds:
+                answer = own.post("/query", {"sql": "SELECT 1"},
+                                  headers={REQUEST_ID_HEADER: f"{marker}-{index}-{sent}"})
+                sent += 1
+                with lock:
+                    statuses[answer.status] += 1
+
+    threads = [threading.Thread(target=send, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    accepted = (statuses[200] - burst) / seconds
+    logged = {host: service_log(cluster, host, "sqlgate-gatekeeper").count(f'"{marker}-')
+              for host in ("gatekeeper", "gatekeeper2")}
+    print(f"\nrate {rate}/s through both Gatekeepers: {accepted:.1f}/s accepted, "
+          f"{dict(statuses)}, requests per Gatekeeper {logged}")
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses[429] > statuses[200]  # the clients asked for far more
+    assert all(logged.values()), logged  # both Gatekeepers took part
+    assert abs(accepted - rate) <= rate * 0.10, (accepted, statuses)
+
+
+def test_a_highstate_through_bootstrap_salt_changes_nothing(cluster):
+    """The design card's `salt '*' state.highstate`, as an operator runs it: every minion
+    answers, no state fails and none changes anything."""
+    done = cluster.salt("*", "state.highstate", "--out=json", "--static")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    answers = json.loads(done.stdout)
+    minions = {h.name for h in cluster.record.hosts if h.role != "saltmaster"}
+    assert set(answers) == minions
+    failed = {(minion, sid) for minion, states in answers.items() for sid, state in
+              states.items() if not state["result"]}
+    changed = {(minion, sid) for minion, states in answers.items() for sid, state in
+               states.items() if state["changes"]}
+    assert failed == set() and changed == set(), (failed, changed)
+
+
 def test_second_up_reports_no_changes(cluster):
     again = cluster.bootstrap("up")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -656,7 +772,8 @@ def answers(cluster: E2ECluster, api_key: str) -> int:
 
 
 def test_a_changed_key_set_is_applied_without_restarting_the_services(cluster):
-    services = {"gatekeeper": "services.gatekeeper", "proxy": "services.proxy"}
+    services = {"gatekeeper": "services.gatekeeper", "gatekeeper2": "services.gatekeeper",
+                "proxy": "services.proxy", "proxy2": "services.proxy"}
     before = {name: service_pids(cluster.host(name).namespace, module)
               for name, module in services.items()}
     assert all(before.values()), before
@@ -670,7 +787,7 @@ def test_a_changed_key_set_is_applied_without_restarting_the_services(cluster):
     assert again.returncode == 0, again.stdout + again.stderr
     changed = {line.split(":")[0].strip() for line in again.stdout.splitlines()
                if "state(s) changed" in line}
-    assert changed == {"gatekeeper"}, again.stdout  # its keys file, nothing else
+    assert changed == {"gatekeeper", "gatekeeper2"}, again.stdout  # their keys file only
     # The Gatekeeper picks the new file up by itself within a second or so.
     wait_until(lambda: answers(cluster, new) == 200, 15, "the new key to work")
     wait_until(lambda: answers(cluster, cluster.secrets["e2e-read"]) == 401, 15,
@@ -678,6 +795,232 @@ def test_a_changed_key_set_is_applied_without_restarting_the_services(cluster):
     after = {name: service_pids(cluster.host(name).namespace, module)
              for name, module in services.items()}
     assert after == before, again.stdout  # nothing was restarted
+
+
+def acknowledged_present(cluster: E2ECluster, table: str, *ledgers: Ledger) -> None:
+    """Every acknowledged write of the ledgers is in the table (counted, as a result holds
+    fewer rows than a load writes)."""
+    acknowledged = sorted(set().union(*(ledger.acknowledged for ledger in ledgers)))
+    assert acknowledged
+    found = 0
+    for start in range(0, len(acknowledged), 2000):  # a request body holds at most 64 KiB
+        chunk = acknowledged[start:start + 2000]
+        found += query(cluster, f"SELECT COUNT(*) FROM {table} WHERE id IN "
+                                f"({', '.join(map(str, chunk))})")["rows"][0][0]
+    assert found == len(acknowledged)
+
+
+def ledger_table(cluster: E2ECluster, name: str) -> str:
+    table = f"sakila.{name}"
+    with client(cluster) as admin:
+        assert admin.query(f"CREATE TABLE IF NOT EXISTS {table} (id BIGINT AUTO_INCREMENT "
+                           "PRIMARY KEY, tag VARCHAR(64) NOT NULL)").status == 200
+    return table
+
+
+def test_a_rolling_restart_under_load_fails_no_request(cluster):
+    """``bootstrap.py restart --rolling`` (salt/orch/rolling.sls) under 8 writers and a
+    reader through the balancer: every service process is new afterwards, and no request
+    failed nor had an unknown outcome."""
+    table = ledger_table(cluster, "e2e_rolling")
+    services = {"proxy": "services.proxy", "proxy2": "services.proxy",
+                "gatekeeper": "services.gatekeeper", "gatekeeper2": "services.gatekeeper"}
+    before = {name: service_pids(cluster.host(name).namespace, module)
+              for name, module in services.items()}
+    ledger = Ledger(table)
+    began = time.monotonic()
+    with load(ledger, lambda: client(cluster)):
+        restarted = cluster.bootstrap("restart", "--rolling", timeout=900)
+        took = time.monotonic() - began
+        time.sleep(1.0)
+    print(f"\nrolling restart: {took:.0f} s, {dict(ledger.outcomes)}, reads "
+          f"{dict(ledger.reads)}\n{restarted.stdout}")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "4 host(s) restarted" in restarted.stdout
+    assert ledger.outcomes["failed"] == ledger.outcomes["unknown"] == 0, ledger.refusals[:5]
+    assert ledger.read_failures == [], ledger.read_failures[:5]
+    assert ledger.outcomes["ok"] > 50
+    acknowledged_present(cluster, table, ledger)
+    after = {name: service_pids(cluster.host(name).namespace, module)
+             for name, module in services.items()}
+    for name in services:
+        assert after[name] and not after[name] & before[name], name  # all new processes
+
+
+def open_transaction(cluster: E2ECluster, table: str, tag: str) -> tuple[Client, str] | None:
+    """A transaction through the balancer, on a connection of its own, that inserted ``tag``;
+    None when the key holds its share of the Proxy worker's transactions already (429)."""
+    own = client(cluster)
+    opened = own.post("/transactions", {})
+    if opened.status == 429:
+        own.close()
+        return None
+    assert opened.status == 201, opened.json
+    tid = opened.json["transaction_id"]
+    inserted = own.query(f"INSERT INTO {table} (tag) VALUES (?)", [tag], transaction_id=tid)
+    assert inserted.status == 200, inserted.json
+    return own, tid
+
+
+def test_a_proxy_host_cut_off_ends_its_transactions_and_the_others_go_on(cluster):
+    """proxy2's link goes down under 8 writers and a reader, with 10 transactions open on
+    both Proxies: 5 s later no request fails; proxy2's transactions end with a 4xx (rolled
+    back) and their rows are absent, proxy's commit and theirs are present. Then the link
+    comes back and proxy2 takes requests again."""
+    table = "sakila.e2e_cut"
+    with client(cluster) as admin:
+        assert admin.query(f"CREATE TABLE IF NOT EXISTS {table} "
+                           "(tag VARCHAR(64) PRIMARY KEY)").status == 200
+    ledger_tbl = ledger_table(cluster, "e2e_cut_ledger")
+    held: dict[str, list[tuple[Client, str, str]]] = {"proxy": [], "proxy2": []}
+    for i in range(40):
+        if sum(map(len, held.values())) >= 10 and all(held.values()):
+            break
+        tag = f"cut-{os.getpid()}-{i}"
+        opened = open_transaction(cluster, table, tag)
+        if opened is not None:
+            own, tid = opened
+            held["proxy2" if tid.startswith("proxy2") else "proxy"].append((own, tid, tag))
+    assert all(held.values()), {name: len(found) for name, found in held.items()}
+    namespace = cluster.host("proxy2").namespace
+    during, after = Ledger(ledger_tbl), Ledger(ledger_tbl)
+    try:
+        commits = {}
+        with load(during, lambda: client(cluster)):
+            time.sleep(1.0)
+            subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "eth0",
+                            "down"], check=True)
+            cut = time.monotonic()
+            time.sleep(5.0)
+            # 6 s idle, within the Proxy's 10 s idle timeout.
+            for name, found in held.items():
+                for own, tid, tag in found:
+                    began = time.monotonic()
+                    answer = own.post(f"/transactions/{tid}/commit", {})
+                    commits[tag] = (name, answer.status, answer.json.get("outcome"),
+                                    time.monotonic() - began)
+        # The writers and the reader again (those in flight on proxy2 waited out their
+        # timeouts above): from now on, more than 5 s after the cut, nothing may fail.
+        with load(after, lambda: client(cluster)):
+            time.sleep(5.0)
+    finally:
+        subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "eth0", "up"],
+                       check=True)
+        for found in held.values():
+            for own, _, _ in found:
+                own.close()
+    print(f"\nproxy2 cut under load: until +5 s {dict(during.outcomes)} "
+          f"({collections.Counter(during.refusals)}), after {dict(after.outcomes)}; commits "
+          f"{sorted((n, s, o, round(t, 2)) for n, s, o, t in commits.values())}; "
+          f"{time.monotonic() - cut:.0f} s")
+    assert after.outcomes["failed"] == after.outcomes["unknown"] == 0, after.refusals[:5]
+    assert after.read_failures == [], after.read_failures[:5]
+    assert after.outcomes["ok"] > 20
+    for tag, (name, status, outcome, took) in commits.items():
+        if name == "proxy2":
+            assert status == 409 and outcome == "rolled back" and took < 2.0, (tag, status)
+        else:
+            assert status == 200, (tag, status, outcome)
+    present = {row[0] for row in query(cluster, f"SELECT tag FROM {table}")["rows"]}
+    for name, found in held.items():
+        for _, _, tag in found:
+            assert (tag in present) is (name == "proxy"), (name, tag)
+    acknowledged_present(cluster, ledger_tbl, during, after)
+    wait_until(lambda: proxy_in_use(cluster, "proxy2"), 60, "proxy2 back in use", interval=1)
+
+
+def proxy_in_use(cluster: E2ECluster, name: str) -> bool:
+    """Whether some of 10 requests went to the Proxy ``name`` (the Gatekeepers' log says)."""
+    marker = f"back-{os.getpid()}-{time.monotonic_ns()}"
+    for i in range(10):
+        with client(cluster) as own:
+            own.post("/query", {"sql": ACTOR_COUNT, "mode": "random"},
+                     headers={REQUEST_ID_HEADER: f"{marker}-{i}"})
+    return any(f'"{marker}-' in line and f'"node": "{name}"' in line
+               for host in ("gatekeeper", "gatekeeper2")
+               for line in service_log(cluster, host, "sqlgate-gatekeeper").splitlines())
+
+
+def test_a_gatekeeper_host_cut_off_and_the_transactions_go_on_through_the_other(cluster):
+    """gatekeeper2's link goes down under 8 writers and a reader, with up to 10 transactions
+    open through the balancer (on connections to either Gatekeeper): the balancer marks it down
+    and cuts its clients' connections; 5 s later no request fails, and every transaction
+    commits through the other Gatekeeper (a transaction lives on its Proxy). Then the link
+    comes back and gatekeeper2 takes connections again."""
+    table, ledger_name = "sakila.e2e_gk_cut", "e2e_gk_cut_ledger"
+    with client(cluster) as admin:
+        assert admin.query(f"CREATE TABLE IF NOT EXISTS {table} "
+                           "(tag VARCHAR(64) PRIMARY KEY)").status == 200
+    ledger_tbl = ledger_table(cluster, ledger_name)
+    held: list[tuple[Client, str, str]] = []
+    for i in range(40):
+        if len(held) >= 10:
+            break
+        tag = f"gkcut-{os.getpid()}-{i}"
+        opened = open_transaction(cluster, table, tag)
+        if opened is not None:
+            held.append((*opened, tag))
+    assert len(held) >= 4  # as many as the key's share on each Proxy allows, up to 10
+    namespace = cluster.host("gatekeeper2").namespace
+    during, after = Ledger(ledger_tbl), Ledger(ledger_tbl)
+    commits = {}
+    try:
+        with load(during, lambda: client(cluster)):
+            time.sleep(1.0)
+            subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "eth0",
+                            "down"], check=True)
+            cut = time.monotonic()
+            time.sleep(5.0)
+        # The balancer has marked it down by now (2 checks of 1 s) and cut its connections;
+        # the transactions have been idle for about 6 s, within the Proxy's idle timeout.
+        with load(after, lambda: client(cluster)):
+            for own, tid, tag in held:
+                began = time.monotonic()
+                try:
+                    answer = own.post(f"/transactions/{tid}/commit", {})
+                    commits[tag] = (answer.status, answer.json.get("outcome"),
+                                    time.monotonic() - began)
+                except OSError as error:
+                    commits[tag] = (None, repr(error), time.monotonic() - began)
+            time.sleep(5.0)
+        assert balancer_status(cluster, "gatekeeper2") == "DOWN"
+    finally:
+        subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "eth0", "up"],
+                       check=True)
+        for own, _, _ in held:
+            own.close()
+    print(f"\ngatekeeper2 cut under load: until +5 s {dict(during.outcomes)} "
+          f"({collections.Counter(during.refusals)}), after {dict(after.outcomes)}; commits "
+          f"{sorted((s, o, round(t, 2)) for s, o, t in commits.values())}; "
+          f"{time.monotonic() - cut:.0f} s")
+    assert after.outcomes["failed"] == after.outcomes["unknown"] == 0, after.refusals[:5]
+    assert after.read_failures == [], after.read_failures[:5]
+    assert after.outcomes["ok"] > 20
+    assert all(status == 200 for status, _, _ in commits.values()), commits
+    present = {row[0] for row in query(cluster, f"SELECT tag FROM {table}")["rows"]}
+    assert {tag for _, _, tag in held} <= present
+    acknowledged_present(cluster, ledger_tbl, during, after)
+    wait_until(lambda: gatekeeper_in_use(cluster, "gatekeeper2"), 60,
+               "gatekeeper2 back in use", interval=1)
+
+
+def balancer_status(cluster: E2ECluster, name: str) -> str:
+    """HAProxy's status of the Gatekeeper ``name`` (UP, DOWN, DRAIN...), asked through Salt
+    (salt/_modules/sqlgate_balancer.py)."""
+    answer = cluster.salt("balancer", "sqlgate_balancer.servers", "--out=json", timeout=120)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    return json.loads(answer.stdout)["balancer"][f"gatekeepers/{name}"]["status"]
+
+
+def gatekeeper_in_use(cluster: E2ECluster, name: str) -> bool:
+    """Whether some of 10 new connections through the balancer reached the Gatekeeper
+    ``name`` (its log says)."""
+    marker = f"gkback-{os.getpid()}-{time.monotonic_ns()}"
+    for i in range(10):
+        with client(cluster) as own:
+            own.post("/query", {"sql": ACTOR_COUNT, "mode": "random"},
+                     headers={REQUEST_ID_HEADER: f"{marker}-{i}"})
+    return f'"{marker}-' in service_log(cluster, name, "sqlgate-gatekeeper")
 
 
 def test_down_leaves_nothing(cluster):

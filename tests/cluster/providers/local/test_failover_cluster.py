@@ -13,7 +13,9 @@ down even when a check fails. Run alone (it brings up a whole cluster):
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -116,6 +118,20 @@ class FailoverCluster:
                     found.append(pid)
         return found
 
+    def service_log_lines(self, pattern: str) -> list[str]:
+        """The Gatekeeper's and the Proxy's log lines matching ``pattern``, each with the
+        traceback under it, if any."""
+        hosts = Path(self.record.provider_data["state_dir"]) / "hosts"
+        found = []
+        for log in sorted(hosts.glob("*/var-log/supervisor/sqlgate-*.log")):
+            lines = log.read_text(errors="replace").splitlines()
+            for i, line in enumerate(lines):
+                if re.search(pattern, line):
+                    tail = itertools.takewhile(lambda more: not re.match(r"\d{4}-", more),
+                                               lines[i + 1:i + 40])
+                    found.append("\n".join([f"{log.parent.parent.parent.name}: {line}", *tail]))
+        return found
+
     @property
     def failover_pillar(self) -> dict:
         path = Path(self.record.provider_data["state_dir"]) / "pillar" / "sqlgate" / \
@@ -138,6 +154,21 @@ def cluster() -> Iterator[FailoverCluster]:
             run_bootstrap("down", directory, timeout=300)
         with contextlib.suppress(OSError):
             directory.rmdir()
+
+
+PROXY_HEALTH = ("curl -s --max-time 3 --cacert /etc/sqlgate/tls/ca.crt "
+                "--cert /etc/sqlgate/tls/{{ grains.id }}.crt "
+                "--key /etc/sqlgate/tls/{{ grains.id }}.key "
+                "--resolve {{ grains.id }}:5000:127.0.0.1 https://{{ grains.id }}:5000/health")
+
+
+def in_rotation(cluster: FailoverCluster, node: str) -> bool | None:
+    """Whether the Proxy sends reads to ``node`` (its /health, asked on its host)."""
+    answer = cluster.salt("proxy", "cmd.run", PROXY_HEALTH, "template=jinja").get("proxy")
+    try:
+        return json.loads(answer)["nodes"][node]["in_rotation"]
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def replicating_from(cluster: FailoverCluster, node: str, source: str) -> bool:
@@ -200,6 +231,32 @@ def check_ledger_everywhere(cluster: FailoverCluster, ledger: Ledger, nodes: lis
                             f"{sorted(missing)[:10]}"
 
 
+STORM_AFTER = 6.0  # seconds after the kill: the watch jobs have fired by then
+
+
+def timeline(run: dict, fault: float) -> str:
+    """A runner's timeline (status's ``last``) in seconds after the fault."""
+    moments = {"detected": run.get("detected"), **(run.get("steps") or {}),
+               "writable": run.get("writable"), "pillar": run.get("finished")}
+    return ", ".join(f"{name} +{moment - fault:.1f}s" for name, moment in moments.items()
+                     if moment)
+
+
+def refusals(ledger: Ledger) -> dict[str, int]:
+    """The answers of the writes that were not acknowledged, counted by kind."""
+    return dict(collections.Counter(re.sub(r"\d+(\.\d+)?", "N", why)[:90]
+                                    for why in ledger.refusals))
+
+
+def assert_no_service_bug(cluster: FailoverCluster) -> None:
+    """No request met a bug in the services (each would have answered a 503 'internal error'
+    and logged its traceback); the driver's own failures on dying connections are shown."""
+    for failure in cluster.service_log_lines("the database driver failed"):
+        print(failure)
+    bugs = cluster.service_log_lines("Uncaught exception")
+    assert not bugs, "\n\n".join(bugs[:3])
+
+
 def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
     cluster.sql("primary", "CREATE TABLE sakila.fo_ledger (id INT PRIMARY KEY, v VARCHAR(32))")
     cluster.sql("primary", "INSERT INTO sakila.fo_ledger VALUES (1, 'everyone')")
@@ -225,6 +282,9 @@ def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
         os.kill(supervisor, signal.SIGSTOP)
         killed, fault = time.time(), time.monotonic()
         os.kill(server, signal.SIGKILL)
+        # The replicas' watch jobs detect it by themselves (within detect_seconds and a watch
+        # period); the storm comes while that failover runs, as repeated events do.
+        time.sleep(STORM_AFTER)
         cluster.fire_storm()
         assert wait_until(promoted, 90, "the reactor promoting replica2", interval=0.5)
         seen = time.time() - killed
@@ -234,17 +294,20 @@ def test_the_reactor_promotes_the_most_advanced_replica_once(cluster):
     unavailable = ledger.unavailable_after(fault)
     print(f"\nSIGKILL under load: {dict(ledger.outcomes)}, writes unavailable "
           f"{unavailable:.2f} s, reads {dict(ledger.reads)}, not acknowledged: "
-          f"{ledger.refusals[:3]}")
+          f"{refusals(ledger)}")
     assert ledger.outcomes["failed"] == 0, ledger.refusals[:5]
+    assert_no_service_bug(cluster)
     assert ledger.read_failures == [], ledger.read_failures[:5]
+    assert ledger.outcomes["failed"] == 0, ledger.refusals[:5]
+    assert_no_service_bug(cluster)
     # Writes wait PROXY_WRITE_HOLD (15 s) for the new primary, so none failed above; the
     # issue's goal is 10 s, which the figure printed above is reported against (README).
     assert unavailable <= 15.0, unavailable
     status = cluster.runner("status")
     last = status["last"]
-    print(f"\nkill -> promotion seen: {seen:.1f}s; detected +{last['detected'] - killed:.1f}s, "
-          f"writes possible +{last['writable'] - killed:.1f}s, pillar +"
-          f"{last['finished'] - killed:.1f}s; positions {last['positions']}")
+    print(f"\nkill -> promotion seen: {seen:.1f}s; {timeline(last, killed)}; positions "
+          f"{last['positions']}")
+    assert last["detected"] - killed < STORM_AFTER, "not detected by the watch jobs"
     assert last["automatic"] is True and last["candidate"] == "replica2"
     assert last["check"]["primary_minion"] == "server down"
     assert last["fence"]["port"] in ("closed", "already closed")
@@ -275,6 +338,8 @@ def test_the_old_primary_started_again_rejoins_read_only(cluster):
                       "the old primary following replica2", interval=1)
     print(f"\nold primary restarted -> read-only replica of replica2: "
           f"{time.time() - started:.1f}s")
+    assert wait_until(lambda: in_rotation(cluster, "primary") is True, 60,
+                      "the old primary in the Proxy's rotation once caught up", interval=1)
     assert cluster.state("primary")["epoch"]["epoch"] == 2
     assert cluster.runner("status")["rejoins"][-1]["result"] == "rejoined"
 
@@ -303,6 +368,8 @@ def test_an_old_primary_with_an_errant_transaction_is_quarantined_then_rebuilt(c
     status = cluster.bootstrap("status", timeout=300)
     assert "QUARANTINED" in status.stdout and status.returncode != 0, status.stdout
     assert cluster.state("primary")["replica"] == {}  # never repointed
+    assert wait_until(lambda: in_rotation(cluster, "primary") is False, 30,
+                      "the quarantined node out of the Proxy's rotation", interval=1)
 
     rebuilt = cluster.bootstrap("rebuild", "primary", timeout=600)
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
@@ -318,20 +385,23 @@ def test_switchover_under_load_holds_writes_briefly_and_loses_none(cluster):
     writers: writes held at most 2 s each time, no request failed, every acknowledged write
     on every node."""
     ledger = Ledger(ledger_table(cluster))
-    moments, took = [], []
+    moments, took, timelines = [], [], []
     with load(ledger, lambda: gatekeeper_client(cluster)):
         for target in ("primary", "replica2"):
             time.sleep(2.0)
             moments.append(time.monotonic())
+            started = time.time()
             done = cluster.bootstrap("switchover", "--to", target, timeout=300)
             took.append(time.monotonic() - moments[-1])
             assert done.returncode == 0, done.stdout + done.stderr
+            timelines.append(timeline(cluster.runner("status")["last"], started))
         time.sleep(2.0)
     gaps = [ledger.unavailable_after(moment) for moment in moments]
     print(f"\nswitchover under load: {dict(ledger.outcomes)}, writes held at most "
           f"{[round(gap, 2) for gap in gaps]} s, bootstrap.py switchover took "
-          f"{[round(t, 1) for t in took]} s, reads {dict(ledger.reads)}")
+          f"{[round(t, 1) for t in took]} s, reads {dict(ledger.reads)}; {timelines}")
     assert ledger.outcomes["failed"] == ledger.outcomes["unknown"] == 0, ledger.refusals[:5]
+    assert_no_service_bug(cluster)
     assert ledger.outcomes["ok"] > 100
     assert ledger.read_failures == [], ledger.read_failures[:5]
     # Held, never failed: within the write hold. The issue's goal is 2 s; the gaps printed
@@ -382,7 +452,7 @@ def test_a_primary_cut_off_the_network_is_replaced_and_never_two_writable(cluste
     try:
         with load(ledger, lambda: gatekeeper_client(cluster)):
             time.sleep(2.0)
-            fault = time.monotonic()
+            fault, cut = time.monotonic(), time.time()
             subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "eth0",
                             "down"], check=True)
             assert wait_until(promoted, 90, "a replica promoted by the reactor", interval=0.5)
@@ -399,13 +469,17 @@ def test_a_primary_cut_off_the_network_is_replaced_and_never_two_writable(cluste
         sampler.join(30)
     new = cluster.runner("status")["primary"]
     unavailable = ledger.unavailable_after(fault)
+    last = cluster.runner("status")["last"]
     print(f"\nlink cut under load: {dict(ledger.outcomes)}, writes unavailable "
           f"{unavailable:.2f} s, {old} read-only {fenced_after} s after the cut, {new} "
           f"promoted after {promoted_at - fault:.1f} s, reads {dict(ledger.reads)}, "
-          f"not acknowledged: {ledger.refusals[:3]}")
+          f"not acknowledged: {refusals(ledger)}; {timeline(last, cut)}; IO threads stopped "
+          f"in {last.get('stop_io_took')}")
     assert all(len(writable) <= 1 for _, writable in samples), \
         [sample for sample in samples if len(sample[1]) > 1]
     assert ledger.read_failures == [], ledger.read_failures[:5]
+    assert ledger.outcomes["failed"] == 0, ledger.refusals[:5]
+    assert_no_service_bug(cluster)
     # Writes wait PROXY_WRITE_HOLD (15 s) for the new primary, so none failed above; the
     # issue's goal is 10 s, which the figure printed above is reported against (README).
     # Writes resumed by themselves (waited for above). How long it took is reported, not

@@ -42,9 +42,11 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
     common = read("common")
     assert common["sqlgate"]["tls"] == {"ca": tls.ca}  # the CA's certificate, public
     assert "secrets" not in common["sqlgate"] and "api_keys" not in common["sqlgate"]
-    # The Gatekeeper holds the keys' hashes and the public certificate, and no password.
+    # The Gatekeeper holds the keys' hashes, the public certificate, and no database password:
+    # only the rate store's.
     assert read("gatekeeper") == {"sqlgate": {
         "api_keys": api_keys(),
+        "secrets": {"ratestore_password": secrets.ratestore_password},
         "tls": {"gatekeeper_public": {"cert": tls.public.cert, "key": tls.public.key}}}}
     for role, names in SECRETS_OF_ROLE.items():
         assert set(read(role)["sqlgate"].get("secrets", {})) == set(names)
@@ -54,7 +56,7 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
         "repl_password", "sb_password", "exporter_password"}
     # Any database host may become the primary: they all hold the primary's secrets.
     assert SECRETS_OF_ROLE["replica"] == SECRETS_OF_ROLE["primary"]
-    assert SECRETS_OF_ROLE["monitor"] == ()
+    assert SECRETS_OF_ROLE["monitor"] == SECRETS_OF_ROLE["gatekeeper"] == ("ratestore_password",)
     # Each private key is in its own host's file, and in no other file.
     texts = {path.name: path.read_text() for path in tmp_path.rglob("*.sls")}
     for host in hosts:
@@ -84,12 +86,14 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
 def test_a_minion_sees_its_files_merged():
     hosts = plan_hosts(1)
     tls = cluster_tls(hosts)
-    pillar = build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
+    secrets = ClusterSecrets.generate()
+    pillar = build_pillar("c", hosts, secrets, provider="local",
                           sakila_source="/data/sakila", tls=tls, api_keys=api_keys())
     seen = pillar.of("gatekeeper")["sqlgate"]
     assert seen["tls"] == {"ca": tls.ca, "cert": tls.hosts["gatekeeper"].cert,
                            "key": tls.hosts["gatekeeper"].key}
-    assert seen["api_keys"] == api_keys() and "secrets" not in seen
+    assert seen["api_keys"] == api_keys()
+    assert seen["secrets"] == {"ratestore_password": secrets.ratestore_password}
     proxy = pillar.of("proxy")["sqlgate"]
     assert "api_keys" not in proxy and proxy["tls"]["key"] == tls.hosts["proxy"].key
 
@@ -133,7 +137,7 @@ def test_pillar_numbers_database_servers_and_names_no_address():
 
 
 ADDRESSES = {"saltmaster": ["10.9.0.2"], "gatekeeper": ["10.9.0.3"], "proxy": ["10.9.0.4"],
-             "database": ["10.9.0.5", "10.9.0.6"]}
+             "database": ["10.9.0.5", "10.9.0.6"], "balancer": ["10.9.0.7"]}
 
 
 def test_database_firewall_accepts_mysql_from_proxy_and_databases_only():
@@ -145,11 +149,14 @@ def test_database_firewall_accepts_mysql_from_proxy_and_databases_only():
     assert "10.9.0.3" not in rules  # the Gatekeeper reaches no database
 
 
-def test_only_the_gatekeeper_accepts_from_anywhere():
+def test_only_the_balancer_accepts_from_anywhere_and_the_gatekeepers_from_it():
+    balancer = ruleset("balancer", ADDRESSES, "10.9.0.1")
+    assert "\n        tcp dport 443 accept" in balancer  # HTTPS
+    assert "\n        tcp dport 80 accept" in balancer  # the redirect to it
     gatekeeper = ruleset("gatekeeper", ADDRESSES, "10.9.0.1")
-    assert "\n        tcp dport 443 accept" in gatekeeper  # HTTPS
-    assert "\n        tcp dport 80 accept" in gatekeeper  # the redirect to it
-    for group in ("proxy", "database", "saltmaster"):
+    assert "ip saddr { 10.9.0.7 } tcp dport 443 accept" in gatekeeper
+    assert "ip saddr { 10.9.0.7 } tcp dport 80 accept" in gatekeeper
+    for group in ("gatekeeper", "proxy", "database", "saltmaster"):
         assert "\n        tcp dport" not in ruleset(group, ADDRESSES, "10.9.0.1"), group
     proxy = ruleset("proxy", ADDRESSES, "10.9.0.1")
     assert "ip saddr { 10.9.0.3 } tcp dport 5000 accept" in proxy
@@ -193,7 +200,14 @@ def test_ingress_rules_among_the_groups_of_a_plan():
     assert all(rule.group != "monitor" and rule.source != "monitor" for rule in rules)
     assert {rule.ports for rule in ingress_rules(groups_of(plan_hosts(2)))} - \
         {rule.ports for rule in rules} == {(9180, 9180), (9181, 9181), (9100, 9100),
-                                           (9104, 9104), (9090, 9090)}
+                                           (9104, 9104), (9090, 9090), (6379, 6379)}
+
+
+def test_only_the_gatekeepers_reach_the_rate_store_on_the_monitor():
+    lines = [line for line in ruleset("monitor", MONITORED, "10.9.0.1").splitlines()
+             if "dport 6379 " in line]
+    gatekeeper = MONITORED["gatekeeper"]
+    assert lines and all(f"ip saddr {{ {gatekeeper[0]} }}" in line for line in lines), lines
 
 
 def _args(**overrides) -> argparse.Namespace:
@@ -203,14 +217,16 @@ def _args(**overrides) -> argparse.Namespace:
 
 def test_cluster_plan_addresses_and_interface_names():
     cluster = LocalCluster.plan(_args(cluster_name="a-rather-long-cluster-name", replicas=3))
-    assert [h.name for h in cluster.hosts] == ["saltmaster", "gatekeeper", "proxy", "primary",
-                                               "replica1", "replica2", "replica3", "monitor"]
-    assert cluster.monitor_url == "https://10.213.0.9:9090/"
+    assert [h.name for h in cluster.hosts] == ["saltmaster", "balancer", "gatekeeper", "proxy",
+                                               "primary", "replica1", "replica2", "replica3",
+                                               "monitor"]
+    assert cluster.monitor_url == "https://10.213.0.10:9090/"
     bare = LocalCluster.plan(_args(no_monitor=True))
     assert bare.monitor is None and bare.monitor_url is None
     assert "monitor" not in [h.name for h in bare.hosts]
     assert cluster.machine_address == "10.213.0.1"
-    assert cluster.host("gatekeeper").address == "10.213.0.3"
+    assert cluster.host("gatekeeper").address == "10.213.0.4"
+    assert cluster.gatekeeper_address == cluster.host("balancer").address == "10.213.0.3"
     assert all(len(name) <= 15 for name in [cluster.bridge, *(h.veth for h in cluster.hosts)])
     assert cluster.host("primary").namespace == "a-rather-long-cluster-name-primary"
 
@@ -306,22 +322,38 @@ def test_the_pillar_carries_the_role_table_and_the_ports_of_the_firewall():
     pillar = build_pillar("c", hosts, ClusterSecrets.generate(), provider="local",
                           sakila_source="/data/sakila", tls=cluster_tls(hosts),
                           api_keys=[]).common["sqlgate"]
-    assert pillar["role_order"] == ["primary", "replica", "proxy", "gatekeeper", "monitor"]
+    assert pillar["role_order"] == ["primary", "replica", "proxy", "gatekeeper", "balancer",
+                                    "monitor"]
     for role in MINION_ROLES:
         assert pillar["roles"][role] == {"states": ROLES[role].states}
         assert ROLES[role].service
-        # Every role but the Gatekeeper (API key hashes only) and the monitor has database
-        # passwords.
-        assert bool(ROLES[role].secrets) is (role not in ("gatekeeper", "monitor")), role
+        # Every role but the balancer (TLS passes through it) has passwords: the Gatekeeper
+        # and the monitor only the rate store's.
+        assert bool(ROLES[role].secrets) is (role != "balancer"), role
     assert set(SECRETS_OF_ROLE) == set(MINION_ROLES)
     opened = {(rule.group, rule.ports[0]) for rule in INGRESS_RULES if rule.ports}
     ports = pillar["ports"]
     assert ports["gatekeeper"] == 443 and ports["redirect"] == 80
     assert {("gatekeeper", ports["gatekeeper"]), ("gatekeeper", ports["redirect"]),
+            ("balancer", ports["gatekeeper"]), ("balancer", ports["redirect"]),
             ("proxy", ports["proxy"]), ("database", ports["mysql"]),
             ("gatekeeper", ports["gatekeeper_metrics"]), ("proxy", ports["proxy_metrics"]),
             ("database", ports["mysqld_exporter"]), ("monitor", ports["prometheus"])} <= opened
     assert {group for group, port in opened if port == ports["node_exporter"]} == \
-        {"gatekeeper", "proxy", "database", "monitor"}
+        {"gatekeeper", "proxy", "database", "balancer", "monitor"}
     defaults = yaml.safe_load((PROJECT_ROOT / "salt/sqlgate/defaults.yaml").read_text())
     assert defaults["sqlgate"]["ports"] == pillar["ports"]
+
+
+def test_a_cluster_without_its_record_is_planned_with_the_hosts_it_has():
+    """``down`` after an ``up`` that failed before writing its record: the hosts that have a
+    namespace say how many Gatekeepers and Proxies there are, so none is left behind."""
+    from cluster.providers.local.commands import with_counts
+    names = ["saltmaster", "balancer", "gatekeeper", "gatekeeper2", "gatekeeper3", "proxy",
+             "proxy2", "primary", "replica1"]
+    counted = with_counts(_args(), names)
+    assert (counted.gatekeepers, counted.proxies) == (3, 2)
+    assert with_counts(_args(gatekeepers=4), names).gatekeepers == 4  # the command line wins
+    assert (with_counts(_args(), []).gatekeepers, with_counts(_args(), []).proxies) == (1, 1)
+    planned = [h.name for h in LocalCluster.plan(counted).hosts]
+    assert {"gatekeeper3", "proxy2"} <= set(planned)

@@ -55,7 +55,7 @@ def pair_cluster(tmp_path) -> LocalCluster:
     """A cluster of two hosts of its own name (this process's id), on a subnet of its own."""
     name = f"sgrm{os.getpid()}"
     hosts = [NamespaceHost(cluster=name, name=host, role="test", address=str(SUBNET[index + 2]),
-                           prefix_len=SUBNET.prefixlen, index=index, state_dir=tmp_path)
+                           prefix_len=SUBNET.prefixlen, state_dir=tmp_path)
              for index, host in enumerate(("a", "b"))]
     return LocalCluster(name, SUBNET, hosts, tmp_path)
 
