@@ -110,7 +110,14 @@ def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
     service = proxy_service(db_cluster, tmp_path / "proxy.log", PROXY_POOL_MAX_SIZE="2",
                             PROXY_CONNECT_TIMEOUT="1",
                             PROXY_MAX_STATEMENTS_PER_KEY="3")  # one key may fill the pool
+
+    def both_in_rotation() -> None:
+        wait_until(lambda: all(service.health()[1]["nodes"][name]["in_rotation"]
+                               for name in ("replica1", "replica2")), 10,
+                   "both replicas in rotation")
+
     with service.running():
+        both_in_rotation()
         slow = [threading.Thread(target=read, args=(service, "direct", "SELECT SLEEP(3)"))
                 for _ in range(2)]
         for thread in slow:
@@ -121,8 +128,12 @@ def test_a_saturated_pool_is_busy_not_down(db_cluster, tmp_path):
         busy = read(service, "direct")
         assert busy.status == 503, busy.json
         assert "busy" in str(busy.json["failures"])
+        # A loaded machine may put a replica over the 1 s lag limit for a moment: the read
+        # that may go to a replica is sent once they are in rotation.
+        both_in_rotation()
         other = read(service, "random")
-        assert other.json.get("node") in {"replica1", "replica2"}, other.json
+        assert other.json.get("node") in {"replica1", "replica2"}, \
+            (other.json, service.health()[1])
         assert node_up(service, "primary") is True  # busy, not down
         for thread in slow:
             thread.join(10)
