@@ -11,12 +11,15 @@
     python bootstrap.py switchover [--to HOST] [--provider aws|local]
     python bootstrap.py rebuild HOST [--provider aws|local]
     python bootstrap.py restart --rolling [--provider aws|local]
+    python bootstrap.py scale  [--gatekeepers N] [--proxies M] [--replicas R]
+                               [--provider aws|local]
     python bootstrap.py salt [--provider aws|local] TARGET FUNCTION [ARGS...]
 
 Each provider is a subpackage of ``cluster.providers`` offering ``up``, ``status``, ``down``,
 ``keys``, ``failover``, ``switchover``, ``rebuild`` (these three run the failover runner on the
 Salt master: docs/failover.md), ``restart`` (the rolling restart, a Salt orchestration) and
-``salt`` (any Salt command on the master); their errors reach
+``scale`` (hosts added and removed under load, a Salt orchestration) and ``salt`` (any Salt
+command on the master); their errors reach
 the user as one line and exit code 2.
 """
 
@@ -42,6 +45,8 @@ COMMANDS = {
     "rebuild": "make a quarantined database node a fresh replica of the current primary",
     "restart": "restart the Proxy and Gatekeeper hosts one at a time (--rolling), through Salt, "
                "with no request failing",
+    "scale": "add or remove Gatekeepers, Proxies and replicas on the running cluster, under "
+             "load, through Salt (a role not named keeps its number)",
     "salt": "run a Salt command on the cluster's master, e.g. salt '*' state.highstate",
 }
 
@@ -114,6 +119,8 @@ def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.Arg
         elif command == "restart":
             sub.add_argument("--rolling", action="store_true", required=True,
                              help="one host at a time, each drained first (the only way)")
+        elif command == "scale":
+            sub.set_defaults(replicas=None)  # not named: as many as the cluster has
         elif command == "rebuild":
             sub.add_argument("host", help="the quarantined database host")
         elif command == "salt":

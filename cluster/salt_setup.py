@@ -37,8 +37,9 @@ MASTER_USER = "salt"
 # What the master writes besides its keys; ``MASTER_USER`` must own them.
 MASTER_DIRS = (MASTER_PKI, "/var/cache/salt/master", "/var/log/salt", "/var/run/salt")
 # Orchestration steps that only prepare the minions (sync, pillar, mine): their returns are
-# bookkeeping, not changes of a host's configuration (salt/orch/init.sls).
-PREPARATION_STEPS = ("sqlgate-orch-sync", "sqlgate-orch-pillar", "sqlgate-orch-mine")
+# bookkeeping, not changes of a host's configuration (salt/orch/init.sls, scale.sls).
+PREPARATION_STEPS = tuple(f"sqlgate-{orchestration}-{step}" for orchestration in ("orch", "scale")
+                          for step in ("sync", "pillar", "mine"))
 
 
 @dataclass(frozen=True)

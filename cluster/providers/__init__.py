@@ -67,6 +67,11 @@ class Provider(ABC):
     def restart(self, args: argparse.Namespace) -> int:
         return self._run("restart", args)
 
+    # More or fewer Gatekeepers, Proxies and replicas under load (``scale``:
+    # salt/orch/scale.sls on the master, cluster.scaling), with no request failing.
+    def scale(self, args: argparse.Namespace) -> int:
+        return self._run("scale", args)
+
     # An operator's Salt command on the cluster's master (``salt TARGET FUNCTION ARGS...``),
     # its output as Salt prints it, its exit code.
     def salt(self, args: argparse.Namespace) -> int:

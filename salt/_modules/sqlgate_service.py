@@ -1,7 +1,10 @@
-"""A planned restart of one of the formula's services on this minion, for the rolling restart
-(salt/orch/rolling.sls): the same call on both kinds of host, whatever runs the service.
+"""A planned restart or stop of one of the formula's services on this minion, for the rolling
+restart (salt/orch/rolling.sls) and for a host that ``bootstrap.py scale`` removes
+(salt/orch/scale.sls): the same call on both kinds of host, whatever runs the service.
 
     salt proxy sqlgate_service.restart sqlgate-proxy sqlgate.proxy.service
+    salt proxy3 sqlgate_service.stop sqlgate-proxy
+    salt replica3 sqlgate_service.stop database
 
 The service manager stops the service with SIGTERM and waits for it (the formula's
 ``stop_seconds``): the services drain on SIGTERM (docs/architecture.md), so what is in flight
@@ -18,6 +21,10 @@ log = logging.getLogger(__name__)
 __virtualname__ = "sqlgate_service"
 
 SUPERVISOR_CONF = "/etc/supervisor/supervisord.conf"
+# ``database``: the database service, whichever flavour's name it has here
+# (salt/sqlgate/flavours.yaml).
+DATABASE = "database"
+DATABASE_SERVICES = ("mariadb", "mysql")
 
 
 def __virtual__():
@@ -47,8 +54,7 @@ def restart(name, sls):
         restarted = bool(__salt__["service.restart"](name))  # noqa: F821
         comment = ""
     else:
-        conf = (_sqlgate().get("supervisor") or {}).get("config_file") or SUPERVISOR_CONF
-        comment = str(__salt__["supervisord.restart"](name, conf_file=conf))  # noqa: F821
+        comment = str(__salt__["supervisord.restart"](name, conf_file=_supervisor_conf()))  # noqa: F821
         restarted = "started" in comment and "ERROR" not in comment
     if not restarted:
         __context__["retcode"] = 1  # noqa: F821 (the orchestration stops here)
@@ -60,3 +66,40 @@ def restart(name, sls):
         __context__["retcode"] = 1  # noqa: F821
         log.warning("sqlgate_service: %s restarted but not ready: %s", name, result)
     return {"restarted": True, "ready": ready, "manager": manager, "comment": comment}
+
+
+def _supervisor_conf():
+    return (_sqlgate().get("supervisor") or {}).get("config_file") or SUPERVISOR_CONF
+
+
+def _known(manager, name):
+    """``name``, or for ``database`` the flavour's service this host has."""
+    if name != DATABASE:
+        return name
+    if manager == "systemd":
+        return next((service for service in DATABASE_SERVICES
+                     if __salt__["service.available"](service)), None)  # noqa: F821
+    programs = __salt__["supervisord.status"](conf_file=_supervisor_conf())  # noqa: F821
+    return next((service for service in DATABASE_SERVICES if service in programs), None)
+
+
+def stop(name):
+    """Stop the service ``name`` (``database``: the database, whatever its flavour calls it)
+    for good: SIGTERM, so that it drains, then the service manager waits for it to exit.
+    ``{"stopped": bool, "manager": ..., "service": ..., "comment": ...}``; a service that
+    does not run here counts as stopped."""
+    manager = _manager()
+    service = _known(manager, name)
+    if service is None:
+        return {"stopped": True, "manager": manager, "service": None,
+                "comment": f"no {name} service here"}
+    if manager == "systemd":
+        stopped = bool(__salt__["service.stop"](service))  # noqa: F821
+        comment = ""
+    else:
+        comment = str(__salt__["supervisord.stop"](service,  # noqa: F821
+                                                     conf_file=_supervisor_conf()))
+        stopped = "ERROR" not in comment or "not running" in comment
+    if not stopped:
+        __context__["retcode"] = 1  # noqa: F821 (the orchestration stops here)
+    return {"stopped": stopped, "manager": manager, "service": service, "comment": comment}

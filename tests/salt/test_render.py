@@ -732,6 +732,83 @@ def test_the_rolling_restart_takes_one_host_at_a_time_proxies_first(tmp_path):
         assert f"sqlgate-{role}-ready" in renderer.show_sls(role, sls)
 
 
+def scale_steps(renderer: SaltRenderer, added: list[str], removed: dict[str, str]
+                ) -> list[tuple[str, str | None, str, list | None]]:
+    """salt/orch/scale.sls for a change, as (id, function, targets, arguments) in the order
+    it runs; every step requires the one before (a failed step stops the run)."""
+    pillar = json.dumps({"sqlgate_scale": {"added": added, "removed": removed}})
+    states = renderer.run("saltmaster_master", "state.show_sls", "orch.scale",
+                          f"pillar={pillar}")
+    assert isinstance(states, dict), states
+    order = sorted(states, key=lambda sid: states[sid][next(iter(states[sid]))][-1]["order"])
+    for before, step in itertools.pairwise(order):
+        assert state_args(states, step)["require"] == [{"salt": before}], step
+    return [(sid, state_args(states, sid).get("name"), state_args(states, sid)["tgt"],
+             state_args(states, sid).get("arg")) for sid in order]
+
+
+def test_scaling_up_starts_the_new_hosts_then_restarts_the_others_one_at_a_time(tmp_path):
+    """Adding a Gatekeeper, a Proxy and a replica (the pillar's hosts are the cluster to be):
+    the databases first (the new replica is cloned there), the new Proxy, each old Proxy
+    alone (its replicas changed), the new Gatekeeper, each old Gatekeeper alone between
+    the balancer's drain and ready (its share of a rate changed), then the balancer's new
+    list, the new Gatekeeper in once up, and the monitor."""
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    steps = scale_steps(renderer, ["gatekeeper2", "proxy2", "replica2"], {})
+    assert [(sid, function, targets) for sid, function, targets, _ in steps[3:]] == [
+        ("sqlgate-scale-databases", None, "primary,replica1,replica2"),
+        ("sqlgate-scale-proxies-new", None, "proxy2"),
+        ("sqlgate-scale-proxy", None, "proxy"),
+        ("sqlgate-scale-gatekeepers-new", None, "gatekeeper2"),
+        ("sqlgate-scale-gatekeeper-drain", "sqlgate_balancer.drain", "balancer"),
+        ("sqlgate-scale-gatekeeper", None, "gatekeeper"),
+        ("sqlgate-scale-gatekeeper-ready", "sqlgate_balancer.ready", "balancer"),
+        ("sqlgate-scale-balancer", None, "balancer"),
+        ("sqlgate-scale-balancer-gatekeeper2-ready", "sqlgate_balancer.ready", "balancer"),
+        ("sqlgate-scale-monitor", None, "monitor"),
+    ]
+    assert [step[0] for step in steps[:3]] == [
+        "sqlgate-scale-sync", "sqlgate-scale-pillar", "sqlgate-scale-mine"]
+
+
+def test_scaling_down_stops_a_host_only_once_nothing_sends_to_it(tmp_path):
+    """Removing the third of each: they are synced (for the stop) but keep their pillar; the
+    Gatekeeper is drained and dropped by the balancer before it stops, the Proxy stops after
+    every Gatekeeper dropped it, the replica (its failover watch first) after every Proxy."""
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    removed = {"gatekeeper3": "gatekeeper", "proxy3": "proxy", "replica3": "replica"}
+    steps = scale_steps(renderer, [], removed)
+    ids = [step[0] for step in steps]
+    assert set(removed) <= set(steps[0][2].split(","))  # synced
+    assert not set(removed) & set(steps[1][2].split(","))  # their pillar is left as it was
+    assert ids.index("sqlgate-scale-balancer-gatekeeper3-drain") < \
+        ids.index("sqlgate-scale-balancer") < ids.index("sqlgate-scale-gatekeeper3-stop")
+    assert ids.index("sqlgate-scale-gatekeeper2") < ids.index("sqlgate-scale-proxy3-stop")
+    assert ids.index("sqlgate-scale-proxy2") < ids.index("sqlgate-scale-replica3-unwatch") < \
+        ids.index("sqlgate-scale-replica3-stop")
+    stops = {sid: (function, targets, args) for sid, function, targets, args in steps
+             if sid.endswith(("-stop", "-unwatch"))}
+    assert stops == {
+        "sqlgate-scale-gatekeeper3-stop": ("sqlgate_service.stop", "gatekeeper3",
+                                           ["sqlgate-gatekeeper"]),
+        "sqlgate-scale-proxy3-stop": ("sqlgate_service.stop", "proxy3", ["sqlgate-proxy"]),
+        "sqlgate-scale-replica3-unwatch": ("schedule.delete", "replica3", ["sqlgate-db-watch"]),
+        "sqlgate-scale-replica3-stop": ("sqlgate_service.stop", "replica3", ["database"]),
+    }
+
+
+def test_a_scale_that_changes_no_count_drains_nothing(tmp_path):
+    """Run again with the same numbers: every host's states are applied (one at a time for
+    the services), and no Gatekeeper leaves the balancer."""
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    steps = scale_steps(renderer, [], {})
+    assert [step[0] for step in steps] == [
+        "sqlgate-scale-sync", "sqlgate-scale-pillar", "sqlgate-scale-mine",
+        "sqlgate-scale-databases", "sqlgate-scale-proxy", "sqlgate-scale-proxy2",
+        "sqlgate-scale-gatekeeper", "sqlgate-scale-gatekeeper2", "sqlgate-scale-balancer",
+        "sqlgate-scale-monitor"]
+
+
 # --- monitoring ---------------------------------------------------------------------------
 
 def test_top_gives_every_minion_the_exporters_only_when_there_is_a_monitor(tmp_path):

@@ -19,9 +19,10 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from cluster import access, rolling, salt_setup
+from cluster import access, rolling, salt_setup, scaling
 from cluster import failover as shape
 from cluster import keys as api_keys
 from cluster.errors import ClusterError
@@ -58,6 +59,7 @@ from cluster.providers.local.salt import (
     apply_states,
     configure_salt,
     failover_runner,
+    forget_minion,
     orchestrate,
     orchestration_output,
     own_master_files,
@@ -69,7 +71,12 @@ from cluster.providers.local.salt import (
     wait_for_minions,
 )
 from cluster.record import ClusterRecord, HostRecord, read_record, remove_record, write_record
-from cluster.salt_setup import OPERATOR_SALT_OPTIONS, OrchestrationResult, summarize_states
+from cluster.salt_setup import (
+    OPERATOR_SALT_OPTIONS,
+    OrchestrationResult,
+    summarize_orchestration,
+    summarize_states,
+)
 from cluster.secrets import ClusterSecrets, load_or_create
 from cluster.state import write_private
 from cluster.topology import DB_ROLES, ROLES, Host
@@ -127,14 +134,21 @@ def write_pillar(cluster: LocalCluster, secrets: ClusterSecrets, tls: ClusterTls
     return pillar_dir
 
 
-def up(args: argparse.Namespace) -> int:
-    require_root("up")
-    cluster, _ = recorded_plan(args, for_up=True)
-    require_commands(monitor=cluster.monitor is not None)
-    if not SAKILA_DIR.is_dir():
-        raise ClusterError(f"the Sakila files are not at {SAKILA_DIR}")
-    require_free_subnet(cluster)
-    started = time.monotonic()
+@dataclass(frozen=True)
+class Prepared:
+    """What ``up`` and ``scale`` make before the orchestration: the secrets, the key set, the
+    certificates, and the endpoint clients use."""
+
+    secrets: ClusterSecrets
+    keyset: api_keys.KeySet
+    tls: ClusterTls
+    url: str
+    ca_file: str | None
+
+
+def prepare(cluster: LocalCluster, args: argparse.Namespace) -> Prepared:
+    """The cluster's state directory, secrets, key set and certificates (every host of
+    ``cluster``'s)."""
     cluster.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(cluster.state_dir.parent, 0o700)
     secrets = load_or_create(cluster.secrets_file)
@@ -143,23 +157,38 @@ def up(args: argparse.Namespace) -> int:
     tls = cluster_tls(cluster.state_dir, cluster.name, cluster.tls_names(),
                       getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
     url = https_url(public_host(tls, cluster.gatekeeper_address))
-    ca_file = publish_ca(PROVIDER, tls)
+    return Prepared(secrets, keyset, tls, url, publish_ca(PROVIDER, tls))
 
-    fileserver = bake_fileserver(cluster)
-    pillar_dir = write_pillar(cluster, secrets, tls, keyset)
 
-    print(f"hosts on bridge {cluster.bridge} ({cluster.subnet}) ...", flush=True)
-    make_private_mount(cluster.runtime_dir)
-    create_network(cluster)
-    apply_firewall(cluster)
-    for host in cluster.hosts:
+def start_hosts(hosts: LocalCluster, pillar_dir: Path) -> None:
+    """Every host of ``hosts`` made (those that exist are kept) with its firewall, the master
+    serving the code and ``pillar_dir``, and a minion on each, answering."""
+    fileserver = bake_fileserver(hosts)
+    print(f"hosts on bridge {hosts.bridge} ({hosts.subnet}) ...", flush=True)
+    make_private_mount(hosts.runtime_dir)
+    create_network(hosts)
+    apply_firewall(hosts)
+    for host in hosts.hosts:
         if not host.system_exists():
-            host.create_system(keep_visible=cluster.paths_hosts_read())
-    prepare_master(cluster, fileserver, pillar_dir)
-    configure_salt(cluster)
-    own_master_files(cluster, pillar_dir)
-    start_salt(cluster)
-    wait_for_minions(cluster)
+            host.create_system(keep_visible=hosts.paths_hosts_read())
+    prepare_master(hosts, fileserver, pillar_dir)
+    configure_salt(hosts)
+    own_master_files(hosts, pillar_dir)
+    start_salt(hosts)
+    wait_for_minions(hosts)
+
+
+def up(args: argparse.Namespace) -> int:
+    require_root("up")
+    cluster, _ = recorded_plan(args, for_up=True)
+    require_commands(monitor=cluster.monitor is not None)
+    if not SAKILA_DIR.is_dir():
+        raise ClusterError(f"the Sakila files are not at {SAKILA_DIR}")
+    require_free_subnet(cluster)
+    started = time.monotonic()
+    prepared = prepare(cluster, args)
+    pillar_dir = write_pillar(cluster, prepared.secrets, prepared.tls, prepared.keyset)
+    start_hosts(cluster, pillar_dir)
     print("salt master and minions are up; orchestrating ...", flush=True)
     result = orchestrate(cluster)
     if not result.ok:
@@ -167,16 +196,66 @@ def up(args: argparse.Namespace) -> int:
             print(f"  FAILED {line}", file=sys.stderr)
         raise ClusterError(f"the orchestration failed (full output: "
                            f"{cluster.state_dir / 'orchestrate.json'})")
-    if not access.wait_for_health(url, deadline_s=HEALTH_DEADLINE_S, ca_file=ca_file,
-                                  also_trust=public_trust(cluster.state_dir),
-                                  address=cluster.gatekeeper_address):
-        raise ClusterError(f"the Gatekeeper at {url} is not healthy after "
-                           f"{HEALTH_DEADLINE_S}s")
-    record = cluster_record(cluster, secrets, url, ca_file)
-    path = write_record(record)
+    record, path = _healthy_record(cluster, prepared)
     print(f"cluster {cluster.name} is up in {time.monotonic() - started:.0f}s")
     _print_summary(cluster, result, record, path)
     return 0
+
+
+def _healthy_record(cluster: LocalCluster, prepared: Prepared) -> tuple[ClusterRecord, Path]:
+    """The record of ``cluster``, written once its public endpoint answers."""
+    if not access.wait_for_health(prepared.url, deadline_s=HEALTH_DEADLINE_S,
+                                  ca_file=prepared.ca_file,
+                                  also_trust=public_trust(cluster.state_dir),
+                                  address=cluster.gatekeeper_address):
+        raise ClusterError(f"the Gatekeeper at {prepared.url} is not healthy after "
+                           f"{HEALTH_DEADLINE_S}s")
+    record = cluster_record(cluster, prepared.secrets, prepared.url, prepared.ca_file)
+    return record, write_record(record)
+
+
+def scale(args: argparse.Namespace) -> int:
+    """``scale``: the running cluster made as many Gatekeepers, Proxies and replicas as
+    ``args`` say (those they do not name stay as they are), under load (cluster.scaling)."""
+    require_root("scale")
+    record = read_record(PROVIDER)
+    if record is None or record.cluster_name != args.cluster_name:
+        raise ClusterError(f"cluster {args.cluster_name} has no record here: "
+                           "'bootstrap.py up' makes it")
+    now = LocalCluster.of_record(record)
+    if not now.master.network_exists():
+        raise ClusterError(f"cluster {now.name} is not running: 'bootstrap.py up' starts it")
+    target = LocalCluster.plan(scaling.wanted(args, record), monitor=now.monitor is not None,
+                               addresses={h.name: h.address for h in record.hosts})
+    change = scaling.Change.between([(h.name, h.role) for h in record.hosts],
+                                    [(h.name, h.role) for h in target.hosts])
+    primary = failover_runner(target, "status", timeout=60).get("primary")
+    scaling.refuse_removing_the_primary(change, primary)
+    print(scaling.describe(change), flush=True)
+    started = time.monotonic()
+    both = LocalCluster(target.name, target.subnet,
+                        [*target.hosts, *(now.host(name) for name in change.removed)],
+                        target.state_dir)
+    prepared = prepare(both, args)
+    if change.added:
+        # Written first: a run that stops half-way leaves a record that names every host.
+        write_record(cluster_record(both, prepared.secrets, prepared.url, prepared.ca_file))
+    pillar_dir = write_pillar(target, prepared.secrets, prepared.tls, prepared.keyset)
+    start_hosts(both, pillar_dir)
+    print("orchestrating the change ...", flush=True)
+    output = orchestration_output(target, scaling.ORCHESTRATION, pillar=change.pillar())
+    steps = salt_setup.orchestration_steps(output)
+    if not all(step.ok for step in steps) or not steps:
+        return scaling.report(steps, summarize_orchestration(output))
+    for name in change.removed:
+        host = now.host(name)
+        host.remove()
+        forget_minion(target, name)
+    apply_firewall(target)
+    configure_salt(target)
+    _healthy_record(target, prepared)
+    print(f"cluster {target.name} scaled in {time.monotonic() - started:.0f}s")
+    return scaling.report(steps, summarize_orchestration(output))
 
 
 def recorded_plan(args: argparse.Namespace, for_up: bool = False

@@ -101,6 +101,14 @@ def configure_salt(cluster: LocalCluster) -> None:
             minion.write_file(item.path, item.content, item.mode)
 
 
+def forget_minion(cluster: LocalCluster, name: str) -> None:
+    """A removed host's minion key: no longer accepted by the master, and its pair gone from
+    the state directory."""
+    cluster.master.run([str(VENV_BIN / "salt-key"), f"--delete={name}", "--yes"], check=False)
+    for suffix in ("pem", "pub"):
+        (cluster.state_dir / "salt-pki" / "minions" / f"{name}.{suffix}").unlink(missing_ok=True)
+
+
 def runs(host: NamespaceHost, program: str) -> bool:
     return any(program in line for line in host.command_lines())
 
@@ -177,12 +185,15 @@ def orchestrate(cluster: LocalCluster) -> salt_setup.OrchestrationResult:
     return salt_setup.summarize_orchestration(orchestration_output(cluster, "orch"))
 
 
-def orchestration_output(cluster: LocalCluster, name: str) -> dict:
-    """``salt-run state.orchestrate <name>`` on the master (salt/orch/<name>.sls), its JSON
-    output, also kept in the state directory (``<name>.json``)."""
+def orchestration_output(cluster: LocalCluster, name: str, pillar: dict | None = None) -> dict:
+    """``salt-run state.orchestrate <name>`` on the master (salt/orch/<name>.sls), with
+    ``pillar`` added to the orchestration's own; its JSON output, also kept in the state
+    directory (``<name>.json``)."""
     cluster.master.run([str(VENV_BIN / "salt-run"), "fileserver.update"], check=False)
+    extra = [f"pillar={json.dumps(pillar)}"] if pillar else []
     result = cluster.master.run([str(VENV_BIN / "salt-run"), "state.orchestrate", name,
-                                 "--out=json"], check=False, timeout=ORCHESTRATION_TIMEOUT_S)
+                                 *extra, "--out=json"], check=False,
+                                timeout=ORCHESTRATION_TIMEOUT_S)
     file_name = "orchestrate.json" if name == "orch" else f"{name.replace('.', '-')}.json"
     write_private(cluster.state_dir / file_name, result.stdout)
     try:
