@@ -38,8 +38,8 @@ MASTER_USER = "salt"
 MASTER_DIRS = (MASTER_PKI, "/var/cache/salt/master", "/var/log/salt", "/var/run/salt")
 # Orchestration steps that only prepare the minions (sync, pillar, mine): their returns are
 # bookkeeping, not changes of a host's configuration (salt/orch/init.sls, scale.sls).
-PREPARATION_STEPS = tuple(f"sqlgate-{orchestration}-{step}" for orchestration in ("orch", "scale")
-                          for step in ("sync", "pillar", "mine"))
+PREPARATION_STEPS = (*(f"sqlgate-{orchestration}-{step}" for orchestration in ("orch", "scale")
+                        for step in ("sync", "pillar", "mine")), "sqlgate-scale-sync-states")
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,7 @@ class Step:
     ok: bool
     answers: dict[str, object]
     comment: str = ""
+    seconds: float | None = None  # how long it ran (Salt's ``duration``)
 
 
 def orchestration_steps(output: dict) -> list[Step]:
@@ -208,7 +209,9 @@ def orchestration_steps(output: dict) -> list[Step]:
     ordered = sorted(steps.items(), key=lambda item: item[1].get("__run_num__", 0))
     return [Step(_state_id(key), bool(step.get("result")),
                  dict((step.get("changes") or {}).get("ret") or {}),
-                 str(step.get("comment", ""))[:400]) for key, step in ordered]
+                 str(step.get("comment", ""))[:400],
+                 step["duration"] / 1000.0 if step.get("duration") is not None else None)
+            for key, step in ordered]
 
 
 def summarize_states(returns: Mapping[str, object], minions: list[str]) -> OrchestrationResult:

@@ -84,7 +84,8 @@ def report(steps: list[Step], result: OrchestrationResult,
         say("scale: the orchestration ran no step")
         return 1
     for step in steps:
-        say(f"  {'ok    ' if step.ok else 'FAILED'} {step.id}"
+        took = f" ({step.seconds:.1f} s)" if step.seconds is not None else ""
+        say(f"  {'ok    ' if step.ok else 'FAILED'} {step.id}{took}"
             f"{'' if step.ok else ': ' + step.comment}")
     failed = [step.id for step in steps if not step.ok]
     if failed:

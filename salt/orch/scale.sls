@@ -4,17 +4,19 @@
     be; `sqlgate_scale:added` names the hosts just made, `sqlgate_scale:removed` the hosts that
     go (name: role), which the provider removes once this has run. In order:
 
-    1. the formula's modules and fresh pillar and mine reach every host that stays (the hosts
-       that go keep theirs: they still run as they did until they stop);
+    1. the formula's modules (and states) and fresh pillar and mine reach every host that
+       stays (the hosts that go get the modules only and keep their pillar: they still run as
+       they did until they stop);
     2. the database hosts: a new replica is cloned from a running one and follows the primary
        (sqlgate.db.replication); nothing changes on the others;
-    3. the new Proxies start; then each Proxy that stays, one at a time: with a replica added
-       or removed its settings change, so it restarts (it drains first: the Gatekeepers open
-       new transactions on another Proxy);
-    4. the new Gatekeepers start (the balancer does not send to them yet); then each
-       Gatekeeper that stays, one at a time: its list of Proxies changes (re-read, no
-       restart); with a Gatekeeper added or removed, its share of a key's rate while the rate
-       store is down changes too, so it restarts, taken out of the balancer around it
+    3. the new Proxies start; then, with a replica added or removed, each Proxy that stays,
+       one at a time: its settings change, so it restarts (it drains first: the Gatekeepers
+       open new transactions on another Proxy); without, all of them at once (nothing of
+       theirs changes);
+    4. the new Gatekeepers start (the balancer does not send to them yet); then the
+       Gatekeepers that stay: their list of Proxies changes (re-read, no restart); with a
+       Gatekeeper added or removed, their share of a key's rate while the rate store is down
+       changes too, so they restart, one at a time, each taken out of the balancer around it
        (sqlgate_balancer.drain, then .ready);
     5. the balancer: each Gatekeeper that goes is drained, the new list is loaded (a reload:
        the connections it holds go on), and each new Gatekeeper is in once its checks pass;
@@ -24,8 +26,8 @@
     7. the monitor scrapes the new set of hosts.
     A step that fails stops the run there: the hosts after it are left as they were.
 
-    State IDs: sqlgate-scale-sync, -pillar, -mine, -databases, -proxies-new, -<proxy>,
-    -gatekeepers-new, -<gatekeeper>[-drain|-ready], -balancer[-<gatekeeper>-drain|-ready],
+    State IDs: sqlgate-scale-sync, -sync-states, -pillar, -mine, -databases, -proxies-new,
+    -<proxy> or -proxies, -gatekeepers-new, -<gatekeeper>[-drain|-ready] or -gatekeepers, -balancer[-<gatekeeper>-drain|-ready],
     -<host>-stop (and -<replica>-unwatch), -monitor. #}
 {%- set hosts = salt['pillar.get']('sqlgate:hosts', {}) %}
 {%- set change = salt['pillar.get']('sqlgate_scale', {}) %}
@@ -48,6 +50,7 @@
 {%- set staying = hosts | list | sort %}
 {%- set databases = members.primary + members.replica %}
 {%- set gatekeepers_change = going.gatekeeper or (added | select('in', members.gatekeeper) | list) %}
+{%- set replicas_change = going.replica or (added | select('in', members.replica) | list) %}
 {%- set services = {'proxy': ('sqlgate-proxy', 'sqlgate.proxy.service'),
                     'gatekeeper': ('sqlgate-gatekeeper', 'sqlgate.gatekeeper.service')} %}
 {%- set timeout = salt['pillar.get']('sqlgate:rolling:step_timeout', 300) %}
@@ -89,8 +92,9 @@
 {%-   set previous.step = id %}
 {%- endmacro %}
 
-{{- function('sqlgate-scale-sync', 'saltutil.sync_all', staying + (removed | list | sort),
+{{- function('sqlgate-scale-sync', 'saltutil.sync_modules', staying + (removed | list | sort),
              kwarg={'refresh': True}) }}
+{{- function('sqlgate-scale-sync-states', 'saltutil.sync_states', staying, kwarg={'refresh': True}) }}
 {{- function('sqlgate-scale-pillar', 'saltutil.refresh_pillar', staying, kwarg={'wait': True}) }}
 {{- function('sqlgate-scale-mine', 'mine.update', staying) }}
 {{- highstate('sqlgate-scale-databases', databases) }}
@@ -98,23 +102,32 @@
 {%- if new_proxies %}
 {{-   highstate('sqlgate-scale-proxies-new', new_proxies) }}
 {%- endif %}
-{%- for host in members.proxy if host not in new_proxies %}
-{{-   highstate('sqlgate-scale-' ~ host, [host]) }}
-{%- endfor %}
+{%- set old_proxies = members.proxy | reject('in', new_proxies) | list %}
+{%- if replicas_change %}
+{%-   for host in old_proxies %}
+{{-     highstate('sqlgate-scale-' ~ host, [host]) }}
+{%-   endfor %}
+{%- elif old_proxies %}
+{{-   highstate('sqlgate-scale-proxies', old_proxies) }}
+{%- endif %}
 {%- set new_gatekeepers = added | select('in', members.gatekeeper) | list %}
 {%- if new_gatekeepers %}
 {{-   highstate('sqlgate-scale-gatekeepers-new', new_gatekeepers) }}
 {%- endif %}
-{%- for host in members.gatekeeper if host not in new_gatekeepers %}
-{%-   set drained = balancer and gatekeepers_change %}
-{%-   if drained %}
-{{-     function('sqlgate-scale-' ~ host ~ '-drain', 'sqlgate_balancer.drain', [balancer], [host]) }}
-{%-   endif %}
-{{-   highstate('sqlgate-scale-' ~ host, [host]) }}
-{%-   if drained %}
-{{-     function('sqlgate-scale-' ~ host ~ '-ready', 'sqlgate_balancer.ready', [balancer], [host]) }}
-{%-   endif %}
-{%- endfor %}
+{%- set old_gatekeepers = members.gatekeeper | reject('in', new_gatekeepers) | list %}
+{%- if gatekeepers_change %}
+{%-   for host in old_gatekeepers %}
+{%-     if balancer %}
+{{-       function('sqlgate-scale-' ~ host ~ '-drain', 'sqlgate_balancer.drain', [balancer], [host]) }}
+{%-     endif %}
+{{-     highstate('sqlgate-scale-' ~ host, [host]) }}
+{%-     if balancer %}
+{{-       function('sqlgate-scale-' ~ host ~ '-ready', 'sqlgate_balancer.ready', [balancer], [host]) }}
+{%-     endif %}
+{%-   endfor %}
+{%- elif old_gatekeepers %}
+{{-   highstate('sqlgate-scale-gatekeepers', old_gatekeepers) }}
+{%- endif %}
 {%- if balancer %}
 {%-   for host in going.gatekeeper %}
 {{-     function('sqlgate-scale-balancer-' ~ host ~ '-drain', 'sqlgate_balancer.drain', [balancer], [host]) }}

@@ -755,7 +755,7 @@ def test_scaling_up_starts_the_new_hosts_then_restarts_the_others_one_at_a_time(
     list, the new Gatekeeper in once up, and the monitor."""
     renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
     steps = scale_steps(renderer, ["gatekeeper2", "proxy2", "replica2"], {})
-    assert [(sid, function, targets) for sid, function, targets, _ in steps[3:]] == [
+    assert [(sid, function, targets) for sid, function, targets, _ in steps[4:]] == [
         ("sqlgate-scale-databases", None, "primary,replica1,replica2"),
         ("sqlgate-scale-proxies-new", None, "proxy2"),
         ("sqlgate-scale-proxy", None, "proxy"),
@@ -767,8 +767,9 @@ def test_scaling_up_starts_the_new_hosts_then_restarts_the_others_one_at_a_time(
         ("sqlgate-scale-balancer-gatekeeper2-ready", "sqlgate_balancer.ready", "balancer"),
         ("sqlgate-scale-monitor", None, "monitor"),
     ]
-    assert [step[0] for step in steps[:3]] == [
-        "sqlgate-scale-sync", "sqlgate-scale-pillar", "sqlgate-scale-mine"]
+    assert [step[0] for step in steps[:4]] == [
+        "sqlgate-scale-sync", "sqlgate-scale-sync-states", "sqlgate-scale-pillar",
+        "sqlgate-scale-mine"]
 
 
 def test_scaling_down_stops_a_host_only_once_nothing_sends_to_it(tmp_path):
@@ -780,7 +781,7 @@ def test_scaling_down_stops_a_host_only_once_nothing_sends_to_it(tmp_path):
     steps = scale_steps(renderer, [], removed)
     ids = [step[0] for step in steps]
     assert set(removed) <= set(steps[0][2].split(","))  # synced
-    assert not set(removed) & set(steps[1][2].split(","))  # their pillar is left as it was
+    assert not set(removed) & set(steps[2][2].split(","))  # their pillar is left as it was
     assert ids.index("sqlgate-scale-balancer-gatekeeper3-drain") < \
         ids.index("sqlgate-scale-balancer") < ids.index("sqlgate-scale-gatekeeper3-stop")
     assert ids.index("sqlgate-scale-gatekeeper2") < ids.index("sqlgate-scale-proxy3-stop")
@@ -798,15 +799,27 @@ def test_scaling_down_stops_a_host_only_once_nothing_sends_to_it(tmp_path):
 
 
 def test_a_scale_that_changes_no_count_drains_nothing(tmp_path):
-    """Run again with the same numbers: every host's states are applied (one at a time for
-    the services), and no Gatekeeper leaves the balancer."""
+    """Run again with the same numbers: every host's states are applied, the services' all at
+    once per role (nothing of theirs changes), and no Gatekeeper leaves the balancer."""
     renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
     steps = scale_steps(renderer, [], {})
-    assert [step[0] for step in steps] == [
-        "sqlgate-scale-sync", "sqlgate-scale-pillar", "sqlgate-scale-mine",
-        "sqlgate-scale-databases", "sqlgate-scale-proxy", "sqlgate-scale-proxy2",
-        "sqlgate-scale-gatekeeper", "sqlgate-scale-gatekeeper2", "sqlgate-scale-balancer",
-        "sqlgate-scale-monitor"]
+    assert [(sid, targets) for sid, _, targets, _ in steps[4:]] == [
+        ("sqlgate-scale-databases", "primary,replica1,replica2"),
+        ("sqlgate-scale-proxies", "proxy,proxy2"),
+        ("sqlgate-scale-gatekeepers", "gatekeeper,gatekeeper2"),
+        ("sqlgate-scale-balancer", "balancer"), ("sqlgate-scale-monitor", "monitor")]
+
+
+def test_a_proxy_added_alone_restarts_no_service(tmp_path):
+    """Only a Proxy added: the others' settings do not change (all at once), and the
+    Gatekeepers re-read their list of Proxies without leaving the balancer."""
+    renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
+    steps = scale_steps(renderer, ["proxy2"], {})
+    assert [(sid, targets) for sid, _, targets, _ in steps[4:7]] == [
+        ("sqlgate-scale-databases", "primary,replica1,replica2"),
+        ("sqlgate-scale-proxies-new", "proxy2"), ("sqlgate-scale-proxies", "proxy")]
+    assert "sqlgate-scale-gatekeepers" in [step[0] for step in steps]
+    assert not [step for step in steps if "drain" in step[0]]
 
 
 # --- monitoring ---------------------------------------------------------------------------

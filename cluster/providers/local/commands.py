@@ -39,7 +39,7 @@ from cluster.providers.local.cluster import (
     require_free_subnet,
     require_root,
 )
-from cluster.providers.local.fileserver import bake_fileserver
+from cluster.providers.local.fileserver import bake_fileserver, fileserver_dir
 from cluster.providers.local.hosts import (
     RUNTIME_ROOT,
     make_private_mount,
@@ -160,10 +160,13 @@ def prepare(cluster: LocalCluster, args: argparse.Namespace) -> Prepared:
     return Prepared(secrets, keyset, tls, url, publish_ca(PROVIDER, tls))
 
 
-def start_hosts(hosts: LocalCluster, pillar_dir: Path) -> None:
+def start_hosts(hosts: LocalCluster, pillar_dir: Path, bake: bool = True) -> None:
     """Every host of ``hosts`` made (those that exist are kept) with its firewall, the master
-    serving the code and ``pillar_dir``, and a minion on each, answering."""
-    fileserver = bake_fileserver(hosts)
+    serving the code and ``pillar_dir``, and a minion on each, answering. ``bake``: the code
+    served is the checkout's now; without, the code the cluster was made with (``scale``: a
+    new host runs what the others run, and no other restarts for a new version)."""
+    fileserver = bake_fileserver(hosts) if bake or not fileserver_dir(hosts).is_dir() \
+        else fileserver_dir(hosts)
     print(f"hosts on bridge {hosts.bridge} ({hosts.subnet}) ...", flush=True)
     make_private_mount(hosts.runtime_dir)
     create_network(hosts)
@@ -241,7 +244,7 @@ def scale(args: argparse.Namespace) -> int:
         # Written first: a run that stops half-way leaves a record that names every host.
         write_record(cluster_record(both, prepared.secrets, prepared.url, prepared.ca_file))
     pillar_dir = write_pillar(target, prepared.secrets, prepared.tls, prepared.keyset)
-    start_hosts(both, pillar_dir)
+    start_hosts(both, pillar_dir, bake=False)
     print("orchestrating the change ...", flush=True)
     output = orchestration_output(target, scaling.ORCHESTRATION, pillar=change.pillar())
     steps = salt_setup.orchestration_steps(output)

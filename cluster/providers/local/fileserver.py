@@ -18,10 +18,15 @@ def runtime_requirements() -> list[str]:
     return [*build, *project["project"]["dependencies"]]
 
 
+def fileserver_dir(cluster: LocalCluster) -> Path:
+    """Where the master's served code and wheelhouse are kept."""
+    return cluster.state_dir / "fileserver"
+
+
 def bake_fileserver(cluster: LocalCluster) -> Path:
     """The project's code and a wheelhouse of its dependencies, for the master to serve; the
     wheelhouse is rebuilt only when the requirements change."""
-    root = cluster.state_dir / "fileserver"
+    root = fileserver_dir(cluster)
     source = root / "sqlgate-src"
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir(parents=True)

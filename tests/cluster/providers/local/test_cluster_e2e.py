@@ -847,6 +847,98 @@ def test_a_rolling_restart_under_load_fails_no_request(cluster):
         assert after[name] and not after[name] & before[name], name  # all new processes
 
 
+def table_rows(cluster: E2ECluster, host: str, table: str) -> str:
+    """A database host's rows of ``table`` in one line (count, sum of ids and a checksum of
+    every row), read as root on the host through the cluster's Salt master."""
+    sql = (f"SELECT COUNT(*), COALESCE(SUM(id), 0), BIT_XOR(CRC32(CONCAT(id, ':', tag))) "
+           f"FROM {table}")
+    done = subprocess.run([*cluster.record.salt_command, "--out=json", "--static", host,
+                           "cmd.run", f"mariadb -N -B -e {shlex.quote(sql)}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)[host]
+
+
+def namespaces_present() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                              check=True).stdout.split())
+
+
+def served_by(cluster: E2ECluster, host: str, service: str, request_ids: list[str]) -> int:
+    """How many of the requests a service's log on ``host`` has a line for."""
+    wanted = set(request_ids)
+    return sum(1 for line in service_log(cluster, host, service).splitlines()
+               if line.startswith("{") and json.loads(line).get("request_id") in wanted)
+
+
+def test_scale_out_to_three_of_each_and_back_under_load_fails_no_request(cluster):
+    """``bootstrap.py scale --gatekeepers 3 --proxies 3 --replicas 3`` under 4 writers and a
+    reader through the balancer, then back to 2, 2 and 2: no request failed nor had an unknown
+    outcome; the new Gatekeeper and Proxy serve, the new replica (cloned from a running one)
+    has every row the primary has; a second run changes nothing; the removed hosts are gone
+    from the machine and from the record, and every acknowledged write is on the primary."""
+    table = ledger_table(cluster, "e2e_scale")
+    grown, shrunk = Ledger(table), Ledger(table)
+    three = ("--gatekeepers", "3", "--proxies", "3", "--replicas", "3")
+    began = time.monotonic()
+    with load(grown, lambda: client(cluster), writers=4):
+        out = cluster.bootstrap("scale", *three, timeout=1500)
+        took_out = time.monotonic() - began
+        time.sleep(1.0)
+    print(f"\nscale to 3/3/3: {took_out:.0f} s, {dict(grown.outcomes)}, reads "
+          f"{dict(grown.reads)}\n{out.stdout}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "adding gatekeeper3, proxy3, replica3" in out.stdout
+    assert grown.outcomes["failed"] == grown.outcomes["unknown"] == 0, grown.refusals[:5]
+    assert grown.read_failures == [], grown.read_failures[:5]
+    assert grown.outcomes["ok"] > 50
+    cluster.record = read_record("local", cluster.directory)
+    assert {"gatekeeper3", "proxy3", "replica3"} <= {h.name for h in cluster.record.hosts}
+    # The clone caught up: the same rows as the primary.
+    wait_until(lambda: table_rows(cluster, "replica3", table) ==
+               table_rows(cluster, "primary", table), 60, "replica3 to hold the primary's rows")
+    # New connections reach the new Gatekeeper, and the Gatekeepers the new Proxy; reads the
+    # new replica.
+    ids = [f"scaled-{os.getpid()}-{i}" for i in range(60)]
+    nodes = collections.Counter()
+    for request_id in ids:
+        with client(cluster) as fresh:
+            answer = fresh.post("/query", {"sql": ACTOR_COUNT, "mode": "random"},
+                                headers={REQUEST_ID_HEADER: request_id})
+            assert answer.status == 200, answer.json
+            nodes[answer.json["node"]] += 1
+    wait_until(lambda: served_by(cluster, "gatekeeper3", "sqlgate-gatekeeper", ids) > 0, 15,
+               "gatekeeper3 to log a request", interval=0.5)
+    assert served_by(cluster, "proxy3", "sqlgate-proxy", ids) > 0
+    assert nodes["replica3"] > 0, nodes
+
+    again = cluster.bootstrap("scale", *three, timeout=1500)
+    print(again.stdout)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "no changes: every host was already in its configured state" in again.stdout
+
+    removed = [f"{CLUSTER_NAME}-{name}" for name in ("gatekeeper3", "proxy3", "replica3")]
+    began = time.monotonic()
+    with load(shrunk, lambda: client(cluster), writers=4):
+        back = cluster.bootstrap("scale", "--gatekeepers", "2", "--proxies", "2",
+                                 "--replicas", "2", timeout=1500)
+        took_back = time.monotonic() - began
+        time.sleep(1.0)
+    print(f"scale back to 2/2/2: {took_back:.0f} s, {dict(shrunk.outcomes)}, reads "
+          f"{dict(shrunk.reads)}\n{back.stdout}")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert shrunk.outcomes["failed"] == shrunk.outcomes["unknown"] == 0, shrunk.refusals[:5]
+    assert shrunk.read_failures == [], shrunk.read_failures[:5]
+    assert shrunk.outcomes["ok"] > 50
+    cluster.record = read_record("local", cluster.directory)
+    assert not {"gatekeeper3", "proxy3", "replica3"} & {h.name for h in cluster.record.hosts}
+    assert not set(removed) & namespaces_present()
+    acknowledged_present(cluster, table, grown, shrunk)
+    for replica in ("replica1", "replica2"):
+        wait_until(lambda r=replica: table_rows(cluster, r, table) ==
+                   table_rows(cluster, "primary", table), 60, f"{replica} to hold every row")
+
+
 def open_transaction(cluster: E2ECluster, table: str, tag: str) -> tuple[Client, str] | None:
     """A transaction through the balancer, on a connection of its own, that inserted ``tag``;
     None when the key holds its share of the Proxy worker's transactions already (429)."""
