@@ -56,7 +56,9 @@ def _common(parser: argparse.ArgumentParser, known: dict[str, type[Provider]]) -
                         help=f"where the hosts run (default: {DEFAULT_PROVIDER})")
     parser.add_argument("--cluster-name", default="sqlgate",
                         help="name used for tags, namespaces and the cluster file")
-    parser.add_argument("--replicas", type=int, default=2, help="number of DB replicas")
+    parser.add_argument("--replicas", type=int, default=None, metavar="R",
+                        help="number of database replicas (default: 2, or as many as the "
+                             "cluster has)")
     parser.add_argument("--gatekeepers", type=int, default=None, metavar="N",
                         help="number of Gatekeeper hosts, behind the balancer (default: 1 "
                              "locally; on AWS 2, or as many as the cluster has)")
@@ -119,8 +121,6 @@ def build_parser(known: dict[str, type[Provider]] | None = None) -> argparse.Arg
         elif command == "restart":
             sub.add_argument("--rolling", action="store_true", required=True,
                              help="one host at a time, each drained first (the only way)")
-        elif command == "scale":
-            sub.set_defaults(replicas=None)  # not named: as many as the cluster has
         elif command == "rebuild":
             sub.add_argument("host", help="the quarantined database host")
         elif command == "salt":

@@ -200,12 +200,16 @@ def rules_for(group: str, groups: Iterable[str] = GROUPS,
     return [rule for rule in ingress_rules(groups, hostless) if rule.group == group]
 
 
-def plan_hosts(replicas: int = 2, monitor: bool = True, *, gatekeepers: int = 1,
-               proxies: int = 1, balancer: bool = False) -> list[Host]:
+DEFAULT_REPLICAS = 2
+
+
+def plan_hosts(replicas: int | None = DEFAULT_REPLICAS, monitor: bool = True, *,
+               gatekeepers: int = 1, proxies: int = 1, balancer: bool = False) -> list[Host]:
     """The cluster's hosts without the Salt master: ``gatekeepers`` Gatekeepers and
     ``proxies`` Proxies (the first of each named after its role, the others numbered from 2:
     ``proxy``, ``proxy2``...), the primary, ``replicas`` replicas, the monitor unless
     ``monitor`` is False, and a balancer host in front of the Gatekeepers with ``balancer``."""
+    replicas = DEFAULT_REPLICAS if replicas is None else replicas
     for count, what, option in ((replicas, "replica", "replicas"),
                                 (gatekeepers, "Gatekeeper", "gatekeepers"),
                                 (proxies, "Proxy", "proxies")):

@@ -38,7 +38,7 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from cluster import access, rolling, salt_setup
+from cluster import access, rolling, salt_setup, scaling
 from cluster import failover as shape
 from cluster import keys as api_keys
 from cluster.errors import ClusterError
@@ -57,10 +57,12 @@ from cluster.providers.aws.plan import (
 from cluster.providers.aws.remote import (
     apply_states,
     failover_runner,
+    forget_minions,
     orchestration_output,
     print_access,
     print_remote_status,
     push_bundle,
+    push_scaled_bundle,
     run_orchestration,
     ssh_command,
     wait_for_health,
@@ -553,6 +555,90 @@ def _restart(args: argparse.Namespace) -> int:
 
 
 restart = guarded(_restart)
+
+
+# --- scale -------------------------------------------------------------------------------
+
+def _scale(args: argparse.Namespace) -> int:
+    """``scale``: instances launched for the hosts added, the master given their keys and the
+    new bundle, the NLB's targets made the Gatekeepers that stay or come (one that goes is
+    deregistered first: the NLB sends it nothing new and lets its connections finish), then
+    salt/orch/scale.sls on the master (cluster.scaling), then the removed instances
+    terminated and their keys deleted."""
+    recorded = read_record(PROVIDER)
+    if recorded is None:
+        raise ClusterError(f"no cluster in {record_path(PROVIDER)}: 'bootstrap.py up' makes it")
+    aws = connect_for(args)
+    wanted = scaling.wanted(args, recorded)
+    wanted.no_monitor = not any(h.role == MONITOR for h in recorded.hosts)
+    plan = AwsPlan.make(aws, wanted, args.admin_cidr or detect_admin_cidr(), recorded)
+    change = scaling.Change.between(
+        [(h.name, h.role) for h in recorded.hosts if h.role != SALT_MASTER.role],
+        [(h.name, h.role) for h in plan.minions])
+    master = next((h.public_address for h in recorded.hosts if h.role == SALT_MASTER.role), None)
+    if not aws.simulated:
+        if not master:
+            raise ClusterError("scale: the record has no address of the Salt master")
+        try:
+            primary = failover_runner(recorded, master, "status").get("primary")
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+            raise ClusterError(f"scale: could not ask the master which host is the primary: "
+                               f"{error}") from None
+        scaling.refuse_removing_the_primary(change, primary)
+    say(scaling.describe(change))
+    existing = res.find_instances(aws)
+    keys = ClusterKeys.load_or_create(provider_dir(),
+                                      [h.name for h in plan.minions] + list(change.removed),
+                                      aws.cluster_name)
+    group_ids = res.ensure_security_groups(aws, plan.network, plan.admin_cidr, say, plan.groups,
+                                           plan.hostless)
+    balancer = nlb.find_load_balancer(aws)
+    if balancer is None:
+        raise ClusterError("scale: the cluster has no load balancer: 'bootstrap.py up' first")
+    deployed = deployment(aws.cluster_name, plan.minions, balancer["DNSName"])
+    bundle = make_bundle(aws.cluster_name, plan.minions, keys, deployed,
+                         nlb.gatekeeper_settings(plan.network.vpc_cidr))
+    key_name = args.key_name or res.ensure_key_pair(aws, keys.admin.public)[0]
+    instances = _launch_all(aws, plan, keys, bundle, {"group_ids": group_ids,
+                                                      "key_name": key_name})
+    res.set_minions_tag(aws, instances[SALT_MASTER.name], plan.minion_ids)
+    target_groups = nlb.ensure_target_groups(aws, plan.network.vpc_id, say)
+    nlb.sync_targets(aws, target_groups,
+                     [instances[h.name]["InstanceId"] for h in plan.gatekeepers],
+                     RUNNING_DEADLINE_S, say)
+    key_file = None if args.key_name else keys.admin_key_file
+    url, ca_file = recorded.gatekeeper_url, recorded.ca_file
+    if aws.simulated:
+        say(f"{aws.endpoint} is not AWS: skipping the wait for running instances and the "
+            "orchestration")
+    else:
+        ids = [instances[name]["InstanceId"] for name in change.added]
+        instances.update({res.host_of(i): i for i in
+                          res.wait_running(aws, ids, RUNNING_DEADLINE_S).values()})
+        try:
+            push_scaled_bundle(recorded, master, bundle.data, [h.name for h in plan.minions]
+                               + list(change.removed))
+            output = orchestration_output(recorded, master, scaling.ORCHESTRATION,
+                                          pillar=change.pillar())
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+            raise ClusterError(f"scale: could not run the orchestration on the master: "
+                               f"{error}") from None
+        code = scaling.report(salt_setup.orchestration_steps(output),
+                              salt_setup.summarize_orchestration(output), say)
+        if code != 0:
+            return code
+    gone = [existing[name] for name in change.removed if name in existing]
+    if gone:
+        res.terminate_instances(aws, gone, TERMINATE_DEADLINE_S)
+        say(f"terminated {', '.join(change.removed)}")
+        if not aws.simulated:
+            forget_minions(recorded, master, list(change.removed))
+    path = record(aws, plan, instances, key_file, balancer, url, ca_file)
+    say(f"wrote {path}")
+    return 0
+
+
+scale = guarded(_scale)
 
 
 # --- down --------------------------------------------------------------------------------

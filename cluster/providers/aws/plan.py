@@ -14,6 +14,7 @@ from cluster.providers.aws import resources as res
 from cluster.record import ClusterRecord
 from cluster.topology import (
     BALANCER,
+    DEFAULT_REPLICAS,
     GROUPS,
     SALT_MASTER,
     Host,
@@ -81,9 +82,9 @@ class AwsPlan:
     @classmethod
     def make(cls, aws: res.Aws, args: argparse.Namespace, admin_cidr: str,
              recorded: ClusterRecord | None = None) -> AwsPlan:
-        """``--gatekeepers`` and ``--proxies`` when given, else as many as the cluster's
-        record has (a second ``up`` keeps them), else ``DEFAULT_GATEKEEPERS`` and
-        ``DEFAULT_PROXIES``."""
+        """``--gatekeepers``, ``--proxies`` and ``--replicas`` when given, else as many as the
+        cluster's record has (a second ``up`` keeps them, after a ``scale`` too), else
+        ``DEFAULT_GATEKEEPERS``, ``DEFAULT_PROXIES`` and ``DEFAULT_REPLICAS``."""
         mine = recorded if recorded and recorded.cluster_name == aws.cluster_name else None
 
         def count(given: int | None, role: str, default: int) -> int:
@@ -94,7 +95,8 @@ class AwsPlan:
 
         try:
             minions = plan_hosts(
-                args.replicas, monitor=not getattr(args, "no_monitor", False),
+                count(getattr(args, "replicas", None), "replica", DEFAULT_REPLICAS),
+                monitor=not getattr(args, "no_monitor", False),
                 gatekeepers=count(getattr(args, "gatekeepers", None), "gatekeeper",
                                   DEFAULT_GATEKEEPERS),
                 proxies=count(getattr(args, "proxies", None), "proxy", DEFAULT_PROXIES))

@@ -108,15 +108,37 @@ def push_bundle(recorded: ClusterRecord, address: str, bundle: bytes) -> None:
                            f"{tail[0]}")
 
 
+def push_scaled_bundle(recorded: ClusterRecord, address: str, bundle: bytes,
+                       minion_ids: list[str]) -> None:
+    """``scale``: the master's minions become ``minion_ids`` (it waits until they all
+    answer), with the bundle that configures them (``scale_to``)."""
+    done = subprocess.run(ssh_command(recorded, address, master_function(
+        "scale_to", ",".join(minion_ids), "/dev/stdin")), input=bundle, capture_output=True,
+        timeout=900, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"the master did not take the new minions ({done.returncode}): "
+                           f"{tail[0]}")
+
+
+def forget_minions(recorded: ClusterRecord, address: str, names: list[str]) -> None:
+    """The removed minions' keys deleted on the master (``forget_minions``)."""
+    subprocess.run(ssh_command(recorded, address, master_function("forget_minions", *names)),
+                   capture_output=True, timeout=120, check=False)
+
+
 def run_orchestration(recorded: ClusterRecord, address: str) -> salt_setup.OrchestrationResult:
     """``state.orchestrate orch`` on the master, as its first boot ran it."""
     return salt_setup.summarize_orchestration(orchestration_output(recorded, address, "orch"))
 
 
-def orchestration_output(recorded: ClusterRecord, address: str, name: str) -> dict:
-    """``state.orchestrate <name>`` on the master (salt/orch/<name>.sls): its JSON output."""
+def orchestration_output(recorded: ClusterRecord, address: str, name: str,
+                         pillar: dict | None = None) -> dict:
+    """``state.orchestrate <name>`` on the master (salt/orch/<name>.sls), with ``pillar``
+    added to the orchestration's own: its JSON output."""
+    extra = [f"pillar={json.dumps(pillar)}"] if pillar else []
     return _remote_json(recorded, address,
-                        ["sudo", "salt-run", "state.orchestrate", name, "--out=json"],
+                        ["sudo", "salt-run", "state.orchestrate", name, *extra, "--out=json"],
                         ORCHESTRATION_TIMEOUT_S)
 
 

@@ -335,6 +335,12 @@ def launch_instance(aws: Aws, launch: Launch) -> dict:
     return aws.ec2.run_instances(**params)["Instances"][0]
 
 
+def set_minions_tag(aws: Aws, master: dict, minion_ids: str) -> None:
+    """The master's record of the minions whose keys it has (``bootstrap.py scale``)."""
+    aws.ec2.create_tags(Resources=[master["InstanceId"]],
+                        Tags=[{"Key": MINIONS_TAG, "Value": minion_ids}])
+
+
 def terminate_instances(aws: Aws, instances: Iterable[dict], deadline_s: float) -> list[str]:
     """Terminate and wait until they are gone (security groups can only go after that)."""
     ids = [i["InstanceId"] for i in instances]

@@ -281,20 +281,24 @@ def recorded_plan(args: argparse.Namespace, for_up: bool = False
 
 
 def with_recorded_counts(args: argparse.Namespace, record: ClusterRecord) -> argparse.Namespace:
-    """``args`` with the record's number of Gatekeepers and Proxies where they say none."""
+    """``args`` with the record's number of Gatekeepers, Proxies and replicas where they say
+    none."""
     return with_counts(args, [h.name for h in record.hosts])
 
 
 def with_counts(args: argparse.Namespace, names: list[str]) -> argparse.Namespace:
-    """``args`` with as many Gatekeepers and Proxies as ``names`` has hosts of, where they say
-    none (``gatekeeper``, ``gatekeeper2``...)."""
+    """``args`` with as many Gatekeepers, Proxies and replicas as ``names`` has hosts of,
+    where they say none (``gatekeeper``, ``gatekeeper2``..., ``replica1``...)."""
     def count(role: str) -> int:
         return sum(1 for name in names if re.fullmatch(rf"{role}\d*", name)) or 1
 
+    replicas = sum(1 for name in names if re.fullmatch(r"replica\d+", name))
     return argparse.Namespace(**{**vars(args),
                                  "gatekeepers": getattr(args, "gatekeepers", None)
                                  or count("gatekeeper"),
-                                 "proxies": getattr(args, "proxies", None) or count("proxy")})
+                                 "proxies": getattr(args, "proxies", None) or count("proxy"),
+                                 "replicas": getattr(args, "replicas", None) or replicas
+                                 or None})
 
 
 def hosts_present(cluster: LocalCluster) -> list[str]:

@@ -60,6 +60,34 @@ update_from_bundle() {
     wait_for_minions
 }
 
+# `bootstrap.py scale`, over SSH with the bundle on stdin: the minions the master has from now on
+# (this update and every later one waits for them: a new one may still be booting), then the
+# bundle that configures them.
+scale_to() {
+    set_minions "$1"
+    update_from_bundle "$2"
+}
+
+set_minions() {
+    local env=${SQLGATE_ENV:-/etc/sqlgate/bootstrap.env}
+    sed -i "s/^MINION_IDS=.*/MINION_IDS='$1'/" "$env"
+    MINION_IDS=$1
+}
+
+# `bootstrap.py scale`, once the hosts it removes are stopped: their keys are no longer
+# accepted, and later updates no longer wait for them.
+forget_minions() {
+    local id kept=() gone=" $* "
+    for id in ${MINION_IDS//,/ }; do
+        case "$gone" in
+            *" $id "*) salt-key --delete="$id" --yes >/dev/null \
+                           || log "could not delete the key of $id" ;;
+            *) kept+=("$id") ;;
+        esac
+    done
+    set_minions "$(IFS=,; echo "${kept[*]}")"
+}
+
 master_state() {
     { cat "$ROOT/etc/salt/master.d/sqlgate.conf" "$ROOT/etc/salt/pki/master/master.pem" \
         2>/dev/null || true; } | sha256sum

@@ -19,7 +19,7 @@ from cluster.providers.aws import commands as aws_provider
 from cluster.providers.aws import nlb
 from cluster.providers.aws import resources as res
 from cluster.record import read_record
-from tests.aws_moto import NEWEST_JAMMY, REGION, load_balancing
+from tests.aws_moto import ADMIN_CIDR, NEWEST_JAMMY, REGION, load_balancing
 from tests.aws_moto import bootstrap_up as up
 from tests.aws_moto import run_bootstrap as run
 
@@ -242,6 +242,50 @@ def test_gatekeepers_and_proxies_are_counted_and_kept_by_the_next_up(aws_env, ca
     code, out, err = up(capsys, "--no-monitor")
     assert code == 0, err
     assert "nothing launched" in out and "3 Gatekeeper(s)" in out
+
+
+def test_scale_launches_and_terminates_hosts_and_keeps_the_targets_the_gatekeepers(aws_env,
+                                                                                  cluster_up,
+                                                                                  capsys):
+    """``scale`` to three of each and back: the instances of the third ones launched, then
+    terminated; the NLB's targets are the Gatekeepers each time; the master's tag names its
+    minions, so the next ``up`` takes the cluster as it is (moto runs no Salt: the
+    orchestration is skipped, with a line that says so)."""
+    ec2 = aws_env.client("ec2")
+    scale = ("scale", "--admin-cidr", ADMIN_CIDR)
+    code, out, err = run(capsys, *scale, "--gatekeepers", "3", "--proxies", "3",
+                         "--replicas", "3")
+    assert code == 0, err
+    assert "scale: adding gatekeeper3, proxy3, replica3" in out
+    assert "skipping the wait for running instances and the orchestration" in out
+    hosts = live_instances(ec2)
+    assert {"gatekeeper3", "proxy3", "replica3"} <= set(hosts)
+    state = load_balancing(aws_env.client("elbv2"))
+    assert targets(state, 443) == targets(state, 80) == gatekeeper_ids(ec2)
+    assert len(gatekeeper_ids(ec2)) == 3
+    assert res.tag_value(hosts["saltmaster"], res.MINIONS_TAG).split(",") == [
+        "gatekeeper", "gatekeeper2", "gatekeeper3", "proxy", "proxy2", "proxy3", "primary",
+        "replica1", "replica2", "replica3", "monitor"]
+    assert {h.name for h in read_record("aws").hosts} >= {"gatekeeper3", "proxy3", "replica3"}
+    code, out, err = up(capsys)  # the master's minions match: nothing to refuse or launch
+    assert code == 0, err
+    assert "nothing launched" in out
+
+    code, out, err = run(capsys, *scale, "--gatekeepers", "2", "--proxies", "2",
+                         "--replicas", "2")
+    assert code == 0, err
+    assert "scale: removing gatekeeper3, proxy3, replica3" in out
+    assert "terminated gatekeeper3, proxy3, replica3" in out
+    hosts = live_instances(ec2)
+    assert not {"gatekeeper3", "proxy3", "replica3"} & set(hosts)
+    state = load_balancing(aws_env.client("elbv2"))
+    assert targets(state, 443) == targets(state, 80) == gatekeeper_ids(ec2)
+    assert len(gatekeeper_ids(ec2)) == 2
+    assert not {"gatekeeper3", "proxy3", "replica3"} & {h.name for h in read_record("aws").hosts}
+    code, out, err = run(capsys, *scale)  # the same numbers again: nothing to do
+    assert code == 0, err
+    assert "every role already has that many hosts" in out
+    assert live_instances(ec2).keys() == hosts.keys()
 
 
 def test_at_least_one_gatekeeper(aws_env, capsys):

@@ -164,9 +164,11 @@ def bundle(keys, tmp_path_factory) -> bytes:
     return build_bundle(pillar, keys).data
 
 
-def master_shell(tmp_path, call: str, salt_user: bool = True) -> subprocess.CompletedProcess:
+def master_shell(tmp_path, call: str, salt_user: bool = True,
+                 minions: tuple[str, ...] = ("gatekeeper",)) -> subprocess.CompletedProcess:
     """Source the master's script with ``/`` at ``tmp_path/root``; ``id``, ``chown``,
-    ``systemctl`` and ``salt`` are stand-ins that log what they were asked."""
+    ``systemctl`` and ``salt`` are stand-ins that log what they were asked (``salt``: every
+    one of ``minions`` answers)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     log = tmp_path / "calls.log"
@@ -175,7 +177,7 @@ def master_shell(tmp_path, call: str, salt_user: bool = True) -> subprocess.Comp
         "id": f'case "$*" in "-gn salt"|"-gn root") echo "$2";; {users}) ;; *) exit 1;; esac',
         "chown": f'echo "chown $*" >> {log}',
         "systemctl": f'echo "systemctl $*" >> {log}',
-        "salt": 'echo "gatekeeper: True"',
+        "salt": "".join(f'echo "{minion}: True"\n' for minion in minions),
     }
     for name, body in stand_ins.items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
@@ -234,3 +236,25 @@ def test_first_boot_turns_cloud_init_off_for_later_boots(tmp_path):
     assert (tmp_path / "root/etc/cloud/cloud-init.disabled").exists()
     minion = (TEMPLATES / "aws-minion.sh").read_text()
     assert "first_boot_done" in minion.split("main() {")[1]
+
+
+def test_scale_changes_the_minions_the_master_waits_for_and_forgets_the_removed(tmp_path,
+                                                                                bundle):
+    """``scale_to``: the new set in the master's settings before the update waits for it;
+    ``forget_minions``: the removed ones' keys deleted and out of the set."""
+    (tmp_path / "bundle.tar.gz").write_bytes(bundle)
+    done = master_shell(tmp_path, f"scale_to gatekeeper,gatekeeper3 {tmp_path / 'bundle.tar.gz'}"
+                                  " && grep MINION_IDS $SQLGATE_ENV",
+                        minions=("gatekeeper", "gatekeeper3"))
+    assert done.returncode == 0, done.stderr
+    assert "MINION_IDS='gatekeeper,gatekeeper3'" in done.stdout
+    key_log = tmp_path / "salt-key.log"
+    (tmp_path / "bin" / "salt-key").write_text(f'#!/bin/bash\necho "$*" >> {key_log}\n')
+    (tmp_path / "bin" / "salt-key").chmod(0o755)
+    done = master_shell(tmp_path, "set_minions gatekeeper,gatekeeper3,proxy3 && "
+                                  "forget_minions gatekeeper3 proxy3 && "
+                                  "grep MINION_IDS $SQLGATE_ENV")
+    assert done.returncode == 0, done.stderr
+    assert "MINION_IDS='gatekeeper'" in done.stdout
+    assert key_log.read_text().splitlines() == ["--delete=gatekeeper3 --yes",
+                                                 "--delete=proxy3 --yes"]
