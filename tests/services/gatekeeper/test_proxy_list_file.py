@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from services.gatekeeper.proxylist import ProxyListFile
 from services.gatekeeper.tls import proxy_client_context
 from tests.conftest import http, proxy_service, scratch_tables
 from tests.services.gatekeeper.conftest import FakeProxy
+from tests.services.gatekeeper.traffic import PlainTraffic
 from tests.services.scrape import scrape
 
 NAMES = ("pl-one", "pl-two")
@@ -83,38 +83,6 @@ def front(db_cluster, proxies, keys_file, list_file, tmp_path_factory
         yield service
 
 
-class Traffic:
-    """Plain requests one after another on a thread of their own, each status kept."""
-
-    def __init__(self, front: ServiceProcess, api_key: str) -> None:
-        self.front, self.api_key = front, api_key
-        self.statuses: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        client = self.front.client(self.api_key, timeout=10)
-        while not self._stop.is_set():
-            try:
-                status = client.query("SELECT 1").status
-            except OSError:
-                status = 0
-            self.statuses.append(status)
-            time.sleep(0.005)
-        client.close()
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def failed(self) -> list[int]:
-        return [status for status in self.statuses if status != 200]
-
-
 def forwarded(front: ServiceProcess) -> dict[str, float]:
     """The requests each Proxy answered, by the Gatekeeper's metrics."""
     samples = scrape(int(front.env["GATEKEEPER_METRICS_PORT"]), front.tls)
@@ -142,7 +110,7 @@ def test_proxies_join_and_retire_without_a_failed_request(front, proxies, list_f
     both = {name: service.url for name, service in proxies.items()}
     with scratch_tables(db_cluster, "proxylist") as make:
         table = make()
-        with Traffic(front, api_key) as traffic:
+        with PlainTraffic(front, api_key) as traffic:
             time.sleep(0.5)
             assert forwarded(front)["pl-two"] == 0
             write_list(list_file, both)
@@ -205,7 +173,7 @@ def test_a_bad_list_file_is_logged_and_the_list_in_force_stays(front, proxies, l
     good = {"pl-one": proxies["pl-one"].url}
     write_list(list_file, good)
     wait_until(lambda: proxy_up(front, "pl-one") == 1, 5, "pl-one serving")
-    with Traffic(front, api_key) as traffic:
+    with PlainTraffic(front, api_key) as traffic:
         write_list(list_file, text.replace("%s", proxies["pl-one"].url))
         wait_until(lambda: message in log_of(front), 5, f"the log saying {message!r}",
                    interval=0.1)

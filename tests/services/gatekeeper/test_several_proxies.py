@@ -39,6 +39,7 @@ from services.gatekeeper.forwarder import ProxyForwarder, ProxyLost
 from services.gatekeeper.proxies import Proxies, Proxy, ended_unreachable, lost_during
 from tests.conftest import http, proxy_service, scratch_tables
 from tests.services.gatekeeper.conftest import FakeProxy, TlsDir, gatekeeper_process, write_keys
+from tests.services.gatekeeper.traffic import PlainTraffic
 from tests.services.scrape import scrape
 
 NAMES = ("mp-one", "mp-two")
@@ -142,39 +143,6 @@ def test_a_transaction_s_requests_reach_the_proxy_that_holds_it(front, api_key, 
     stranger = transaction_id("mp-three")
     answer = send(front, api_key, f"/transactions/{stranger}/commit")
     assert (answer.status, answer.json["transaction_id"]) == (404, stranger)
-
-
-class PlainTraffic:
-    """Plain requests one after another on a thread of their own, each answer's time and
-    status kept: what the clients without a transaction see while a Proxy is lost."""
-
-    def __init__(self, front: ServiceProcess, api_key: str) -> None:
-        self.front, self.api_key = front, api_key
-        self.answers: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        client = self.front.client(self.api_key, timeout=10)
-        while not self._stop.is_set():
-            try:
-                status = client.query("SELECT 1").status
-            except OSError:
-                status = 0
-            self.answers.append((time.monotonic(), status))
-            time.sleep(0.005)
-        client.close()
-
-    def __enter__(self) -> PlainTraffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def failed(self, after: float = 0.0) -> list[tuple[float, int]]:
-        return [(at, status) for at, status in self.answers if at >= after and status != 200]
 
 
 def test_a_killed_proxy_s_transactions_end_at_once_and_the_other_s_commit(

@@ -871,6 +871,7 @@ def served_by(cluster: E2ECluster, host: str, service: str, request_ids: list[st
                if line.startswith("{") and json.loads(line).get("request_id") in wanted)
 
 
+@pytest.mark.timeout(2700)  # three scale runs of up to 10 minutes each on a loaded machine
 def test_scale_out_to_three_of_each_and_back_under_load_fails_no_request(cluster):
     """``bootstrap.py scale --gatekeepers 3 --proxies 3 --replicas 3`` under 4 writers and a
     reader through the balancer, then back to 2, 2 and 2: no request failed nor had an unknown
