@@ -307,6 +307,10 @@ def expected_grants(flavour: str) -> dict[tuple[str, str], dict[str, set[str]]]:
     monitor = {"mariadb": "SLAVE MONITOR", "mysql": "REPLICATION CLIENT"}[flavour]
     exporter = {"mariadb": "PROCESS, BINLOG MONITOR, SLAVE MONITOR",
                 "mysql": "PROCESS, REPLICATION CLIENT"}[flavour]
+    # A consistent dump with its position; MySQL's takes a global read lock for a moment.
+    clone = {"mariadb": "SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, BINLOG MONITOR",
+             "mysql": "SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, REPLICATION CLIENT, "
+                      "RELOAD"}[flavour]
     table = {
         ("app_read", "%"): {"sakila.*": "SELECT"},
         ("app_write", "%"): {"sakila.*": "SELECT, INSERT, UPDATE, DELETE"},
@@ -316,6 +320,7 @@ def expected_grants(flavour: str) -> dict[tuple[str, str], dict[str, set[str]]]:
         ("sb", "localhost"): {"sbtest.*": "ALL PRIVILEGES"},
         ("sqlgate_exporter", "127.0.0.1"): {"*.*": exporter,
                                             "performance_schema.*": "SELECT"},
+        ("clone", "%"): {"*.*": clone},
     }
     return {user: {on: {p.strip() for p in privileges.split(",")}
                    for on, privileges in grants.items()}
@@ -337,7 +342,12 @@ def test_the_users_and_their_grants(renderer):
             # PROCESS only for the exporter, which reads the process list, from its host.
             assert "PROCESS" not in privileges or user == ("sqlgate_exporter", "127.0.0.1")
             assert database != "*.*" or user[0] in ("repl", "sqlgate_monitor",
-                                                    "sqlgate_exporter"), user
+                                                    "sqlgate_exporter", "clone"), user
+            # Data on *.* for the clone user alone, to read, never to write.
+            assert not ({"SELECT", "INSERT", "UPDATE", "DELETE"} & privileges) or \
+                database != "*.*" or user == ("clone", "%"), user
+            assert not privileges & {"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER"} \
+                or user[0] != "clone", privileges
     schemas = {state_args(states, sid)["name"] for sid in states
                if state_function(states, sid) == "mysql_database.present"}
     assert schemas == {"sakila", "sqlgate", "sbtest"}
@@ -360,7 +370,8 @@ def test_every_network_user_requires_tls_and_app_users_are_bounded(renderer):
     passwords = {"app_read": secrets.app_read_password, "app_write": secrets.app_write_password,
                  "app_admin": secrets.app_admin_password, "repl": secrets.repl_password,
                  "sqlgate_monitor": secrets.monitor_password, "sb": secrets.sb_password,
-                 "sqlgate_exporter": secrets.exporter_password}
+                 "sqlgate_exporter": secrets.exporter_password,
+                 "clone": secrets.clone_password}
     for (name, host), args in users.items():
         # sb@localhost comes over the socket only; everyone else over the network, with TLS.
         assert args["require_ssl"] is (host != "localhost"), name
