@@ -201,11 +201,42 @@ def test_replica_follows_the_primary_over_tls_with_its_flavours_statement(render
     assert (follow["client"], follow["socket"]) == (renderer.flavour.name,
                                                     "/run/mysqld/mysqld.sock")
     service = "mysql" if renderer.flavour.name == "mysql" else "mariadb"
-    assert follow["require"] == [{"cmd": f"{service}-ready"}, {"file": "sqlgate-tls-ca"}]
+    ready = [{"cmd": f"{service}-ready"}, {"file": "sqlgate-tls-ca"}]
+    assert follow["require"] == [*ready, {"sqlgate_replication": "sqlgate-db-replication-clone"}]
     threads = state_args(states, "sqlgate-db-replication-running")
     assert state_function(states, "sqlgate-db-replication-running") == \
         "sqlgate_replication.running"
     assert threads["require"] == [{"sqlgate_replication": "sqlgate-db-replication-source"}]
+
+
+def test_a_new_replica_is_cloned_from_the_other_nodes_then_the_primary(renderer):
+    """Before it follows the primary, a fresh node copies a running replica's data (the other
+    database hosts, by address, the current primary last), over TLS as the clone user, with
+    the flavour's commands."""
+    states = renderer.show_sls("replica1", ROLE_SLS["replica1"])
+    assert state_function(states, "sqlgate-db-replication-clone") == \
+        "sqlgate_replication.cloned"
+    clone = state_args(states, "sqlgate-db-replication-clone")
+    assert clone["donors"] == [renderer.addresses["replica2"], renderer.addresses["primary"]]
+    assert (clone["port"], clone["user"]) == (3306, "clone")
+    assert clone["password"] == renderer.secrets.clone_password
+    assert clone["ssl_ca"] == "/etc/sqlgate/tls/ca.crt"
+    # The renderer's pillar is AWS's, whose certificates cannot name the private addresses.
+    assert clone["verify_name"] is False
+    flavour = yaml.safe_load((SALT_TREE / "sqlgate" / "flavours.yaml").read_text())[
+        renderer.flavour.name]
+    assert clone["steps"] == flavour["clone"]
+    assert clone["timeout"] == 3600
+    assert (clone["client"], clone["socket"]) == (renderer.flavour.name,
+                                                  "/run/mysqld/mysqld.sock")
+    service = "mysql" if renderer.flavour.name == "mysql" else "mariadb"
+    assert clone["require"] == [{"cmd": f"{service}-ready"}, {"file": "sqlgate-tls-ca"}]
+    # Cloned, then following, then its watch job scheduled: the job asks no rejoin of a node
+    # that is still being cloned.
+    order = [state_args(states, sid)["order"] for sid in (
+        "sqlgate-db-replication-clone", "sqlgate-db-replication-source",
+        "sqlgate-db-replication-running", "sqlgate-db-watch")]
+    assert order == sorted(order), order
 
 
 def test_no_state_checks_with_a_shell_pipeline_on_the_database(renderer):
