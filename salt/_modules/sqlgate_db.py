@@ -31,7 +31,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket as sockets  # the functions' `socket` parameters are the server's
+import subprocess
+import tempfile
+import threading
 import time
 
 import salt.utils.path
@@ -281,8 +285,13 @@ FLAVOUR_SQL = {
         "received": "Gtid_IO_Pos",
         # The IO thread's connection, killed before STOP (stop_io).
         "io_thread": "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'",
-        # A node that was no replica (a former primary) starts from what its binary log has.
-        "start_from_binlog": "SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos",
+        # A node that was no replica (a former primary) starts from what its binary log has;
+        # one without a binary log of its own (a clone) keeps the position it was given.
+        "start_from_binlog": "SET GLOBAL gtid_slave_pos = IF(@@gtid_binlog_pos = '', "
+                             "@@gtid_slave_pos, @@gtid_binlog_pos)",
+        # What a clone needs to know of a node: its own binary log's position, and the
+        # position it replicates from (clone_state).
+        "clone_positions": "SELECT @@gtid_binlog_pos, @@gtid_slave_pos",
     },
     "mysql": {
         "positions": "SELECT @@read_only, @@server_id, @@gtid_executed, @@gtid_executed, "
@@ -301,6 +310,9 @@ FLAVOUR_SQL = {
         "io_thread": "SELECT PROCESSLIST_ID FROM performance_schema.threads "
                      "WHERE NAME = 'thread/sql/replica_io'",
         "start_from_binlog": "",
+        # gtid_executed is a MySQL node's whole history, a clone's too: gtid_purged is what a
+        # clone was given.
+        "clone_positions": "SELECT @@gtid_executed, @@gtid_purged",
     },
 }
 # Threads of the server itself, which fence() leaves alone.
@@ -941,6 +953,12 @@ def watch(detect_seconds=3, refire_seconds=5, client=None, socket=None, now=None
             seen["fired"] = REJOIN_TAG
         _watch_state(path, state)
         return seen
+    # A node being cloned (or whose clone failed: the next one wipes it) asks nothing: made a
+    # replica from an empty position, it would replay the primary's history over the copy.
+    if (_clone_marks(socket) or {}).get("state") == CLONE_LOADING:
+        seen["cloning"] = True
+        _watch_state(path, state)
+        return seen
     quarantined = me in ((pillar.get("failover") or {}).get("quarantined") or [])
     if primary and primary != me and not quarantined and \
             now - state.get("rejoin_at", 0) >= float(refire_seconds):
@@ -1053,6 +1071,7 @@ def wipe(confirm=None, client=None, socket=None):
     if _flavour(client)[0] != "mysql":
         steps.append("SET GLOBAL gtid_slave_pos = ''")
     execute(";\n".join(steps) + ";\n", client=client, socket=socket)
+    _clone_marks(socket, forget=True)  # whatever a clone left is gone
     return {"dropped_schemas": schemas, "dropped_users": len(users)}
 
 
@@ -1073,3 +1092,398 @@ def history_complete(client=None, socket=None):
     rows = query(f"SELECT BINLOG_GTID_POS({sql_literal(logs[0][0])}, 4)",
                  client=client, socket=socket)
     return rows in ([[""]], [["NULL"]])
+
+
+# --- clone: a new replica's data, from a running replica ------------------------------------
+#
+# A new node gets the cluster's data as a consistent dump of a donor (a running replica, else
+# the primary) taken with the GTID position it holds, streamed into its own server without
+# binary logging; then it follows the primary from that position (docs/failover.md), instead of
+# replaying the primary's binary logs from their first transaction (which may be purged). The
+# flavour's commands and statements are flavours.yaml's `clone` (the state passes them as
+# ``steps``); CLONE_STEPS holds the same, for a call from the command line.
+
+CLONE_STEPS = {
+    "mariadb": {
+        "dump": "mariadb-dump",
+        "dump_options": ["--single-transaction", "--master-data=2", "--gtid", "--all-databases",
+                         "--ignore-database=mysql", "--system=users", "--insert-ignore",
+                         "--routines", "--events", "--triggers"],
+        "tls": ["--ssl", "--ssl-ca={ssl_ca}"],
+        "tls_verify_name": ["--ssl-verify-server-cert"],
+        "position": "-- SET GLOBAL gtid_slave_pos=",
+        "before": [],
+        "after": ["SET GLOBAL gtid_slave_pos = '{gtid}'"],
+        "donor_running": "SHOW GLOBAL STATUS LIKE 'Slave_running'",
+    },
+    "mysql": {
+        "dump": "mysqldump",
+        "dump_options": ["--single-transaction", "--source-data=2", "--set-gtid-purged=ON",
+                         "--all-databases", "--ignore-table=mysql.gtid_executed",
+                         "--ignore-table=mysql.slave_master_info",
+                         "--ignore-table=mysql.slave_relay_log_info",
+                         "--ignore-table=mysql.slave_worker_info", "--routines", "--events",
+                         "--triggers", "--no-tablespaces"],
+        "tls": ["--ssl-mode=VERIFY_CA", "--ssl-ca={ssl_ca}"],
+        "tls_verify_name": ["--ssl-mode=VERIFY_IDENTITY"],
+        "position": "SET @@GLOBAL.GTID_PURGED=",
+        "before": ["RESET MASTER"],
+        "after": ["SET GLOBAL gtid_purged = '{gtid}'", "FLUSH PRIVILEGES"],
+        "donor_running": (
+            "SELECT IF(SUM(service_state = 'ON') = 2, 'ON', 'OFF') FROM "
+            "(SELECT service_state FROM performance_schema.replication_connection_status "
+            "WHERE channel_name = '' UNION ALL SELECT service_state FROM "
+            "performance_schema.replication_applier_status WHERE channel_name = '') AS threads"),
+    },
+}
+# What the node's own session sends ahead of the dump: nothing of it reaches the node's binary
+# log, so the clone has no transaction of its own server id (no errant GTID).
+CLONE_SESSION = b"SET SESSION sql_log_bin = 0;\n"
+# Where a clone stands, per server socket, in the minion's cache directory: `loading` from the
+# moment data may reach the node until its position is set (a failed or interrupted clone: the
+# next one wipes it first, and the watch job asks no rejoin meanwhile), then `cloned`.
+CLONE_FILE = "sqlgate-clone.json"
+CLONE_LOADING, CLONE_DONE = "loading", "cloned"
+# A donor: a host name or an address, with ``:port`` (``[v6]:port`` for IPv6) when it is not
+# the function's port.
+_HOST = re.compile(r"[A-Za-z0-9_.:%-]+")
+
+
+def _clone_marks(socket, mark=None, forget=False):
+    """This socket's clone mark (None when it has none); with ``mark`` or ``forget``, write it
+    or remove it first."""
+    path = f"{__opts__['cachedir']}/{CLONE_FILE}"  # noqa: F821 (a Salt dunder)
+    key = socket or DEFAULT_SOCKET
+    marks = _watch_state(path)
+    if mark is not None or forget:
+        marks.pop(key, None)
+        if mark is not None:
+            marks[key] = mark
+        _watch_state(path, marks)
+    return marks.get(key)
+
+
+def _same_gtids(one, other):
+    return re.sub(r"\s", "", one or "") == re.sub(r"\s", "", other or "")
+
+
+def clone_state(client=None, socket=None):
+    """What decides whether this node may be cloned: ``replica`` (it has a source), ``history``
+    (the transactions of its own binary log: a former primary; MySQL: ``gtid_executed`` unless
+    it is the position a clone set), ``position`` (the GTID position it replicates from:
+    MariaDB's ``gtid_slave_pos``, MySQL's ``gtid_purged``), ``schemas`` (every schema but the
+    server's own) and ``clone`` (this socket's mark: ``{"state": "loading" | "cloned", ...}``,
+    or None). ``running`` is False (with ``error``) when the server does not answer.
+
+    CLI Example::
+
+        salt replica3 sqlgate_db.clone_state
+    """
+    name, sql = _flavour(client)
+    answer = {"flavour": "mysql" if name == "mysql" else "mariadb"}
+    kept = ", ".join(sql_literal(schema) for schema in KEPT_SCHEMAS)
+    try:
+        (row,) = query(sql["clone_positions"], client=client, socket=socket)
+        schemas = [line[0] for line in query(
+            "SELECT schema_name FROM information_schema.schemata "
+            f"WHERE schema_name NOT IN ({kept}) ORDER BY schema_name",
+            client=client, socket=socket)]
+        status = replica_status(client=client, socket=socket)
+    except (CommandExecutionError, ValueError) as error:
+        answer.update(running=False, error=str(error)[:300])
+        return answer
+    own, position = [*row, "", ""][:2]
+    mark = _clone_marks(socket)
+    if answer["flavour"] == "mysql" and mark and mark.get("state") == CLONE_DONE \
+            and _same_gtids(mark.get("gtid"), own):
+        own = ""
+    answer.update(running=True, replica=bool(status), source=status.get("Source_Host", ""),
+                  history=own, position=position, schemas=schemas, clone=mark)
+    return answer
+
+
+def _donor_address(entry, port):
+    """``(host, port)`` of a donor entry: ``host``, ``host:port``, ``[v6]:port`` or ``v6``."""
+    entry = str(entry).strip()
+    host, given = entry, None
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        given = rest[1:] if rest.startswith(":") else None
+    elif entry.count(":") == 1:
+        host, given = entry.split(":")
+    if not host or not _HOST.fullmatch(host) or host.startswith("-") or \
+            (given is not None and not given.isdigit()):
+        raise CommandExecutionError(f"not a donor address: {entry!r}")
+    return host, int(given if given is not None else port)
+
+
+def _option_file(directory, password):
+    """A ``[client]`` option file holding ``password`` (0600, in the private ``directory``):
+    the password is never on a command line."""
+    text = str(password)
+    if "\n" in text or "\r" in text or ('"' in text and "'" in text):
+        raise CommandExecutionError("the clone password cannot go into an option file "
+                                    "(a line break, or both kinds of quotes)")
+    quote = "'" if '"' in text else '"'
+    path = os.path.join(directory, "clone.cnf")
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(f"[client]\npassword={quote}{text.replace(chr(92), chr(92) * 2)}{quote}\n")
+    return path
+
+
+def _remote(program, defaults, host, port, user, tls):
+    """The argv of ``program`` reaching ``host:port`` as ``user`` over TLS (``tls``: the
+    flavour's options), its password in the option file ``defaults``."""
+    return [program, f"--defaults-extra-file={defaults}", f"--host={host}", f"--port={port}",
+            f"--user={user}", *tls]
+
+
+def _tls_options(steps, ssl_ca, verify_name):
+    if not ssl_ca:
+        raise CommandExecutionError("a clone needs the cluster CA (ssl_ca): its dump crosses "
+                                    "the network over TLS only")
+    options = [option.format(ssl_ca=ssl_ca) for option in steps["tls"]]
+    return options + (list(steps["tls_verify_name"]) if verify_name else [])
+
+
+def _scrub(text, password):
+    text = str(text)
+    if password:
+        for form in {str(password), _escaped(password)}:
+            text = text.replace(form, "********")
+    return text
+
+
+def _donor_check(host, port, defaults, user, tls, steps, probe_seconds, client):
+    """None when ``host:port`` is a running replica, else why not."""
+    if not _answers(host, port, probe_seconds):
+        return "does not answer"
+    argv = [*_remote(_client(client), defaults, host, port, user, tls),
+            f"--connect-timeout={max(1, int(float(probe_seconds) + 0.999))}", "--batch",
+            "--skip-column-names"]
+    done = __salt__["cmd.run_all"](  # noqa: F821 (a Salt dunder)
+        argv, stdin=steps["donor_running"], python_shell=False, ignore_retcode=True,
+        output_loglevel="quiet", env={"LC_ALL": "C"}, timeout=max(5, 3 * float(probe_seconds)))
+    if done["retcode"] != 0:
+        return f"cannot be asked: {(done.get('stderr') or '').strip()[:200]}"
+    cells = (done.get("stdout") or "").strip().split("\t")
+    return None if cells[-1] in ("ON", "1") else "replication not running"
+
+
+def _pick(donors, port, defaults, user, tls, steps, probe_seconds, client):
+    """The first of ``donors`` that answers and is a running replica, else the last one (the
+    primary) when it answers: ``(host, port)`` or None, and the donors skipped and why."""
+    if isinstance(donors, str):
+        donors = [part for part in donors.split(",") if part.strip()]
+    candidates = [_donor_address(entry, port) for entry in donors or ()]
+    skipped = []
+    for number, (host, donor_port) in enumerate(candidates):
+        last = number == len(candidates) - 1
+        if last:
+            why = None if _answers(host, donor_port, probe_seconds) else "does not answer"
+        else:
+            why = _donor_check(host, donor_port, defaults, user, tls, steps, probe_seconds,
+                               client)
+        if why is None:
+            return (host, donor_port), skipped
+        skipped.append({"donor": f"{host}:{donor_port}", "why": why})
+    return None, skipped
+
+
+def _password(password):
+    if password is None:
+        # From __pillar__ itself: Salt 3008's pillar.get answers secrets masked.
+        secrets = (__pillar__.get("sqlgate") or {}).get("secrets") or {}  # noqa: F821
+        password = secrets.get("clone_password", "")
+    if not password:
+        raise CommandExecutionError("no clone password (pillar sqlgate:secrets:clone_password)")
+    return password
+
+
+def _steps(client, steps):
+    flavour = "mysql" if _flavour(client)[0] == "mysql" else "mariadb"
+    return {**CLONE_STEPS[flavour], **(steps or {})}
+
+
+def donor(donors, port=3306, user="clone", password=None, ssl_ca="", verify_name=True,
+          steps=None, probe_seconds=2, client=None):
+    """Which of ``donors`` (addresses in order of preference, the primary last) a clone would
+    copy: the first that answers and is a running replica (its threads both running, asked as
+    ``user`` over TLS), else the primary when it answers. Answers ``{"donor": "host:port" or
+    None, "skipped": [{"donor", "why"}]}``; nothing is changed anywhere.
+
+    CLI Example::
+
+        salt replica3 sqlgate_db.donor '[10.0.0.13, 10.0.0.12]' ssl_ca=/etc/sqlgate/tls/ca.crt
+    """
+    password = _password(password)
+    steps = _steps(client, steps)
+    tls = _tls_options(steps, ssl_ca, verify_name)
+    directory = tempfile.mkdtemp(prefix="sqlgate-clone-")
+    try:
+        defaults = _option_file(directory, password)
+        picked, skipped = _pick(donors, port, defaults, user, tls, steps, probe_seconds, client)
+    except CommandExecutionError as error:
+        raise CommandExecutionError(_scrub(error, password)) from None
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"donor": f"{picked[0]}:{picked[1]}" if picked else None,
+            "skipped": [{**skip, "why": _scrub(skip["why"], password)} for skip in skipped]}
+
+
+def _kill(*processes):
+    for process in processes:
+        with contextlib.suppress(OSError):
+            process.kill()
+
+
+def _stream(dump_argv, load_argv, position_prefix, timeout):
+    """Run the dump into the local client, without the statement that starts with
+    ``position_prefix``: ``(position, bytes)``, the last quoted string of that statement and
+    the size of the dump. An error (both programs' messages) when either fails, the dump
+    carries no position, or it takes longer than ``timeout`` seconds (both are killed)."""
+    prefix = position_prefix.encode()
+    environment = {**os.environ, "LC_ALL": "C"}
+    with tempfile.TemporaryFile() as dump_errors, tempfile.TemporaryFile() as load_errors:
+        try:
+            load = subprocess.Popen(load_argv, stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=load_errors,
+                                    env=environment)
+        except OSError as error:
+            raise CommandExecutionError(f"cannot run {load_argv[0]}: {error}") from None
+        try:
+            dump = subprocess.Popen(dump_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=dump_errors, env=environment)
+        except OSError as error:
+            _kill(load)
+            load.wait()
+            raise CommandExecutionError(f"cannot run {dump_argv[0]}: {error}") from None
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            _kill(dump, load)
+
+        timer = threading.Timer(float(timeout), expire)
+        timer.daemon = True
+        timer.start()
+        size, held, statement, refused = 0, None, None, False
+        try:
+            load.stdin.write(CLONE_SESSION)
+            for line in dump.stdout:
+                size += len(line)
+                if held is not None or line.startswith(prefix):
+                    held = (held or b"") + line
+                    if held.rstrip().endswith(b";"):
+                        statement, held = held.decode("utf-8", "replace"), None
+                    continue
+                load.stdin.write(line)
+        except (BrokenPipeError, ConnectionResetError):
+            refused = True  # the client stopped reading: its error says why
+            _kill(dump)
+        finally:
+            with contextlib.suppress(OSError):
+                load.stdin.close()
+            dump.stdout.close()
+            dump_code, load_code = dump.wait(), load.wait()
+            timer.cancel()
+        errors = []
+        for program, code, output in ((dump_argv[0], dump_code, dump_errors),
+                                      (load_argv[0], load_code, load_errors)):
+            output.seek(0)
+            text = output.read().decode("utf-8", "replace").strip()
+            if code != 0 or (refused and program == load_argv[0]):
+                errors.append(f"{os.path.basename(program)} failed ({code}): {text[-500:]}")
+        if expired.is_set():
+            errors.insert(0, f"the clone took longer than {float(timeout):g} s: stopped")
+        if errors:
+            raise CommandExecutionError("; ".join(errors))
+        found = re.findall(r"'([^']*)'", statement or "")
+        if not found:
+            raise CommandExecutionError(f"the dump ({size} bytes) carries no GTID position "
+                                        f"(no line starting {position_prefix!r})")
+        return re.sub(r"\s", "", found[-1]), size
+
+
+def clone(donors, port=3306, user="clone", password=None, ssl_ca="", verify_name=True,
+          steps=None, timeout=3600, probe_seconds=2, client=None, socket=None):
+    """Copy the cluster's data onto this fresh node from a donor, with the GTID position it
+    holds, so that it can follow the primary from there (the ``sqlgate_replication.cloned``
+    state; docs/failover.md).
+
+    The donor is the first of ``donors`` (addresses, ``host:port`` for another port than
+    ``port``, in order of preference, the primary last) that answers and is a running replica,
+    else the primary (``donor``). On this node, as root over its socket: the flavour's dump
+    (``steps``: flavours.yaml's ``clone``) runs as ``user`` to the donor over TLS, its
+    certificate checked against ``ssl_ca`` (and its name against its address with
+    ``verify_name``), the password (default: the pillar's ``sqlgate:secrets:clone_password``)
+    in a 0600 option file removed afterwards, never on a command line. It streams into the
+    local client after ``SET SESSION sql_log_bin = 0``, so the node writes none of it to its
+    own binary log. Then the dump's position is set (MariaDB: ``gtid_slave_pos``). MariaDB's
+    dump takes the users as ``CREATE USER IF NOT EXISTS`` and ``GRANT`` and leaves the mysql
+    schema's tables (the node's own root and replication state) alone.
+
+    Refused (an error, nothing changed) on a replica, a node with a history of its own or a
+    replica position, and a node holding application data that no clone of this minion left.
+    A clone that fails (no donor, the dump or the load failing, ``timeout`` seconds passed)
+    is an error with both programs' messages; whatever it loaded stays, without a position,
+    and the next clone wipes it (``wipe``) first. Answers ``{"cloned_from", "gtid", "bytes",
+    "seconds", "skipped", "wiped"}``.
+
+    CLI Example::
+
+        salt replica3 sqlgate_db.clone '[10.0.0.13, 10.0.0.12]' ssl_ca=/etc/sqlgate/tls/ca.crt
+    """
+    began = time.monotonic()
+    password = _password(password)
+    steps = _steps(client, steps)
+    tls = _tls_options(steps, ssl_ca, verify_name)
+    state = clone_state(client=client, socket=socket)
+    if not state.get("running"):
+        raise CommandExecutionError(f"the server does not answer: {state.get('error')}")
+    if state["replica"]:
+        raise CommandExecutionError(f"not cloned: a replica of {state['source'] or '?'}")
+    if state["history"]:
+        raise CommandExecutionError(f"not cloned: it has a history of its own "
+                                    f"({state['history']})")
+    if state["position"]:
+        raise CommandExecutionError(f"not cloned: it already has a replica position "
+                                    f"({state['position']})")
+    wiped = None
+    if (state.get("clone") or {}).get("state") == CLONE_LOADING:
+        wiped = wipe(confirm=__opts__["id"], client=client, socket=socket)  # noqa: F821
+    elif state["schemas"]:
+        raise CommandExecutionError(
+            f"not cloned: it holds data ({', '.join(state['schemas'])}) that no clone left "
+            "and no replica position (wipe it first: sqlgate_db.wipe)")
+    directory = tempfile.mkdtemp(prefix="sqlgate-clone-")
+    try:
+        defaults = _option_file(directory, password)
+        picked, skipped = _pick(donors, port, defaults, user, tls, steps, probe_seconds, client)
+        if picked is None:
+            tried = "; ".join(f"{skip['donor']} {skip['why']}" for skip in skipped)
+            raise CommandExecutionError(f"no donor to clone from ({tried or 'none given'})")
+        host, donor_port = picked
+        name = f"{host}:{donor_port}"
+        _clone_marks(socket, {"state": CLONE_LOADING, "donor": name, "started": time.time()})
+        if steps["before"]:
+            execute(";\n".join(steps["before"]) + ";\n", client=client, socket=socket)
+        dump_argv = [*_remote(steps["dump"], defaults, host, donor_port, user, tls),
+                     *steps["dump_options"]]
+        load_argv = [_client(client), f"--socket={socket or DEFAULT_SOCKET}"]
+        gtid, size = _stream(dump_argv, load_argv, steps["position"], timeout)
+        execute(";\n".join(statement.format(gtid=_escaped(gtid))
+                           for statement in steps["after"]) + ";\n",
+                client=client, socket=socket)
+    except CommandExecutionError as error:
+        raise CommandExecutionError(f"clone failed: {_scrub(error, password)}") from None
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    seconds = round(time.monotonic() - began, 3)
+    _clone_marks(socket, {"state": CLONE_DONE, "donor": name, "gtid": gtid,
+                          "finished": time.time()})
+    log.info("sqlgate_db.clone: %s bytes from %s in %s s, at %s", size, name, seconds, gtid)
+    return {"cloned_from": name, "gtid": gtid, "bytes": size, "seconds": seconds,
+            "skipped": [{**skip, "why": _scrub(skip["why"], password)} for skip in skipped],
+            "wiped": wiped}
