@@ -30,6 +30,7 @@ from cluster.loopback.processes import free_port
 from cluster.loopback.services import ServiceProcess
 from cluster.pki import CertificateAuthority
 from services.client import TlsFiles
+from tests.conftest import proxy_service
 
 
 @dataclass(frozen=True)
@@ -274,3 +275,18 @@ def https_connection(service: ServiceProcess, timeout: float = 10) -> HTTPSConne
 
 def read_json(answer: HTTPResponse) -> Any:
     return json.loads(answer.read())
+
+
+@contextlib.contextmanager
+def running_proxies(db_cluster: Any, logs: Path, names: tuple[str, ...],
+                    **env: str) -> Iterator[dict[str, ServiceProcess]]:
+    """One Proxy per name on the loopback cluster (its instance name, a 30 s idle timeout for
+    transactions, ``env``), all running until the block ends."""
+    services = {name: proxy_service(db_cluster, logs / f"{name}.log", PROXY_INSTANCE_NAME=name,
+                                    PROXY_TRANSACTION_IDLE_TIMEOUT="30", **env)
+                for name in names}
+    with contextlib.ExitStack() as stack:
+        for service in services.values():
+            stack.enter_context(service.running())
+        yield services
+

@@ -14,7 +14,6 @@ and the settings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -33,8 +32,8 @@ from services.gatekeeper.forwarder import ProxyForwarder
 from services.gatekeeper.proxies import Proxies, Proxy
 from services.gatekeeper.proxylist import ProxyListFile
 from services.gatekeeper.tls import proxy_client_context
-from tests.conftest import http, proxy_service, scratch_tables
-from tests.services.gatekeeper.conftest import FakeProxy
+from tests.conftest import http, scratch_tables
+from tests.services.gatekeeper.conftest import FakeProxy, running_proxies
 from tests.services.gatekeeper.traffic import PlainTraffic
 from tests.services.scrape import scrape
 
@@ -55,13 +54,7 @@ def write_list(path: Path, listed: dict[str, str] | str) -> None:
 
 @pytest.fixture(scope="module")
 def proxies(db_cluster, tmp_path_factory) -> Iterator[dict[str, ServiceProcess]]:
-    logs = tmp_path_factory.mktemp("proxy-list")
-    services = {name: proxy_service(db_cluster, logs / f"{name}.log", PROXY_INSTANCE_NAME=name,
-                                    PROXY_TRANSACTION_IDLE_TIMEOUT="30")
-                for name in NAMES}
-    with contextlib.ExitStack() as stack:
-        for service in services.values():
-            stack.enter_context(service.running())
+    with running_proxies(db_cluster, tmp_path_factory.mktemp("proxy-list"), NAMES) as services:
         yield services
 
 

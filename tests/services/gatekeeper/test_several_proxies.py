@@ -37,8 +37,14 @@ from services.config import GatekeeperConfig, load_config, parse_proxies
 from services.errors import ApiError
 from services.gatekeeper.forwarder import ProxyForwarder, ProxyLost
 from services.gatekeeper.proxies import Proxies, Proxy, ended_unreachable, lost_during
-from tests.conftest import http, proxy_service, scratch_tables
-from tests.services.gatekeeper.conftest import FakeProxy, TlsDir, gatekeeper_process, write_keys
+from tests.conftest import http, scratch_tables
+from tests.services.gatekeeper.conftest import (
+    FakeProxy,
+    TlsDir,
+    gatekeeper_process,
+    running_proxies,
+    write_keys,
+)
 from tests.services.gatekeeper.traffic import PlainTraffic
 from tests.services.scrape import scrape
 
@@ -54,15 +60,9 @@ def transaction_id(instance: str) -> str:
 
 @pytest.fixture(scope="module")
 def proxies(db_cluster, tmp_path_factory) -> Iterator[dict[str, ServiceProcess]]:
-    logs = tmp_path_factory.mktemp("several-proxies")
     # One key opens every transaction here: it may hold them all (not half, the default share).
-    services = {name: proxy_service(db_cluster, logs / f"{name}.log", PROXY_INSTANCE_NAME=name,
-                                    PROXY_TRANSACTION_IDLE_TIMEOUT="30",
-                                    PROXY_MAX_TRANSACTIONS_PER_KEY="8")
-                for name in NAMES}
-    with contextlib.ExitStack() as stack:
-        for service in services.values():
-            stack.enter_context(service.running())
+    with running_proxies(db_cluster, tmp_path_factory.mktemp("several-proxies"), NAMES,
+                         PROXY_MAX_TRANSACTIONS_PER_KEY="8") as services:
         yield services
 
 

@@ -818,6 +818,25 @@ def ledger_table(cluster: E2ECluster, name: str) -> str:
     return table
 
 
+def under_load(cluster: E2ECluster, table: str, what: str, command: str, *arguments: str,
+               writers: int = 8) -> tuple[subprocess.CompletedProcess[str], Ledger]:
+    """A bootstrap.py command run under ``writers`` writers and a reader through the balancer,
+    its figures printed: it succeeded, and no request failed nor had an unknown outcome."""
+    ledger = Ledger(table)
+    began = time.monotonic()
+    with load(ledger, lambda: client(cluster), writers=writers):
+        done = cluster.bootstrap(command, *arguments, timeout=1500)
+        took = time.monotonic() - began
+        time.sleep(1.0)
+    print(f"\n{what}: {took:.0f} s, {dict(ledger.outcomes)}, reads {dict(ledger.reads)}\n"
+          f"{done.stdout}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ledger.outcomes["failed"] == ledger.outcomes["unknown"] == 0, ledger.refusals[:5]
+    assert ledger.read_failures == [], ledger.read_failures[:5]
+    assert ledger.outcomes["ok"] > 50
+    return done, ledger
+
+
 def test_a_rolling_restart_under_load_fails_no_request(cluster):
     """``bootstrap.py restart --rolling`` (salt/orch/rolling.sls) under 8 writers and a
     reader through the balancer: every service process is new afterwards, and no request
@@ -827,19 +846,8 @@ def test_a_rolling_restart_under_load_fails_no_request(cluster):
                 "gatekeeper": "services.gatekeeper", "gatekeeper2": "services.gatekeeper"}
     before = {name: service_pids(cluster.host(name).namespace, module)
               for name, module in services.items()}
-    ledger = Ledger(table)
-    began = time.monotonic()
-    with load(ledger, lambda: client(cluster)):
-        restarted = cluster.bootstrap("restart", "--rolling", timeout=900)
-        took = time.monotonic() - began
-        time.sleep(1.0)
-    print(f"\nrolling restart: {took:.0f} s, {dict(ledger.outcomes)}, reads "
-          f"{dict(ledger.reads)}\n{restarted.stdout}")
-    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    restarted, ledger = under_load(cluster, table, "rolling restart", "restart", "--rolling")
     assert "4 host(s) restarted" in restarted.stdout
-    assert ledger.outcomes["failed"] == ledger.outcomes["unknown"] == 0, ledger.refusals[:5]
-    assert ledger.read_failures == [], ledger.read_failures[:5]
-    assert ledger.outcomes["ok"] > 50
     acknowledged_present(cluster, table, ledger)
     after = {name: service_pids(cluster.host(name).namespace, module)
              for name, module in services.items()}
@@ -879,20 +887,9 @@ def test_scale_out_to_three_of_each_and_back_under_load_fails_no_request(cluster
     has every row the primary has; a second run changes nothing; the removed hosts are gone
     from the machine and from the record, and every acknowledged write is on the primary."""
     table = ledger_table(cluster, "e2e_scale")
-    grown, shrunk = Ledger(table), Ledger(table)
     three = ("--gatekeepers", "3", "--proxies", "3", "--replicas", "3")
-    began = time.monotonic()
-    with load(grown, lambda: client(cluster), writers=4):
-        out = cluster.bootstrap("scale", *three, timeout=1500)
-        took_out = time.monotonic() - began
-        time.sleep(1.0)
-    print(f"\nscale to 3/3/3: {took_out:.0f} s, {dict(grown.outcomes)}, reads "
-          f"{dict(grown.reads)}\n{out.stdout}")
-    assert out.returncode == 0, out.stdout + out.stderr
+    out, grown = under_load(cluster, table, "scale to 3/3/3", "scale", *three, writers=4)
     assert "adding gatekeeper3, proxy3, replica3" in out.stdout
-    assert grown.outcomes["failed"] == grown.outcomes["unknown"] == 0, grown.refusals[:5]
-    assert grown.read_failures == [], grown.read_failures[:5]
-    assert grown.outcomes["ok"] > 50
     cluster.record = read_record("local", cluster.directory)
     assert {"gatekeeper3", "proxy3", "replica3"} <= {h.name for h in cluster.record.hosts}
     # The clone caught up: the same rows as the primary.
@@ -919,18 +916,9 @@ def test_scale_out_to_three_of_each_and_back_under_load_fails_no_request(cluster
     assert "no changes: every host was already in its configured state" in again.stdout
 
     removed = [f"{CLUSTER_NAME}-{name}" for name in ("gatekeeper3", "proxy3", "replica3")]
-    began = time.monotonic()
-    with load(shrunk, lambda: client(cluster), writers=4):
-        back = cluster.bootstrap("scale", "--gatekeepers", "2", "--proxies", "2",
-                                 "--replicas", "2", timeout=1500)
-        took_back = time.monotonic() - began
-        time.sleep(1.0)
-    print(f"scale back to 2/2/2: {took_back:.0f} s, {dict(shrunk.outcomes)}, reads "
-          f"{dict(shrunk.reads)}\n{back.stdout}")
-    assert back.returncode == 0, back.stdout + back.stderr
-    assert shrunk.outcomes["failed"] == shrunk.outcomes["unknown"] == 0, shrunk.refusals[:5]
-    assert shrunk.read_failures == [], shrunk.read_failures[:5]
-    assert shrunk.outcomes["ok"] > 50
+    back, shrunk = under_load(cluster, table, "scale back to 2/2/2", "scale", "--gatekeepers",
+                              "2", "--proxies", "2", "--replicas", "2", writers=4)
+    assert "removing gatekeeper3, proxy3, replica3" in back.stdout
     cluster.record = read_record("local", cluster.directory)
     assert not {"gatekeeper3", "proxy3", "replica3"} & {h.name for h in cluster.record.hosts}
     assert not set(removed) & namespaces_present()
