@@ -1113,8 +1113,7 @@ CLONE_STEPS = {
         "tls_verify_name": ["--ssl-verify-server-cert"],
         "position": "-- SET GLOBAL gtid_slave_pos=",
         "before": [],
-        "after": ["RESET MASTER", "SET GLOBAL gtid_binlog_state = '{gtid}'",
-                  "SET GLOBAL gtid_slave_pos = '{gtid}'"],
+        "after": ["SET GLOBAL gtid_slave_pos = '{gtid}'"],
         "donor_running": "SHOW GLOBAL STATUS LIKE 'Slave_running'",
     },
     "mysql": {
@@ -1170,10 +1169,9 @@ def _same_gtids(one, other):
 
 def clone_state(client=None, socket=None):
     """What decides whether this node may be cloned: ``replica`` (it has a source), ``history``
-    (the transactions of its own binary log: a former primary; unless it is the position a
-    clone set, MariaDB's ``gtid_binlog_state``, MySQL's ``gtid_executed``), ``position`` (the
-    GTID position it replicates from: MariaDB's ``gtid_slave_pos``, MySQL's ``gtid_purged``),
-    ``schemas`` (every schema but the
+    (the transactions of its own binary log: a former primary; MySQL: ``gtid_executed`` unless
+    it is the position a clone set), ``position`` (the GTID position it replicates from:
+    MariaDB's ``gtid_slave_pos``, MySQL's ``gtid_purged``), ``schemas`` (every schema but the
     server's own) and ``clone`` (this socket's mark: ``{"state": "loading" | "cloned", ...}``,
     or None). ``running`` is False (with ``error``) when the server does not answer.
 
@@ -1196,8 +1194,9 @@ def clone_state(client=None, socket=None):
         return answer
     own, position = [*row, "", ""][:2]
     mark = _clone_marks(socket)
-    if mark and mark.get("state") == CLONE_DONE and _same_gtids(mark.get("gtid"), own):
-        own = ""  # what the clone set (its position), not transactions of its own
+    if answer["flavour"] == "mysql" and mark and mark.get("state") == CLONE_DONE \
+            and _same_gtids(mark.get("gtid"), own):
+        own = ""
     answer.update(running=True, replica=bool(status), source=status.get("Source_Host", ""),
                   history=own, position=position, schemas=schemas, clone=mark)
     return answer

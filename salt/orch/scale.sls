@@ -7,11 +7,10 @@
     1. the formula's modules (and states) and fresh pillar and mine reach every host that
        stays (the hosts that go get the modules only and keep their pillar: they still run as
        they did until they stop);
-    2. the database hosts that stay (where nothing changes, but for a cluster made before the
-       clone user: the primary creates it), then the new hosts, all at once (nothing sends to
-       them yet): a new replica is cloned from a running one and follows the primary
-       (sqlgate.db.replication), a new Proxy and a new Gatekeeper start (the balancer does not
-       send to the Gatekeeper yet);
+    2. the new hosts, all at once (nothing sends to them yet): a new replica is cloned from a
+       running one and follows the primary (sqlgate.db.replication), a new Proxy and a new
+       Gatekeeper start (the balancer does not send to the Gatekeeper yet); then the database
+       hosts that stay, where nothing changes;
     3. with a replica added or removed, each Proxy that stays, one at a time: its settings
        change, so it restarts (it drains first: the Gatekeepers open new transactions on
        another Proxy); without, all of them at once (nothing of theirs changes);
@@ -27,7 +26,7 @@
     7. the monitor scrapes the new set of hosts.
     A step that fails stops the run there: the hosts after it are left as they were.
 
-    State IDs: sqlgate-scale-sync, -sync-states, -pillar, -mine, -databases, -new,
+    State IDs: sqlgate-scale-sync, -sync-states, -pillar, -mine, -new, -databases,
     -<proxy> or -proxies, -<gatekeeper>[-drain|-ready] or -gatekeepers, -balancer[-<gatekeeper>-drain|-ready],
     -<host>-stop (and -<replica>-unwatch), -monitor. #}
 {%- set hosts = salt['pillar.get']('sqlgate:hosts', {}) %}
@@ -98,11 +97,11 @@
 {{- function('sqlgate-scale-sync-states', 'saltutil.sync_states', staying, kwarg={'refresh': True}) }}
 {{- function('sqlgate-scale-pillar', 'saltutil.refresh_pillar', staying, kwarg={'wait': True}) }}
 {{- function('sqlgate-scale-mine', 'mine.update', staying) }}
-{%- set old_databases = databases | reject('in', added) | list %}
-{{- highstate('sqlgate-scale-databases', old_databases) }}
 {%- if added %}
 {{-   highstate('sqlgate-scale-new', added | sort) }}
 {%- endif %}
+{%- set old_databases = databases | reject('in', added) | list %}
+{{- highstate('sqlgate-scale-databases', old_databases) }}
 {%- set new_proxies = added | select('in', members.proxy) | list %}
 {%- set old_proxies = members.proxy | reject('in', new_proxies) | list %}
 {%- if replicas_change %}

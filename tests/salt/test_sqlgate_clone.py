@@ -268,23 +268,6 @@ def test_a_new_node_is_cloned_from_a_running_replica_under_writes(cluster, call)
     again = single(call, "sqlgate_replication.following", *follow_args(cluster, node))
     assert (again["result"], again["changes"]) == (True, {}), again
 
-    # The clone is a donor in turn (a later scale): its binary log starts at its position, so
-    # a clone of it starts there too and replays nothing it already has.
-    second = cluster.add_node("replica9")
-    with Load(cluster, node) as load:
-        time.sleep(0.5)
-        ret = single(call, "sqlgate_replication.cloned", *clone_args(cluster, second, [at(node)]))
-        assert ret["result"] is True, ret
-        follow = single(call, "sqlgate_replication.following", *follow_args(cluster, second))
-        assert follow["result"] is True, follow
-        time.sleep(0.5)
-    assert load.errors == [], load.errors
-    assert ret["changes"]["clone"]["new"]["cloned_from"] == at(node)
-    position = primary.sql("SELECT @@gtid_binlog_pos AS p")[0]["p"]
-    assert second.sql(f"SELECT MASTER_GTID_WAIT('{position}', 60) AS r")[0]["r"] == 0, \
-        second.sql("SHOW SLAVE STATUS")
-    assert ledger(second) == ledger(primary)
-
 
 def test_donors_that_do_not_answer_or_do_not_replicate_are_skipped(cluster, call):
     primary, replica = cluster.primary, cluster.replicas[0]
