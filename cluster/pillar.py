@@ -146,10 +146,6 @@ def build_pillar(cluster_name: str, hosts: list[Host], secrets: ClusterSecrets, 
             "sakila": {"source": sakila_source},
             "app": {"wheelhouse": LOCAL_WHEELHOUSE if provider == "local" else ""},
             "tls": {"ca": tls.ca},
-            # A host's certificate names its private address where that is known when it is
-            # issued; on AWS it comes after launch, so a clone's dump checks the donor's
-            # certificate against the cluster CA only (defaults.yaml db:clone_verify_name).
-            **({"db": {"clone_verify_name": False}} if provider == "aws" else {}),
             **({"monitor": copy.deepcopy(monitor)} if monitor else {}),
         },
         "mine_functions": {ADDRESS_MINE_FUNCTION: {"mine_function": "network.ip_addrs"}},

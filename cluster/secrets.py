@@ -14,10 +14,9 @@ from cluster.state import write_private
 class ClusterSecrets:
     """``api_key`` is the secret of the cluster's ``admin`` API key (the Gatekeeper only ever
     gets its hash); the passwords are the database users': one per Proxy scope, the Proxy's
-    health monitor, replication, sysbench, the database hosts' mysqld_exporter and the clone
-    user (a new replica's dump), and the Gatekeepers' password of the rate store (Redis on the
-    monitor host). A file written before a secret existed gets it generated on the next
-    load."""
+    health monitor, replication, sysbench and the database hosts' mysqld_exporter, and the
+    Gatekeepers' password of the rate store (Redis on the monitor host). A file
+    written before a secret existed gets it generated on the next load."""
 
     api_key: str
     repl_password: str
@@ -28,7 +27,6 @@ class ClusterSecrets:
     sb_password: str
     exporter_password: str
     ratestore_password: str
-    clone_password: str
 
     @classmethod
     def generate(cls) -> ClusterSecrets:

@@ -54,13 +54,11 @@ PROXY_DB_SECRETS = ("app_read_password", "app_write_password", "app_admin_passwo
 # them all, so it comes once they listen). Users live on the primary and replicate to the
 # replicas; every database host holds the same secrets (DB_SECRETS), since a failover may make
 # any of them the primary whose states manage the users; each runs a mysqld_exporter, which
-# reads its own user's password, and a new one is cloned from another as the clone user (its
-# dump runs on the new node). The Gatekeeper holds no secret of the database: its pillar
+# reads its own user's password. The Gatekeeper holds no secret of the database: its pillar
 # carries the API keys' hashes, never the keys, and the password of the rate store (Redis on
 # the monitor host), which the monitor's configuration holds only as a SHA-256 hash.
 RATESTORE_SECRETS = ("ratestore_password",)
-DB_SECRETS = ("repl_password", *PROXY_DB_SECRETS, "sb_password", "exporter_password",
-              "clone_password")
+DB_SECRETS = ("repl_password", *PROXY_DB_SECRETS, "sb_password", "exporter_password")
 ROLES: dict[str, RoleSpec] = {
     "saltmaster": RoleSpec("saltmaster"),
     "primary": RoleSpec("database", "sqlgate.db.primary", DB_SECRETS, DATABASE_SERVICE),

@@ -238,8 +238,8 @@ class DbUser:
 
 class MariaDBCluster:
     """One primary and ``replicas`` replicas replicating with GTID over TLS, with the formula's
-    users: the Proxy's one per scope (``app_users``), its health monitor's, ``repl``, the clone
-    user (``clone``: a new replica's dump) and sysbench's ``sb@localhost``.
+    users: the Proxy's one per scope (``app_users``), its health monitor's, ``repl``, and
+    sysbench's ``sb@localhost``.
 
     The CA and every certificate live in the cluster's directory (``pki``), so the services
     of a loopback stack take theirs from the same CA."""
@@ -256,51 +256,14 @@ class MariaDBCluster:
                           for scope, spec in db["app_users"].items()}
         self.monitor = DbUser(db["monitor"]["user"], "monitor-loopback-password")
         self.repl_user, self.repl_password = db["repl_user"], "repl-test-password"
-        # The clone user (a new replica's dump); a password an option file must quote.
-        self.clone = DbUser(db["clone_user"], "clone-test #password")
         self.sb_user, self.sb_password = "sb", sb_password
         self.epoch = 0  # the last promotion's
         self.primary = self._node("primary", 1)
         self.replicas = [self._node(f"replica{i}", i + 1) for i in range(1, replicas + 1)]
-        # Servers added to the running cluster (``add_node``), empty and following nobody.
-        self.added: list[MariaDBNode] = []
 
     def _node(self, name: str, server_id: int) -> MariaDBNode:
         return MariaDBNode(name, server_id, self.root / name,
                            tls=self.pki.issue(name, owner="mysql"))
-
-    @property
-    def _template(self) -> Path:
-        return self.root / "template"
-
-    def _install_template(self) -> None:
-        """An initialised data directory the nodes' are copied from."""
-        _, installer = mariadb_binaries()
-        self._template.mkdir()
-        if os.geteuid() == 0:
-            shutil.chown(self._template, "mysql", "mysql")
-        subprocess.run(install_command(installer, self._template), check=True,
-                       capture_output=True)
-
-    def _data_directory(self, node: MariaDBNode) -> None:
-        """``node``'s data directory, a copy of the template (faster than an install)."""
-        shutil.copytree(self._template, node.datadir, symlinks=True)
-        if os.geteuid() == 0:
-            shutil.chown(node.datadir, "mysql", "mysql")
-            for path in node.datadir.rglob("*"):
-                shutil.chown(path, "mysql", "mysql")
-
-    def add_node(self, name: str) -> MariaDBNode:
-        """A new server of the running cluster, as a host added to it gets one: freshly
-        installed (root by socket, no data, no users of the cluster's), with the next server id,
-        its own certificate and the formula's option file (read-only), following nobody. It is
-        not one of ``replicas``; ``destroy`` stops it."""
-        server_id = max(node.server_id for node in (*self.nodes, *self.added)) + 1
-        node = self._node(name, server_id)
-        self._data_directory(node)
-        self.added.append(node)
-        node.start()
-        return node
 
     @property
     def ca_file(self) -> Path:
@@ -313,9 +276,18 @@ class MariaDBCluster:
         return (*self.settings["app_schemas"], *TEST_SCHEMAS)
 
     def start(self) -> None:
-        self._install_template()
-        for node in self.nodes:
-            self._data_directory(node)
+        _, installer = mariadb_binaries()
+        template = self.root / "template"
+        template.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(template, "mysql", "mysql")
+        subprocess.run(install_command(installer, template), check=True, capture_output=True)
+        for node in self.nodes:  # a copied data directory starts faster than a fresh install
+            shutil.copytree(template, node.datadir, symlinks=True)
+            if os.geteuid() == 0:
+                shutil.chown(node.datadir, "mysql", "mysql")
+                for path in node.datadir.rglob("*"):
+                    shutil.chown(path, "mysql", "mysql")
         try:
             for node in self.nodes:
                 node.start()
@@ -346,8 +318,6 @@ class MariaDBCluster:
         primary.promote(self.epoch)
         primary.sql(self._user_sql(DbUser(self.repl_user, self.repl_password)))
         primary.sql(f"GRANT REPLICATION SLAVE ON *.* TO '{self.repl_user}'@'%'")
-        primary.sql(self._user_sql(self.clone))
-        primary.sql(f"GRANT {db['clone_privileges']} ON *.* TO '{self.clone.name}'@'%'")
         for replica in self.replicas:
             replica.sql(change_source_sql("127.0.0.1", primary.port, self.repl_user,
                                           quoted(self.repl_password), str(self.ca_file)))
@@ -471,6 +441,6 @@ class MariaDBCluster:
         return best
 
     def destroy(self) -> None:
-        for node in (*self.nodes, *self.added):
+        for node in self.nodes:
             node.stop()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -1,23 +1,10 @@
-"""A replica of the sqlgate formula: a new one is cloned from a running replica, it follows its
-source by GTID, and its threads run.
+"""A replica of the sqlgate formula: it follows its source by GTID, and its threads run.
 
-The states read the node's own status (``sqlgate_db.replica_status``, MySQL 8's field names on
-both flavours; ``sqlgate_db.clone_state``), so a second run changes nothing; all honour
-``test=True``. The passwords go to the clients on stdin or in a private option file, and never
-into a comment, a change or a log line.
+Both states read the replica's own status (``sqlgate_db.replica_status``, MySQL 8's field names
+on both flavours), so a second run changes nothing; both honour ``test=True``. The password goes
+to the client on stdin, and never into a comment, a change or a log line.
 
 .. code-block:: yaml
-
-    sqlgate-db-replication-clone:
-      sqlgate_replication.cloned:
-        - donors: [10.0.0.13, 10.0.0.12]  # other nodes first, the primary last
-        - port: 3306
-        - user: clone
-        - password: secret
-        - ssl_ca: /etc/sqlgate/tls/ca.crt  # the donor's certificate is checked with it
-        - verify_name: True          # and its name against its address
-        - steps: {...}               # the flavour's `clone` (flavours.yaml)
-        - timeout: 3600
 
     sqlgate-db-replication-source:
       sqlgate_replication.following:
@@ -92,95 +79,11 @@ def _where(fields):
 
 
 def _has_history(client, socket):
-    """Whether a server that replicates from nobody has transactions of its own in its binary
-    log: a former primary, not a fresh server, nor a clone (whose copy was loaded without
-    binary logging). Which of its transactions the primary lacks is the failover runner's
-    question (sqlgate_failover.rejoin), not this state's."""
-    return bool(_db("clone_state", client=client, socket=socket).get("history"))
-
-
-def cloned(name, donors, password=None, port=3306, user="clone", ssl_ca="", verify_name=True,
-           steps=None, timeout=3600, client=None, socket=None):
-    """A fresh node holds a copy of the cluster's data and the GTID position it was taken at
-    (``sqlgate_db.clone``: a consistent dump of the first of ``donors`` that is a running
-    replica, else of the primary, the last of them), from which ``following`` then makes it
-    replicate; instead of replaying the primary's binary logs from their first transaction.
-
-    Only a fresh node is cloned: no replica configuration, no transaction of its own in its
-    binary log, no replica position, no application data. Any other is left as it is,
-    successfully (a replica, a former primary for the failover runner, a clone not yet
-    following), except a node holding data that no clone of this minion left, which fails:
-    neither a copy nor replication may go over it. A clone that failed half-way left its data
-    marked (``sqlgate_db.clone_state``'s ``clone``): the next run wipes it and clones again.
-    With ``test=True`` it says which donor it would copy, changing nothing. ``password``: the
-    clone user's (default: the pillar's ``sqlgate:secrets:clone_password``).
-    """
-    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
-    if isinstance(donors, str):
-        donors = [donors]
-    donors = [str(donor) for donor in donors or () if str(donor).strip()]
-    try:
-        state = _db("clone_state", client=client, socket=socket)
-    except CommandExecutionError as error:
-        ret["comment"] = f"Cannot read the server's state: {error}"
-        return ret
-    if not state.get("running"):
-        ret["comment"] = f"The server does not answer: {state.get('error', '')}"
-        return ret
-    if state.get("replica"):
-        ret.update(result=True, comment=f"Already a replica (of {state.get('source') or '?'}): "
-                                        "nothing to clone")
-        return ret
-    if state.get("history"):
-        ret.update(result=True, comment="Not a replica and has a history of its own (a former "
-                   "primary): left to the failover runner (sqlgate_failover.rejoin)")
-        return ret
-    if state.get("position"):
-        ret.update(result=True, comment=f"Already holds a copy up to {state['position']}: it "
-                                        "follows the primary from there")
-        return ret
-    mark = state.get("clone") or {}
-    partial = mark.get("state") == "loading"
-    if state.get("schemas") and not partial:
-        ret["comment"] = (f"Holds data ({', '.join(state['schemas'])}) that no clone left, and "
-                          "no replica position: neither cloned over nor made a replica (wipe "
-                          "it first: sqlgate_db.wipe)")
-        return ret
-    if not donors:
-        ret["comment"] = "No donor to clone from (no other database host in the pillar)"
-        return ret
-    kwargs = {"port": port, "user": user, "password": password, "ssl_ca": ssl_ca,
-              "verify_name": verify_name, "steps": steps, "client": client}
-    before = (f"an interrupted clone from {mark.get('donor')}, wiped first" if partial
-              else "fresh")
-    if _testing():
-        try:
-            picked = _db("donor", donors, **kwargs)
-        except CommandExecutionError as error:
-            ret.update(result=None, comment=f"Would clone from one of {', '.join(donors)}, but "
-                                            f"none can be asked: {_hide(error, password)}")
-            return ret
-        ret.update(result=None, changes={"clone": {"old": before, "new": picked["donor"]}},
-                   comment=f"Would clone from {picked['donor'] or 'no donor (none answers)'}"
-                           + "".join(f"; skipping {skip['donor']}: {skip['why']}"
-                                     for skip in picked["skipped"]))
-        return ret
-    try:
-        done = _db("clone", donors, timeout=timeout, socket=socket, **kwargs)
-    except CommandExecutionError as error:
-        ret["comment"] = _hide(error, password)
-        try:
-            after = _db("clone_state", client=client, socket=socket)
-        except CommandExecutionError:
-            after = {}
-        if (after.get("clone") or {}).get("state") == "loading":
-            ret["comment"] += (". The node is no replica and has no position: the next run "
-                               "wipes what it loaded and clones again")
-        return ret
-    ret.update(result=True, changes={"clone": {"old": before, "new": done}},
-               comment=f"Cloned from {done['cloned_from']} up to {done['gtid']} "
-                       f"({done['bytes']} bytes in {done['seconds']} s)")
-    return ret
+    """Whether a server that replicates from nobody has transactions in its binary log: a
+    former primary, not a fresh server. Which of its transactions the primary lacks is the
+    failover runner's question (sqlgate_failover.rejoin), not this state's."""
+    state = _db("node_state", client=client, socket=socket)
+    return bool(state.get("gtid_binlog_pos"))
 
 
 def following(name, source, password, change_source, port=3306, user="repl", ssl_ca="",

@@ -182,18 +182,14 @@ def test_loopback_users_have_the_formulas_grants(db_cluster):
             assert grants(node, f"'{spec['user']}'@'%'") == wanted, (node.name, scope)
         assert grants(node, f"'{db['monitor']['user']}'@'%'") == monitor, node.name
         assert grants(node, "'repl'@'%'") == {"*.*": {"REPLICATION SLAVE"}}, node.name
-        assert grants(node, f"'{db['clone_user']}'@'%'") == {
-            "*.*": set(db["clone_privileges"].split(", "))}, node.name
         assert grants(node, "'sb'@'localhost'") == sb, node.name
     network_users = [spec["user"] for spec in db["app_users"].values()]
     rows = db_cluster.primary.sql(
         "SELECT User, ssl_type, max_user_connections, max_statement_time FROM mysql.user "
         "WHERE Host = '%' AND User IN ("
-        + ", ".join(f"'{name}'" for name in (*network_users, db["monitor"]["user"], "repl",
-                                             db["clone_user"]))
+        + ", ".join(f"'{name}'" for name in (*network_users, db["monitor"]["user"], "repl"))
         + ")")
-    assert {row["User"] for row in rows} == {*network_users, db["monitor"]["user"], "repl",
-                                             db["clone_user"]}
+    assert {row["User"] for row in rows} == {*network_users, db["monitor"]["user"], "repl"}
     assert all(row["ssl_type"] == "ANY" for row in rows), rows  # REQUIRE SSL
     for row in rows:
         if row["User"] in network_users:

@@ -30,8 +30,7 @@ FAKE_SECRETS = {"repl_password": "fake-repl-password",
                 "app_admin_password": "fake-app-admin-password",
                 "monitor_password": "fake-monitor-password", "sb_password": "fake-sb-password",
                 "exporter_password": "fake-exporter-password",
-                "ratestore_password": "fake-ratestore-password",
-                "clone_password": "fake-clone-password"}
+                "ratestore_password": "fake-ratestore-password"}
 FAKE_TLS = {"ca": "fake-ca-certificate", "cert": "fake-host-certificate", "key": "fake-host-key",
             "gatekeeper_public": {"cert": "fake-public-certificate", "key": "fake-public-key"}}
 

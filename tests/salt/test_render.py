@@ -201,42 +201,11 @@ def test_replica_follows_the_primary_over_tls_with_its_flavours_statement(render
     assert (follow["client"], follow["socket"]) == (renderer.flavour.name,
                                                     "/run/mysqld/mysqld.sock")
     service = "mysql" if renderer.flavour.name == "mysql" else "mariadb"
-    ready = [{"cmd": f"{service}-ready"}, {"file": "sqlgate-tls-ca"}]
-    assert follow["require"] == [*ready, {"sqlgate_replication": "sqlgate-db-replication-clone"}]
+    assert follow["require"] == [{"cmd": f"{service}-ready"}, {"file": "sqlgate-tls-ca"}]
     threads = state_args(states, "sqlgate-db-replication-running")
     assert state_function(states, "sqlgate-db-replication-running") == \
         "sqlgate_replication.running"
     assert threads["require"] == [{"sqlgate_replication": "sqlgate-db-replication-source"}]
-
-
-def test_a_new_replica_is_cloned_from_the_other_nodes_then_the_primary(renderer):
-    """Before it follows the primary, a fresh node copies a running replica's data (the other
-    database hosts, by address, the current primary last), over TLS as the clone user, with
-    the flavour's commands."""
-    states = renderer.show_sls("replica1", ROLE_SLS["replica1"])
-    assert state_function(states, "sqlgate-db-replication-clone") == \
-        "sqlgate_replication.cloned"
-    clone = state_args(states, "sqlgate-db-replication-clone")
-    assert clone["donors"] == [renderer.addresses["replica2"], renderer.addresses["primary"]]
-    assert (clone["port"], clone["user"]) == (3306, "clone")
-    assert clone["password"] == renderer.secrets.clone_password
-    assert clone["ssl_ca"] == "/etc/sqlgate/tls/ca.crt"
-    # The renderer's pillar is AWS's, whose certificates cannot name the private addresses.
-    assert clone["verify_name"] is False
-    flavour = yaml.safe_load((SALT_TREE / "sqlgate" / "flavours.yaml").read_text())[
-        renderer.flavour.name]
-    assert clone["steps"] == flavour["clone"]
-    assert clone["timeout"] == 3600
-    assert (clone["client"], clone["socket"]) == (renderer.flavour.name,
-                                                  "/run/mysqld/mysqld.sock")
-    service = "mysql" if renderer.flavour.name == "mysql" else "mariadb"
-    assert clone["require"] == [{"cmd": f"{service}-ready"}, {"file": "sqlgate-tls-ca"}]
-    # Cloned, then following, then its watch job scheduled: the job asks no rejoin of a node
-    # that is still being cloned.
-    order = [state_args(states, sid)["order"] for sid in (
-        "sqlgate-db-replication-clone", "sqlgate-db-replication-source",
-        "sqlgate-db-replication-running", "sqlgate-db-watch")]
-    assert order == sorted(order), order
 
 
 def test_no_state_checks_with_a_shell_pipeline_on_the_database(renderer):
@@ -338,10 +307,6 @@ def expected_grants(flavour: str) -> dict[tuple[str, str], dict[str, set[str]]]:
     monitor = {"mariadb": "SLAVE MONITOR", "mysql": "REPLICATION CLIENT"}[flavour]
     exporter = {"mariadb": "PROCESS, BINLOG MONITOR, SLAVE MONITOR",
                 "mysql": "PROCESS, REPLICATION CLIENT"}[flavour]
-    # A consistent dump with its position; MySQL's takes a global read lock for a moment.
-    clone = {"mariadb": "SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, BINLOG MONITOR",
-             "mysql": "SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, REPLICATION CLIENT, "
-                      "RELOAD"}[flavour]
     table = {
         ("app_read", "%"): {"sakila.*": "SELECT"},
         ("app_write", "%"): {"sakila.*": "SELECT, INSERT, UPDATE, DELETE"},
@@ -351,7 +316,6 @@ def expected_grants(flavour: str) -> dict[tuple[str, str], dict[str, set[str]]]:
         ("sb", "localhost"): {"sbtest.*": "ALL PRIVILEGES"},
         ("sqlgate_exporter", "127.0.0.1"): {"*.*": exporter,
                                             "performance_schema.*": "SELECT"},
-        ("clone", "%"): {"*.*": clone},
     }
     return {user: {on: {p.strip() for p in privileges.split(",")}
                    for on, privileges in grants.items()}
@@ -373,12 +337,7 @@ def test_the_users_and_their_grants(renderer):
             # PROCESS only for the exporter, which reads the process list, from its host.
             assert "PROCESS" not in privileges or user == ("sqlgate_exporter", "127.0.0.1")
             assert database != "*.*" or user[0] in ("repl", "sqlgate_monitor",
-                                                    "sqlgate_exporter", "clone"), user
-            # Data on *.* for the clone user alone, to read, never to write.
-            assert not ({"SELECT", "INSERT", "UPDATE", "DELETE"} & privileges) or \
-                database != "*.*" or user == ("clone", "%"), user
-            assert not privileges & {"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER"} \
-                or user[0] != "clone", privileges
+                                                    "sqlgate_exporter"), user
     schemas = {state_args(states, sid)["name"] for sid in states
                if state_function(states, sid) == "mysql_database.present"}
     assert schemas == {"sakila", "sqlgate", "sbtest"}
@@ -401,8 +360,7 @@ def test_every_network_user_requires_tls_and_app_users_are_bounded(renderer):
     passwords = {"app_read": secrets.app_read_password, "app_write": secrets.app_write_password,
                  "app_admin": secrets.app_admin_password, "repl": secrets.repl_password,
                  "sqlgate_monitor": secrets.monitor_password, "sb": secrets.sb_password,
-                 "sqlgate_exporter": secrets.exporter_password,
-                 "clone": secrets.clone_password}
+                 "sqlgate_exporter": secrets.exporter_password}
     for (name, host), args in users.items():
         # sb@localhost comes over the socket only; everyone else over the network, with TLS.
         assert args["require_ssl"] is (host != "localhost"), name

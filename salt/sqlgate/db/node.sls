@@ -6,14 +6,12 @@
       Sakila and the Proxy's heartbeat table.
     - Every other node follows it (db/replication.sls), except a quarantined one (its history
       diverged: pillar sqlgate:failover:quarantined), which is left alone until rebuilt.
-    - Every node runs the watch job that detects a lost primary (db/watch.sls), scheduled
-      last: a new node is cloned and follows the primary before its watch job first asks the
-      failover runner to make it follow (a rejoin, from an empty position, would replay the
-      primary's history over the clone). #}
+    - Every node runs the watch job that detects a lost primary (db/watch.sls). #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate, current_primary with context %}
 
 include:
   - sqlgate.db
+  - sqlgate.db.watch
 {%- if grains.id == current_primary %}
   - sqlgate.db.writable
   - sqlgate.db.users
@@ -22,4 +20,3 @@ include:
 {%- elif grains.id not in sqlgate.failover.quarantined %}
   - sqlgate.db.replication
 {%- endif %}
-  - sqlgate.db.watch

@@ -10,43 +10,9 @@ include:
   - .tls
   - .service
 
-{#- A fresh node (no replica, no history, no data) gets the cluster's data first: a consistent
-    dump with its GTID position (the flavour's `clone`, flavours.yaml), of the first other
-    database node that is a running replica, else of the current primary (last), over TLS as
-    the clone user (docs/failover.md). Then it follows the primary from that position instead
-    of replaying its binary logs from their first transaction. Any other node is left as it
-    is. A host without an address in the mine yet is no donor. #}
-{%- set donors = [] %}
-{%- for host, spec in sqlgate.get('hosts', {}) | dictsort %}
-{%-   if spec.get('role') in ('primary', 'replica') and host not in (grains.id, current_primary) %}
-{%-     set address = address_of(host, required=False) | trim %}
-{%-     if address %}
-{%-       do donors.append(address) %}
-{%-     endif %}
-{%-   endif %}
-{%- endfor %}
-{%- do donors.append(address_of(current_primary) | trim) %}
-
-sqlgate-db-replication-clone:
-  sqlgate_replication.cloned:
-    - donors: {{ donors | json }}
-    - port: {{ sqlgate.ports.mysql }}
-    - user: {{ db.clone_user }}
-    - password: {{ sqlgate.secrets.clone_password | json }}
-    - ssl_ca: {{ tls.ca }}
-    - verify_name: {{ db.clone_verify_name }}
-    - steps: {{ db.clone | json }}
-    - timeout: {{ db.clone_timeout }}
-    - client: {{ db.client }}
-    - socket: {{ db.socket }}
-    - require:
-      - cmd: {{ db.service }}-ready
-      - file: sqlgate-tls-ca
-
-{#- The replica follows the current primary (the flavour's CHANGE statement, flavours.yaml),
-    from its clone's position on a new node. A node that follows nobody but has a history of
-    its own (a former primary) is left to the failover runner, which checks it for errant
-    transactions first (sqlgate_failover.rejoin). #}
+{#- The replica follows the current primary (the flavour's CHANGE statement, flavours.yaml).
+    A node that follows nobody but has a history of its own (a former primary) is left to the
+    failover runner, which checks it for errant transactions first (sqlgate_failover.rejoin). #}
 sqlgate-db-replication-source:
   sqlgate_replication.following:
     - source: {{ address_of(current_primary) }}
@@ -62,7 +28,6 @@ sqlgate-db-replication-source:
     - require:
       - cmd: {{ db.service }}-ready
       - file: sqlgate-tls-ca
-      - sqlgate_replication: sqlgate-db-replication-clone
 
 {#- Its IO and SQL threads run (an IO thread still `Connecting` counts as running). #}
 sqlgate-db-replication-running:

@@ -4,8 +4,7 @@
     the socket. The Proxy has one user per scope (defaults.yaml db:app_users), each bounded in
     connections and, where the flavour has a per-user limit, in statement time; its health
     monitor has its own, and so has the mysqld_exporter (the only one with PROCESS, which
-    it needs for the process list). No user gets SUPER, FILE or GRANT OPTION, and only the
-    clone user (a new replica's dump) reads data on *.*.
+    it needs for the process list). No user gets SUPER, FILE, GRANT OPTION or data on *.*.
     The users are the formula's own state (_states/sqlgate_users.py): saltext.mysql's
     mysql_user cannot require TLS or set limits. #}
 {%- from tpldir.split('/')[0] ~ '/map.jinja' import sqlgate with context %}
@@ -66,13 +65,6 @@ sqlgate-db-schema-{{ schema }}:
 {{- user('sqlgate-db-users-repl', db.repl_user, secrets.repl_password) }}
 {{- grant('sqlgate-db-grants-repl', 'sqlgate-db-users-repl', db.repl_user, 'REPLICATION SLAVE',
           '*.*') }}
-
-{#- A new replica is cloned as this user (sqlgate_replication.cloned, db/replication.sls): a
-    consistent dump of every schema and the users, with its binary log position (the flavour's
-    clone_privileges on *.*: read-only, no SUPER, FILE or PROCESS), over TLS. #}
-{{- user('sqlgate-db-users-clone', db.clone_user, secrets.clone_password) }}
-{{- grant('sqlgate-db-grants-clone', 'sqlgate-db-users-clone', db.clone_user,
-          db.clone_privileges, '*.*') }}
 
 {#- The Proxy's users, one per scope, each working in the application schemas only. #}
 {%- for scope, spec in db.app_users | dictsort %}

@@ -53,7 +53,7 @@ def test_pillar_gives_each_host_only_its_roles_secrets_and_its_own_key(tmp_path)
     assert set(SECRETS_OF_ROLE["proxy"]) == {"app_read_password", "app_write_password",
                                              "app_admin_password", "monitor_password"}
     assert set(SECRETS_OF_ROLE["primary"]) == set(SECRETS_OF_ROLE["proxy"]) | {
-        "repl_password", "sb_password", "exporter_password", "clone_password"}
+        "repl_password", "sb_password", "exporter_password"}
     # Any database host may become the primary: they all hold the primary's secrets.
     assert SECRETS_OF_ROLE["replica"] == SECRETS_OF_ROLE["primary"]
     assert SECRETS_OF_ROLE["monitor"] == SECRETS_OF_ROLE["gatekeeper"] == ("ratestore_password",)
@@ -277,8 +277,8 @@ def test_a_secrets_file_of_an_older_version_keeps_its_secrets_and_gains_the_new_
     assert (loaded.api_key, loaded.repl_password, loaded.sb_password) == \
         ("old-key", "old-repl", "old-sb")
     new = {loaded.app_read_password, loaded.app_write_password, loaded.app_admin_password,
-           loaded.monitor_password, loaded.clone_password}
-    assert len(new) == 5 and all(len(secret) >= 32 for secret in new)
+           loaded.monitor_password}
+    assert len(new) == 4 and all(len(secret) >= 32 for secret in new)
     assert load_or_create(path) == loaded  # written back: the next `up` gets the same ones
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
