@@ -7,14 +7,14 @@
     1. the formula's modules (and states) and fresh pillar and mine reach every host that
        stays (the hosts that go get the modules only and keep their pillar: they still run as
        they did until they stop);
-    2. the new hosts, all at once (nothing sends to them yet): a new replica is cloned from a
-       running one and follows the primary (sqlgate.db.replication), a new Proxy and a new
-       Gatekeeper start (the balancer does not send to the Gatekeeper yet); then the database
-       hosts that stay, where nothing changes;
-    3. with a replica added or removed, each Proxy that stays, one at a time: its settings
-       change, so it restarts (it drains first: the Gatekeepers open new transactions on
-       another Proxy); without, all of them at once (nothing of theirs changes);
-    4. the Gatekeepers that stay: their list of Proxies changes (re-read, no restart); with a
+    2. the database hosts: a new replica is cloned from a running one and follows the primary
+       (sqlgate.db.replication); nothing changes on the others;
+    3. the new Proxies start; then, with a replica added or removed, each Proxy that stays,
+       one at a time: its settings change, so it restarts (it drains first: the Gatekeepers
+       open new transactions on another Proxy); without, all of them at once (nothing of
+       theirs changes);
+    4. the new Gatekeepers start (the balancer does not send to them yet); then the
+       Gatekeepers that stay: their list of Proxies changes (re-read, no restart); with a
        Gatekeeper added or removed, their share of a key's rate while the rate store is down
        changes too, so they restart, one at a time, each taken out of the balancer around it
        (sqlgate_balancer.drain, then .ready);
@@ -26,8 +26,8 @@
     7. the monitor scrapes the new set of hosts.
     A step that fails stops the run there: the hosts after it are left as they were.
 
-    State IDs: sqlgate-scale-sync, -sync-states, -pillar, -mine, -new, -databases,
-    -<proxy> or -proxies, -<gatekeeper>[-drain|-ready] or -gatekeepers, -balancer[-<gatekeeper>-drain|-ready],
+    State IDs: sqlgate-scale-sync, -sync-states, -pillar, -mine, -databases, -proxies-new,
+    -<proxy> or -proxies, -gatekeepers-new, -<gatekeeper>[-drain|-ready] or -gatekeepers, -balancer[-<gatekeeper>-drain|-ready],
     -<host>-stop (and -<replica>-unwatch), -monitor. #}
 {%- set hosts = salt['pillar.get']('sqlgate:hosts', {}) %}
 {%- set change = salt['pillar.get']('sqlgate_scale', {}) %}
@@ -97,12 +97,11 @@
 {{- function('sqlgate-scale-sync-states', 'saltutil.sync_states', staying, kwarg={'refresh': True}) }}
 {{- function('sqlgate-scale-pillar', 'saltutil.refresh_pillar', staying, kwarg={'wait': True}) }}
 {{- function('sqlgate-scale-mine', 'mine.update', staying) }}
-{%- if added %}
-{{-   highstate('sqlgate-scale-new', added | sort) }}
-{%- endif %}
-{%- set old_databases = databases | reject('in', added) | list %}
-{{- highstate('sqlgate-scale-databases', old_databases) }}
+{{- highstate('sqlgate-scale-databases', databases) }}
 {%- set new_proxies = added | select('in', members.proxy) | list %}
+{%- if new_proxies %}
+{{-   highstate('sqlgate-scale-proxies-new', new_proxies) }}
+{%- endif %}
 {%- set old_proxies = members.proxy | reject('in', new_proxies) | list %}
 {%- if replicas_change %}
 {%-   for host in old_proxies %}
@@ -112,6 +111,9 @@
 {{-   highstate('sqlgate-scale-proxies', old_proxies) }}
 {%- endif %}
 {%- set new_gatekeepers = added | select('in', members.gatekeeper) | list %}
+{%- if new_gatekeepers %}
+{{-   highstate('sqlgate-scale-gatekeepers-new', new_gatekeepers) }}
+{%- endif %}
 {%- set old_gatekeepers = members.gatekeeper | reject('in', new_gatekeepers) | list %}
 {%- if gatekeepers_change %}
 {%-   for host in old_gatekeepers %}

@@ -749,16 +749,17 @@ def scale_steps(renderer: SaltRenderer, added: list[str], removed: dict[str, str
 
 def test_scaling_up_starts_the_new_hosts_then_restarts_the_others_one_at_a_time(tmp_path):
     """Adding a Gatekeeper, a Proxy and a replica (the pillar's hosts are the cluster to be):
-    the new hosts first, at once (the new replica is cloned; nothing sends to them yet), the
-    other databases, each old Proxy alone (its replicas changed), each old Gatekeeper alone
-    between the balancer's drain and ready (its share of a rate changed), then the balancer's
-    new list, the new Gatekeeper in once up, and the monitor."""
+    the databases first (the new replica is cloned there), the new Proxy, each old Proxy
+    alone (its replicas changed), the new Gatekeeper, each old Gatekeeper alone between
+    the balancer's drain and ready (its share of a rate changed), then the balancer's new
+    list, the new Gatekeeper in once up, and the monitor."""
     renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
     steps = scale_steps(renderer, ["gatekeeper2", "proxy2", "replica2"], {})
     assert [(sid, function, targets) for sid, function, targets, _ in steps[4:]] == [
-        ("sqlgate-scale-new", None, "gatekeeper2,proxy2,replica2"),
-        ("sqlgate-scale-databases", None, "primary,replica1"),
+        ("sqlgate-scale-databases", None, "primary,replica1,replica2"),
+        ("sqlgate-scale-proxies-new", None, "proxy2"),
         ("sqlgate-scale-proxy", None, "proxy"),
+        ("sqlgate-scale-gatekeepers-new", None, "gatekeeper2"),
         ("sqlgate-scale-gatekeeper-drain", "sqlgate_balancer.drain", "balancer"),
         ("sqlgate-scale-gatekeeper", None, "gatekeeper"),
         ("sqlgate-scale-gatekeeper-ready", "sqlgate_balancer.ready", "balancer"),
@@ -815,9 +816,8 @@ def test_a_proxy_added_alone_restarts_no_service(tmp_path):
     renderer = SaltRenderer(tmp_path, FLAVOURS["mariadb"], tmp_path / "venv")
     steps = scale_steps(renderer, ["proxy2"], {})
     assert [(sid, targets) for sid, _, targets, _ in steps[4:7]] == [
-        ("sqlgate-scale-new", "proxy2"),
         ("sqlgate-scale-databases", "primary,replica1,replica2"),
-        ("sqlgate-scale-proxies", "proxy")]
+        ("sqlgate-scale-proxies-new", "proxy2"), ("sqlgate-scale-proxies", "proxy")]
     assert "sqlgate-scale-gatekeepers" in [step[0] for step in steps]
     assert not [step for step in steps if "drain" in step[0]]
 

@@ -17,7 +17,8 @@ def test_every_subpackage_is_a_provider_with_its_own_options():
         assert issubclass(provider, Provider) and provider.name == name
     args = bootstrap.build_parser().parse_args(["up", "--provider", "local", "--subnet",
                                                 "10.9.0.0/24", "--region", "eu-west-1"])
-    assert (args.subnet, args.region, args.replicas) == ("10.9.0.0/24", "eu-west-1", 2)
+    # No --replicas: the cluster's number, or plan_hosts' default (2) for a new one.
+    assert (args.subnet, args.region, args.replicas) == ("10.9.0.0/24", "eu-west-1", None)
 
 
 def test_the_command_line_loads_no_cloud_or_salt_library():
