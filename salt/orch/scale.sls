@@ -7,8 +7,9 @@
     1. the formula's modules (and states) and fresh pillar and mine reach every host that
        stays (the hosts that go get the modules only and keep their pillar: they still run as
        they did until they stop);
-    2. the database hosts: a new replica is cloned from a running one and follows the primary
-       (sqlgate.db.replication); nothing changes on the others;
+    2. the database hosts: a new replica follows the primary (sqlgate.db.replication: it
+       replays the primary's binary logs from their first transaction); nothing changes on the
+       others;
     3. the new Proxies start; then, with a replica added or removed, each Proxy that stays,
        one at a time: its settings change, so it restarts (it drains first: the Gatekeepers
        open new transactions on another Proxy); without, all of them at once (nothing of
