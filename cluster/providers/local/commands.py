@@ -247,9 +247,9 @@ def scale(args: argparse.Namespace) -> int:
     start_hosts(both, pillar_dir, bake=False)
     print("orchestrating the change ...", flush=True)
     output = orchestration_output(target, scaling.ORCHESTRATION, pillar=change.pillar())
-    steps = salt_setup.orchestration_steps(output)
+    steps, result = salt_setup.orchestration_steps(output), summarize_orchestration(output)
     if not all(step.ok for step in steps) or not steps:
-        return scaling.report(steps, summarize_orchestration(output))
+        return scaling.report(steps, result)
     for name in change.removed:
         host = now.host(name)
         host.remove()
@@ -258,7 +258,7 @@ def scale(args: argparse.Namespace) -> int:
     configure_salt(target)
     _healthy_record(target, prepared)
     print(f"cluster {target.name} scaled in {time.monotonic() - started:.0f}s")
-    return scaling.report(steps, summarize_orchestration(output))
+    return scaling.report(steps, result)
 
 
 def recorded_plan(args: argparse.Namespace, for_up: bool = False
